@@ -1,0 +1,1 @@
+"""Everything napari and Qt: reader, writer, sample data, dock widgets (thin over the core)."""

@@ -1,0 +1,1 @@
+"""Running a trained model over a slide: generators that yield progress and return a result."""

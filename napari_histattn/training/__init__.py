@@ -1,0 +1,1 @@
+"""Datasets, training loop, evaluation metrics, k-fold cross-validation and plots."""
