@@ -1,0 +1,65 @@
+"""Typed outputs of the model families.
+
+Every family returns a dataclass with ``logits`` and its attention both before
+(``attention_logits``) and after normalisation (``attention``). Shapes use
+B = batch, C = classes, N = instances/patches, h, w = attention-grid size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass
+class AttentionOutput:
+    """Common base.
+
+    Attributes
+    ----------
+    logits
+        ``(B, C)`` class scores before softmax.
+    attention
+        Normalised attention weights (shape per family, see subclasses).
+    attention_logits
+        Raw attention scores before normalisation (same shape as ``attention``).
+    """
+
+    logits: Tensor
+    attention: Tensor
+    attention_logits: Tensor
+
+
+@dataclass
+class MILOutput(AttentionOutput):
+    """A-MIL: ``attention`` and ``attention_logits`` are ``(B, N)``; each row of
+    ``attention`` sums to 1 over the bag's N instances (padding masked out)."""
+
+
+@dataclass
+class SamplingOutput(AttentionOutput):
+    """Attention sampling.
+
+    ``attention`` is ``(B, h, w)``, the distribution over positions of the
+    low-resolution attention grid (sums to 1 per image); ``attention_logits`` the
+    scores before the softmax. ``samples_rc`` is ``(B, N, 2)`` long, the sampled
+    grid positions (row, col); ``sample_attention`` is ``(B, N)``, the attention
+    at each sample; ``features`` is ``(B, N, D)`` the patch features, when computed.
+    """
+
+    samples_rc: Tensor | None = None
+    sample_attention: Tensor | None = None
+    features: Tensor | None = None
+
+
+@dataclass
+class CNNAttentionOutput(AttentionOutput):
+    """Channel/spatial attention CNN.
+
+    ``attention`` is ``(B, H, W)`` at the input resolution: the spatial attention
+    that each position receives (column sums of E' from the last S-Attn module,
+    normalised to sum to 1 per image, upsampled); ``attention_logits`` the same
+    before normalisation (the received attention mass at feature resolution,
+    upsampled).
+    """
