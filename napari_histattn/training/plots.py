@@ -1,0 +1,96 @@
+"""ROC curve and confusion-matrix plots as PNG files.
+
+Uses matplotlib's object API with the Agg canvas directly, so no GUI backend
+is touched and pyplot's global state is never used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from napari_histattn.training.metrics import roc_auc_binary, roc_curve
+
+
+def _new_figure(size: tuple[float, float]):  # type: ignore[no-untyped-def]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_roc(
+    y_true: ArrayLike,
+    probabilities: ArrayLike,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "ROC curve",
+) -> Path:
+    """Write the ROC curve(s) to ``path`` (PNG).
+
+    Binary problems get one curve (positive class = label 1); with more
+    classes one one-vs-rest curve per class present. The legend gives each AUC.
+    """
+    t = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    fig = _new_figure((5.0, 5.0))
+    ax = fig.add_subplot(1, 1, 1)
+    curves = [(1, class_names[1])] if len(class_names) == 2 else list(enumerate(class_names))
+    for c, name in curves:
+        positives = t == c
+        if positives.all() or not positives.any():
+            continue
+        fpr, tpr, _ = roc_curve(positives, probs[:, c])
+        auc = roc_auc_binary(positives, probs[:, c])
+        ax.plot(fpr, tpr, drawstyle="steps-post", label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("False-positive rate")
+    ax.set_ylabel("True-positive rate")
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize="small")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_confusion_matrix(
+    cm: ArrayLike,
+    class_names: Sequence[str],
+    path: str | Path,
+    title: str = "Confusion matrix",
+) -> Path:
+    """Write the confusion matrix (rows true, columns predicted) to ``path`` (PNG),
+    with the counts printed in each cell."""
+    matrix = np.asarray(cm, dtype=np.int64)
+    n = matrix.shape[0]
+    side = max(4.0, 0.6 * n + 2.5)
+    fig = _new_figure((side, side))
+    ax = fig.add_subplot(1, 1, 1)
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(range(n))
+    ax.set_yticks(range(n))
+    ax.set_xticklabels(class_names, rotation=45, ha="right", fontsize="small")
+    ax.set_yticklabels(class_names, fontsize="small")
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("True")
+    ax.set_title(title)
+    threshold = matrix.max() / 2.0 if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            colour = "white" if matrix[i, j] > threshold else "black"
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
