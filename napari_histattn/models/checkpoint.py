@@ -1,0 +1,497 @@
+"""Safe checkpoints: ``.safetensors`` weights with JSON metadata; the only code that reads weights.
+
+Format (version 1)
+------------------
+``<stem>.safetensors``
+    The model's ``state_dict`` (contiguous CPU tensors, dtypes kept). Its header's
+    ``__metadata__`` (string to string) holds ``"format": "napari-histattn"`` and
+    ``"napari_histattn"``: the metadata below as a JSON string, so the weights file
+    alone is enough to rebuild the model.
+``<stem>.json``
+    A sidecar for humans with the same metadata plus ``"sha256"``, the SHA-256 of
+    the whole ``.safetensors`` file (a file cannot contain its own digest, so the
+    digest lives here), and ``"weights_file"``. When the sidecar is present,
+    :func:`load` refuses a weights file whose digest differs (modified, truncated,
+    or swapped). Without it the file still loads; the digest is computed and
+    returned.
+
+Metadata keys: ``format``, ``format_version``, ``model_name``, ``model_config``
+(keyword configuration for :func:`~napari_histattn.models.registry.create_model`),
+``class_names``, ``preprocessing`` (for example ``patch_size``, ``level`` or
+``target_mpp``, ``mean``, ``std``, ``downscale``), ``training`` (data summary,
+seed, epochs, metrics; or null), ``extra``, ``package_version``,
+``torch_version``, ``created`` (UTC, ISO 8601).
+
+Safety: nothing here unpickles. ``.pt``/``.pth``/``.pkl``/``.ckpt`` and other
+pickle or zip (``torch.save``) files are refused by name and by their first
+bytes, whatever their name; weights are read with ``safetensors`` and loaded
+with ``load_state_dict(strict=True)`` after the names, shapes and class count
+were checked. Every failure is a :class:`~napari_histattn.errors.CheckpointError`
+naming the file and the cause.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from napari_histattn.errors import CheckpointError, ExportError
+
+FORMAT_NAME = "napari-histattn"
+FORMAT_VERSION = 1
+WEIGHTS_SUFFIX = ".safetensors"
+SIDECAR_SUFFIX = ".json"
+_META_KEY = "napari_histattn"
+
+#: Suffixes of pickle-based formats, refused before a single byte is read.
+PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib"})
+
+# safetensors headers are JSON; a longer header than this is corrupt, not a model.
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+_PICKLE_REFUSAL = (
+    "pickle checkpoints are refused because loading them can run arbitrary code. "
+    "If you trust where it came from, convert it in a separate Python session: "
+    "state = torch.load(path, weights_only=True); model = "
+    "napari_histattn.models.create_model(name, **config); model.load_state_dict(state); "
+    "napari_histattn.models.checkpoint.save('model.safetensors', model, class_names=..., "
+    "preprocessing=...)"
+)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model rebuilt from a checkpoint, in eval mode on the requested device.
+
+    Attributes
+    ----------
+    model
+        The model, ``eval()``-ed, on ``device``.
+    model_name
+        Registry name.
+    config
+        The model's keyword configuration.
+    class_names
+        Names of the output classes, in logit order.
+    preprocessing
+        What the inputs must look like (patch size, level or mpp, mean/std...).
+    metadata
+        All metadata from the file's header.
+    sha256
+        SHA-256 of the ``.safetensors`` file.
+    path
+        The ``.safetensors`` file.
+    """
+
+    model: nn.Module
+    model_name: str
+    config: dict[str, Any]
+    class_names: list[str]
+    preprocessing: dict[str, Any]
+    metadata: dict[str, Any] = field(repr=False)
+    sha256: str
+    path: Path
+
+
+def weights_path(path: str | os.PathLike[str]) -> Path:
+    """The ``.safetensors`` file for ``path`` (a ``.json`` sidecar maps to its weights)."""
+    path = Path(path)
+    if path.suffix == SIDECAR_SUFFIX:
+        return path.with_suffix(WEIGHTS_SUFFIX)
+    if path.suffix == WEIGHTS_SUFFIX:
+        return path
+    return path.with_name(path.name + WEIGHTS_SUFFIX)
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON sidecar next to a checkpoint's ``.safetensors`` file."""
+    return weights_path(path).with_suffix(SIDECAR_SUFFIX)
+
+
+def _model_n_classes(model: nn.Module | None, config: dict[str, Any]) -> int | None:
+    value = getattr(model, "n_classes", None) if model is not None else None
+    if value is None:
+        value = config.get("n_classes")
+    return int(value) if value is not None else None
+
+
+def _json_dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"{what} must be JSON-serialisable (str, numbers, lists, dicts): {exc}"
+        ) from exc
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    class_names: list[str],
+    preprocessing: dict[str, Any],
+    training: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint: ``<stem>.safetensors`` and its ``<stem>.json`` sidecar.
+
+    Parameters
+    ----------
+    path
+        Target; ``.safetensors`` is appended unless already there (a ``.json``
+        path names the sidecar, and the weights go next to it).
+    model
+        A model built by :func:`~napari_histattn.models.registry.create_model`
+        (it carries ``model_name`` and ``model_config``).
+    class_names
+        One name per output class, in logit order.
+    preprocessing
+        How inputs were prepared: ``patch_size``, ``level`` or ``target_mpp``,
+        ``mean``, ``std``, ``downscale``... (JSON values).
+    training
+        Training summary: data summary, seed, epochs, metrics (JSON values).
+    extra
+        Anything else worth keeping (JSON values).
+
+    Returns
+    -------
+    Path
+        The ``.safetensors`` file written.
+
+    Raises
+    ------
+    ValueError
+        If the model was not built by the registry, the class names do not match
+        the model's class count, or a dictionary is not JSON-serialisable.
+    ExportError
+        If the files cannot be written.
+    """
+    from safetensors.torch import save as safetensors_save
+
+    import napari_histattn
+    from napari_histattn.models.registry import list_models
+
+    target = weights_path(path)
+    model_name = getattr(model, "model_name", None)
+    model_config = getattr(model, "model_config", None)
+    if model_name is None or model_config is None:
+        raise ValueError(
+            "the model has no model_name/model_config: build it with "
+            "napari_histattn.models.create_model so that it can be rebuilt from the checkpoint"
+        )
+    if model_name not in list_models():
+        raise ValueError(f"model name {model_name!r} is not registered")
+    class_names = [str(name) for name in class_names]
+    if not class_names:
+        raise ValueError("class_names must not be empty")
+    n_classes = _model_n_classes(model, model_config)
+    if n_classes is not None and n_classes != len(class_names):
+        raise ValueError(
+            f"{len(class_names)} class names {class_names} for a model with {n_classes} classes"
+        )
+    if not isinstance(preprocessing, dict):
+        raise ValueError("preprocessing must be a dict")
+
+    metadata: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "model_name": model_name,
+        "model_config": model_config,
+        "class_names": class_names,
+        "preprocessing": preprocessing,
+        "training": training,
+        "extra": extra or {},
+        "package_version": napari_histattn.__version__,
+        "torch_version": torch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metadata_json = _json_dumps(metadata, "checkpoint metadata")
+    # Round-trip so that tuples become lists exactly as load() will see them.
+    metadata = json.loads(metadata_json)
+
+    # clone() gives every tensor its own storage (safetensors refuses shared storage).
+    tensors = {
+        name: value.detach().to("cpu").contiguous().clone()
+        for name, value in model.state_dict().items()
+    }
+    data = safetensors_save(tensors, metadata={"format": FORMAT_NAME, _META_KEY: metadata_json})
+    digest = hashlib.sha256(data).hexdigest()
+    sidecar = {**metadata, "sha256": digest, "weights_file": target.name}
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(target, data)
+        _atomic_write(
+            sidecar_path(target), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode()
+        )
+    except OSError as exc:
+        raise ExportError(target, f"{type(exc).__name__}: {exc}") from exc
+    return target
+
+
+def _looks_like_pickle(head: bytes) -> bool:
+    # Pickle protocol 2+ opens with PROTO (0x80, version); torch.save writes a zip.
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    return head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
+
+
+def _refuse_pickle_name(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(path, _PICKLE_REFUSAL)
+
+
+def _refuse_pickle_bytes(path: Path, head: bytes) -> None:
+    if _looks_like_pickle(head):
+        raise CheckpointError(
+            path, "the file is a pickle or zip (torch.save) archive; " + _PICKLE_REFUSAL
+        )
+
+
+def _parse_header(path: Path, head: bytes, size: int) -> dict[str, Any]:
+    """Parse the safetensors JSON header from the start of the file."""
+    if len(head) < 8:
+        raise CheckpointError(path, f"file too short ({size} bytes) to be a safetensors file")
+    (length,) = struct.unpack("<Q", head[:8])
+    if length < 2 or length > _MAX_HEADER_BYTES or 8 + length > size:
+        raise CheckpointError(
+            path,
+            f"not a safetensors file, or truncated (header length {length}, file size {size} bytes)",
+        )
+    if len(head) < 8 + length:
+        raise CheckpointError(path, "truncated safetensors header")
+    try:
+        header = json.loads(head[8 : 8 + length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(path, f"corrupt safetensors header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise CheckpointError(path, "corrupt safetensors header: not a JSON object")
+    return header
+
+
+def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
+    raw = header.get("__metadata__") or {}
+    text = raw.get(_META_KEY) if isinstance(raw, dict) else None
+    if raw.get("format") != FORMAT_NAME or text is None:
+        raise CheckpointError(
+            path, "no napari-histattn metadata in the safetensors header (saved by another tool?)"
+        )
+    try:
+        metadata = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(path, f"corrupt napari-histattn metadata: {exc}") from exc
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            path,
+            f"checkpoint format version {version!r} is newer than this napari-histattn "
+            f"understands ({FORMAT_VERSION}); update napari-histattn",
+        )
+    for key in ("model_name", "model_config", "class_names", "preprocessing"):
+        if key not in metadata:
+            raise CheckpointError(path, f"metadata lacks {key!r}")
+    if not isinstance(metadata["model_config"], dict) or not isinstance(
+        metadata["class_names"], list
+    ):
+        raise CheckpointError(
+            path, "metadata model_config must be an object and class_names a list"
+        )
+    return metadata
+
+
+def _read_head(path: Path) -> tuple[bytes, int]:
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) == 8:
+                (length,) = struct.unpack("<Q", head)
+                if 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
+                    head += fh.read(length)
+    except FileNotFoundError:
+        raise CheckpointError(path, "file not found") from None
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot read: {exc}") from exc
+    return head, size
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of a checkpoint, read from its header without building the model.
+
+    Reads only the header (cheap, for pickers and listings) and does not verify
+    the SHA-256; :func:`load` does.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` file or its ``.json`` sidecar.
+
+    Returns
+    -------
+    dict
+        The metadata (see the module docstring for the keys).
+
+    Raises
+    ------
+    CheckpointError
+        If the file is missing, a pickle, or not a napari-histattn checkpoint.
+    """
+    raw_path = Path(path)
+    _refuse_pickle_name(raw_path)
+    target = weights_path(raw_path)
+    head, size = _read_head(target)
+    _refuse_pickle_bytes(target, head)
+    return _metadata_from_header(target, _parse_header(target, head, size))
+
+
+def _check_sidecar(path: Path, digest: str) -> None:
+    sidecar = sidecar_path(path)
+    if not sidecar.exists():
+        return
+    try:
+        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        raise CheckpointError(path, f"unreadable sidecar {sidecar.name}: {exc}") from exc
+    if recorded is not None and recorded != digest:
+        raise CheckpointError(
+            path,
+            f"SHA-256 {digest} differs from {recorded} recorded in {sidecar.name}: the weights "
+            "file was modified, truncated or replaced",
+        )
+
+
+def _check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    shapes = [
+        f"{key}: file {tuple(tensors[key].shape)} vs model {tuple(expected[key].shape)}"
+        for key in sorted(set(expected) & set(tensors))
+        if tensors[key].shape != expected[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing[:8]}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        problems.append(
+            f"unexpected keys {unexpected[:8]}" + (" ..." if len(unexpected) > 8 else "")
+        )
+    if shapes:
+        problems.append(
+            "shape mismatches " + "; ".join(shapes[:8]) + (" ..." if len(shapes) > 8 else "")
+        )
+    if problems:
+        raise CheckpointError(path, "weights do not match the model: " + ", ".join(problems))
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "auto") -> LoadedCheckpoint:
+    """Rebuild a model from a checkpoint, safely.
+
+    Parameters
+    ----------
+    path
+        The ``.safetensors`` file or its ``.json`` sidecar.
+    device
+        ``"auto"`` (cuda, then mps, then cpu) or a torch device name.
+
+    Returns
+    -------
+    LoadedCheckpoint
+        The model in eval mode on ``device``, its configuration, class names,
+        preprocessing, metadata and the file's SHA-256.
+
+    Raises
+    ------
+    CheckpointError
+        For a pickle file (never unpickled), a missing, truncated or corrupt file,
+        a SHA-256 that differs from the sidecar's, an unknown model name, an
+        invalid configuration, missing/unexpected keys, shape mismatches or a
+        class count that differs from the model's head.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as safetensors_load
+
+    from napari_histattn.models.device import resolve_device
+    from napari_histattn.models.registry import create_model, list_models
+
+    raw_path = Path(path)
+    _refuse_pickle_name(raw_path)
+    torch_device = resolve_device(device)
+    target = weights_path(raw_path)
+    head, size = _read_head(target)
+    _refuse_pickle_bytes(target, head)
+    metadata = _metadata_from_header(target, _parse_header(target, head, size))
+    try:
+        data = target.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(target, f"cannot read: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    _check_sidecar(target, digest)
+    try:
+        tensors = safetensors_load(data)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(target, f"corrupt or truncated safetensors data: {exc}") from exc
+
+    model_name = metadata["model_name"]
+    known = list_models()
+    if model_name not in known:
+        raise CheckpointError(
+            target, f"unknown model {model_name!r}; this napari-histattn knows {', '.join(known)}"
+        )
+    config = metadata["model_config"]
+    try:
+        model = create_model(model_name, **config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            target, f"cannot build {model_name!r} from its configuration: {exc}"
+        ) from exc
+    class_names = [str(name) for name in metadata["class_names"]]
+    n_classes = _model_n_classes(model, config)
+    if n_classes is not None and n_classes != len(class_names):
+        raise CheckpointError(
+            target,
+            f"{len(class_names)} class names {class_names} but the model head has {n_classes} classes",
+        )
+    _check_state_dict(target, model, tensors)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(target, f"weights do not match the model: {exc}") from exc
+    non_finite = [
+        name
+        for name, tensor in tensors.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if non_finite:
+        raise CheckpointError(target, f"weights contain NaN or infinite values: {non_finite[:8]}")
+    model.to(torch_device).eval()
+    return LoadedCheckpoint(
+        model=model,
+        model_name=model_name,
+        config=config,
+        class_names=class_names,
+        preprocessing=dict(metadata["preprocessing"]),
+        metadata=metadata,
+        sha256=digest,
+        path=target,
+    )
