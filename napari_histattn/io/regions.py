@@ -1,0 +1,650 @@
+"""From an attention grid to regions and patches in level-0 pixels.
+
+An attention map is a ``(rows, cols)`` float array over a regular grid of patches. Its
+:class:`GridGeometry` says where the grid lies on the slide, in level-0 pixels: cell
+``(r, c)`` covers the patch whose top-left corner is
+``origin_l0_xy + (c * stride_x, r * stride_y)`` and whose size is ``patch_l0_wh``.
+Coordinates are continuous level-0 pixel coordinates (QuPath's and OpenSlide's
+convention: pixel ``i`` spans ``[i, i + 1)``), ``x`` first.
+
+Cells that are not tissue are ``NaN`` and never part of a region.
+
+GUI-free: numpy, scipy and shapely only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal
+
+import numpy as np
+import shapely
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+from shapely.affinity import affine_transform
+from shapely.geometry import MultiPolygon, Polygon, box
+from shapely.geometry.base import BaseGeometry
+
+__all__ = [
+    "DEFAULT_CLASS_NAME",
+    "GridGeometry",
+    "Patch",
+    "Region",
+    "class_colour",
+    "grid_patches",
+    "make_valid_polygonal",
+    "orient_polygonal",
+    "percentile_normalise",
+    "threshold_regions",
+    "top_k_patches",
+    "top_k_regions",
+]
+
+DEFAULT_CLASS_NAME = "Attention"
+
+RankBy = Literal["mass", "max", "mean"]
+
+# QuPath's default colours for its built-in classes, so that an export looks familiar there.
+_QUPATH_COLOURS: dict[str, tuple[int, int, int]] = {
+    "tumor": (200, 0, 0),
+    "tumour": (200, 0, 0),
+    "stroma": (150, 200, 150),
+    "immune cells": (160, 90, 160),
+    "necrosis": (50, 50, 50),
+    "other": (255, 200, 0),
+    "region*": (0, 0, 180),
+    "ignore*": (180, 180, 180),
+    "positive": (200, 50, 50),
+    "negative": (112, 112, 225),
+    "attention": (255, 128, 0),
+}
+
+# Colour-blind-friendly palette (Okabe-Ito, without black) for every other class name.
+_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+)
+
+
+def class_colour(class_name: str) -> tuple[int, int, int]:
+    """Return the default RGB colour of a class name.
+
+    QuPath's built-in classes (Tumor, Stroma, Immune cells, Necrosis, Other, Region*,
+    Ignore*, Positive, Negative) keep QuPath's colours; any other name gets a colour
+    from a fixed colour-blind-friendly palette chosen by a stable hash of the name, so
+    the same class has the same colour in every run and every file.
+    """
+    known = _QUPATH_COLOURS.get(class_name.strip().lower())
+    if known is not None:
+        return known
+    digest = hashlib.sha256(class_name.encode("utf-8")).digest()
+    return _PALETTE[digest[0] % len(_PALETTE)]
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """Where an attention grid lies on the slide, in level-0 pixels.
+
+    Attributes
+    ----------
+    origin_l0_xy
+        Top-left corner of the patch of cell ``(0, 0)``.
+    stride_l0_xy
+        Distance between the top-left corners of neighbouring cells.
+    patch_l0_wh
+        Size of the patch that one cell covers (may differ from the stride: patches
+        overlap when it is larger and leave gaps when it is smaller).
+    """
+
+    origin_l0_xy: tuple[float, float]
+    stride_l0_xy: tuple[float, float]
+    patch_l0_wh: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        for name in ("origin_l0_xy", "stride_l0_xy", "patch_l0_wh"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 2 or not all(math.isfinite(v) for v in value):
+                raise ValueError(f"{name} must be two finite numbers, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, value)
+        if min(self.stride_l0_xy) <= 0 or min(self.patch_l0_wh) <= 0:
+            raise ValueError(
+                f"stride and patch size must be positive, got {self.stride_l0_xy}, {self.patch_l0_wh}"
+            )
+
+    @classmethod
+    def from_any(cls, geometry: Any) -> GridGeometry:
+        """Build from a ``GridGeometry``, a mapping or any object with the three attributes."""
+        if isinstance(geometry, cls):
+            return geometry
+        names = ("origin_l0_xy", "stride_l0_xy", "patch_l0_wh")
+        if isinstance(geometry, Mapping):
+            return cls(*(geometry[n] for n in names))
+        return cls(*(getattr(geometry, n) for n in names))
+
+    def cell_l0_xywh(self, r: int, c: int) -> tuple[float, float, float, float]:
+        """Return ``(x, y, w, h)`` of the patch of cell ``(r, c)`` in level-0 pixels."""
+        ox, oy = self.origin_l0_xy
+        sx, sy = self.stride_l0_xy
+        return (ox + c * sx, oy + r * sy, self.patch_l0_wh[0], self.patch_l0_wh[1])
+
+
+def _frozen_mapping(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(values))
+
+
+@dataclass(frozen=True)
+class Region:
+    """One annotated region in level-0 pixels.
+
+    Attributes
+    ----------
+    polygon
+        ``Polygon`` or ``MultiPolygon`` in level-0 pixel coordinates ``(x, y)``.
+    class_name
+        Classification name (QuPath's ``classification.name``); ``None`` when unclassified.
+    color_rgb
+        Display colour; defaults to :func:`class_colour` of ``class_name`` (grey when
+        unclassified).
+    rank
+        1 for the most attended region.
+    measurements
+        Name to number, for example ``attention_max``, ``attention_mean``,
+        ``attention_mass``, ``n_patches``, ``area_px2``, ``area_um2``, ``prob_<class>``.
+    name
+        Display name; defaults to ``"Attention region <rank>"``.
+    """
+
+    polygon: BaseGeometry
+    class_name: str | None = DEFAULT_CLASS_NAME
+    color_rgb: tuple[int, int, int] | None = None
+    rank: int = 1
+    measurements: Mapping[str, float] = field(default_factory=dict)
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.polygon, Polygon | MultiPolygon):
+            raise TypeError(
+                f"Region.polygon must be a shapely Polygon or MultiPolygon, got {type(self.polygon).__name__}"
+            )
+        if self.color_rgb is None:
+            colour = (
+                class_colour(self.class_name) if self.class_name is not None else (128, 128, 128)
+            )
+        else:
+            colour = tuple(int(v) for v in self.color_rgb)  # type: ignore[assignment]
+            if len(colour) != 3 or not all(0 <= v <= 255 for v in colour):
+                raise ValueError(f"color_rgb must be three integers 0-255, got {self.color_rgb!r}")
+        object.__setattr__(self, "color_rgb", colour)
+        object.__setattr__(
+            self, "measurements", _frozen_mapping({str(k): v for k, v in self.measurements.items()})
+        )
+        if self.name is None:
+            object.__setattr__(self, "name", f"Attention region {self.rank}")
+
+    @property
+    def colour(self) -> tuple[int, int, int]:
+        """``color_rgb`` with its default filled in (never ``None``)."""
+        assert self.color_rgb is not None
+        return self.color_rgb
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One patch (a grid cell or a sampled location) with its attention.
+
+    Attributes
+    ----------
+    l0_xy
+        Top-left corner in level-0 pixels.
+    size_l0_wh
+        Width and height in level-0 pixels.
+    attention
+        The model's attention for this patch.
+    probs
+        Class name to probability (may be empty).
+    """
+
+    l0_xy: tuple[float, float]
+    size_l0_wh: tuple[float, float]
+    attention: float
+    probs: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "l0_xy", (float(self.l0_xy[0]), float(self.l0_xy[1])))
+        object.__setattr__(
+            self, "size_l0_wh", (float(self.size_l0_wh[0]), float(self.size_l0_wh[1]))
+        )
+        object.__setattr__(self, "attention", float(self.attention))
+        object.__setattr__(
+            self, "probs", _frozen_mapping({str(k): float(v) for k, v in self.probs.items()})
+        )
+
+    @property
+    def polygon(self) -> Polygon:
+        """The patch rectangle in level-0 pixels."""
+        x, y = self.l0_xy
+        w, h = self.size_l0_wh
+        return box(x, y, x + w, y + h)
+
+
+# --------------------------------------------------------------------------- normalisation
+
+
+def percentile_normalise(
+    attention: ArrayLike, lo: float = 1.0, hi: float = 99.0
+) -> NDArray[np.float64]:
+    """Scale attention to ``[0, 1]`` between two percentiles of its finite values.
+
+    Parameters
+    ----------
+    attention
+        Array of any shape. ``NaN`` and infinite values (non-tissue cells) are ignored
+        when computing the percentiles and stay ``NaN`` in the result.
+    lo, hi
+        Percentiles mapped to 0 and 1 (``0 <= lo < hi <= 100``); values outside are clipped.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` array of the same shape. When the two percentiles coincide (a map
+        that is nearly constant apart from a few outliers) the finite minimum and
+        maximum are used instead; a constant map becomes all zeros, since it says
+        nothing about where the model looked.
+    """
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"need 0 <= lo < hi <= 100, got lo={lo}, hi={hi}")
+    values = np.asarray(attention, dtype=np.float64)
+    out = np.full(values.shape, np.nan, dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return out
+    data = values[finite]
+    low, high = np.percentile(data, [lo, hi])
+    if not high > low:
+        low, high = float(data.min()), float(data.max())
+    if not high > low:
+        out[finite] = 0.0
+        return out
+    out[finite] = np.clip((data - low) / (high - low), 0.0, 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------- geometry helpers
+
+
+def _polygonal_parts(geometry: BaseGeometry) -> list[Polygon]:
+    parts: list[Polygon] = []
+    for part in shapely.get_parts(geometry):
+        if isinstance(part, Polygon):
+            if not part.is_empty and part.area > 0:
+                parts.append(part)
+        elif isinstance(part, MultiPolygon | shapely.GeometryCollection):
+            parts.extend(_polygonal_parts(part))
+    return parts
+
+
+def orient_polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon:
+    """Orient exteriors counter-clockwise and holes clockwise (RFC 7946).
+
+    Orientation is in the coordinates' own frame (signed area with ``y`` as given);
+    on screen, where ``y`` grows downwards, the same ring looks clockwise. QuPath
+    accepts either orientation.
+    """
+    if isinstance(geometry, Polygon):
+        return shapely.geometry.polygon.orient(geometry, sign=1.0)
+    if isinstance(geometry, MultiPolygon):
+        return MultiPolygon([shapely.geometry.polygon.orient(p, sign=1.0) for p in geometry.geoms])
+    raise TypeError(f"expected a Polygon or MultiPolygon, got {type(geometry).__name__}")
+
+
+def make_valid_polygonal(geometry: BaseGeometry) -> Polygon | MultiPolygon | None:
+    """Repair a polygon and keep its polygonal parts, oriented.
+
+    A self-intersecting ring (a bow-tie) becomes a ``MultiPolygon`` of its lobes
+    (``shapely.make_valid``; ``buffer(0)`` would silently drop one lobe). Lines and
+    points that the repair may produce are dropped, as are zero-area parts. Returns
+    ``None`` when nothing with an area is left.
+    """
+    if geometry is None or geometry.is_empty:
+        return None
+    fixed = geometry if geometry.is_valid else shapely.make_valid(geometry)
+    parts = _polygonal_parts(fixed)
+    if not parts:
+        return None
+    merged = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    if not merged.is_valid:
+        merged = shapely.make_valid(merged)
+    parts = _polygonal_parts(merged)
+    if not parts:
+        return None
+    result: Polygon | MultiPolygon = parts[0] if len(parts) == 1 else MultiPolygon(parts)
+    return orient_polygonal(result)
+
+
+def _cells_polygon(
+    rows: NDArray[np.intp], cols: NDArray[np.intp], geometry: GridGeometry
+) -> Polygon | MultiPolygon:
+    """Union of the patch rectangles of the given cells, in level-0 pixels.
+
+    The union is computed in grid units, where neighbouring cells share exactly
+    representable edges (no floating-point slivers between rows), and mapped to
+    level 0 afterwards by one affine transform that maps shared vertices identically.
+    """
+    pw = geometry.patch_l0_wh[0] / geometry.stride_l0_xy[0]
+    ph = geometry.patch_l0_wh[1] / geometry.stride_l0_xy[1]
+    boxes: list[Polygon] = []
+    order = np.lexsort((cols, rows))
+    rows, cols = rows[order], cols[order]
+    if pw >= 1.0:
+        # Consecutive cells of a row touch or overlap: merge them into one box first.
+        start = 0
+        for i in range(1, len(rows) + 1):
+            if i == len(rows) or rows[i] != rows[start] or cols[i] != cols[i - 1] + 1:
+                r, c0, c1 = int(rows[start]), int(cols[start]), int(cols[i - 1])
+                boxes.append(box(c0, r, c1 + pw, r + ph))
+                start = i
+    else:
+        boxes = [
+            box(int(c), int(r), int(c) + pw, int(r) + ph) for r, c in zip(rows, cols, strict=True)
+        ]
+    # simplify(0) drops the collinear vertices where the merged boxes met.
+    union = shapely.union_all(boxes).simplify(0.0)
+    sx, sy = geometry.stride_l0_xy
+    ox, oy = geometry.origin_l0_xy
+    union = affine_transform(union, [sx, 0.0, 0.0, sy, ox, oy])
+    valid = make_valid_polygonal(union)
+    if valid is None:  # only possible for degenerate geometry, which __post_init__ forbids
+        raise ValueError("cells produced an empty polygon")
+    return valid
+
+
+def _check_attention(attention: ArrayLike) -> NDArray[np.float64]:
+    values = np.asarray(attention, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"attention must be a 2-D (rows, cols) array, got shape {values.shape}")
+    return values
+
+
+def _check_probs(
+    cell_probs: ArrayLike | None, class_names: Sequence[str] | None, shape: tuple[int, ...]
+) -> NDArray[np.float64] | None:
+    if cell_probs is None:
+        return None
+    probs = np.asarray(cell_probs, dtype=np.float64)
+    if probs.ndim != 3 or probs.shape[:2] != shape:
+        raise ValueError(f"cell_probs must have shape {shape + ('C',)}, got {probs.shape}")
+    if class_names is None or len(class_names) != probs.shape[2]:
+        raise ValueError("cell_probs needs class_names, one per class")
+    return probs
+
+
+def _rank_key(by: RankBy) -> str:
+    if by not in ("mass", "max", "mean"):
+        raise ValueError(f"rank_by must be 'mass', 'max' or 'mean', not {by!r}")
+    return f"attention_{by}"
+
+
+def _sort_regions(regions: Iterable[Region], by: RankBy) -> list[Region]:
+    key = _rank_key(by)
+
+    def sort_key(region: Region) -> tuple[float, float, float, float]:
+        # Ties broken by the other attention values, then top-left first: deterministic.
+        m = region.measurements
+        minx, miny, _, _ = region.polygon.bounds
+        return (
+            -float(m.get(key, -math.inf)),
+            -float(m.get("attention_max", -math.inf)),
+            miny,
+            minx,
+        )
+
+    return sorted(regions, key=sort_key)
+
+
+def _reranked(regions: Sequence[Region]) -> list[Region]:
+    out = []
+    for rank, region in enumerate(regions, start=1):
+        default_name = region.name == f"Attention region {region.rank}"
+        out.append(
+            Region(
+                polygon=region.polygon,
+                class_name=region.class_name,
+                color_rgb=region.color_rgb,
+                rank=rank,
+                measurements={**region.measurements, "rank": rank},
+                name=None if default_name else region.name,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def threshold_regions(
+    attention: ArrayLike,
+    geometry: GridGeometry | Mapping[str, Any] | Any,
+    threshold: float,
+    *,
+    normalise: bool = True,
+    lo: float = 1.0,
+    hi: float = 99.0,
+    min_cells: int = 1,
+    connectivity: Literal[4, 8] = 4,
+    class_name: str | None = None,
+    class_names: Sequence[str] | None = None,
+    cell_probs: ArrayLike | None = None,
+    mpp_xy: tuple[float, float] | None = None,
+    top_k: int | None = None,
+    rank_by: RankBy = "mass",
+) -> list[Region]:
+    """Threshold an attention grid into connected regions in level-0 pixels.
+
+    Parameters
+    ----------
+    attention
+        ``(rows, cols)`` attention; ``NaN`` for cells that are not tissue.
+    geometry
+        :class:`GridGeometry` (or a mapping / object with its three attributes).
+    threshold
+        Cells with (normalised, when ``normalise``) attention ``>= threshold`` are kept.
+    normalise
+        Threshold :func:`percentile_normalise` ``(attention, lo, hi)`` instead of the raw values.
+    lo, hi
+        Percentiles for the normalisation.
+    min_cells
+        Drop connected components with fewer cells.
+    connectivity
+        4 (edge neighbours) or 8 (also diagonal neighbours; such cells touch only at
+        a corner, so the region may be a ``MultiPolygon``).
+    class_name
+        Classification of every region. ``None``: the class with the highest
+        attention-weighted mean probability over the region's cells when
+        ``cell_probs`` is given, otherwise ``"Attention"``.
+    class_names, cell_probs
+        Optional per-cell class probabilities ``(rows, cols, C)`` and their names;
+        the region's attention-weighted mean probability of each class is recorded
+        as measurement ``prob_<class>``.
+    mpp_xy
+        Level-0 micrometres per pixel; adds the ``area_um2`` measurement.
+    top_k
+        Keep only the ``top_k`` best regions.
+    rank_by
+        ``"mass"`` (sum of attention, the default), ``"max"`` or ``"mean"``.
+
+    Returns
+    -------
+    list of Region
+        Sorted best first, ``rank`` 1..n. Measurements: ``attention_max``,
+        ``attention_mean``, ``attention_mass`` (raw attention), ``attention_norm_max``
+        (normalised), ``n_patches``, ``area_px2``, ``area_um2`` (with ``mpp_xy``),
+        ``prob_<class>`` (with ``cell_probs``), ``rank``.
+    """
+    values = _check_attention(attention)
+    grid = GridGeometry.from_any(geometry)
+    probs = _check_probs(cell_probs, class_names, values.shape)
+    if min_cells < 1:
+        raise ValueError(f"min_cells must be at least 1, got {min_cells}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    _rank_key(rank_by)
+
+    scaled = percentile_normalise(values, lo, hi) if normalise else values
+    with np.errstate(invalid="ignore"):
+        mask = np.isfinite(scaled) & np.isfinite(values) & (scaled >= threshold)
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels, count = ndimage.label(mask, structure=structure)
+
+    regions: list[Region] = []
+    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None:
+            continue
+        local = labels[window] == index
+        n_cells = int(local.sum())
+        if n_cells < min_cells:
+            continue
+        rr, cc = np.nonzero(local)
+        rows = rr + window[0].start
+        cols = cc + window[1].start
+        raw = values[rows, cols]
+        polygon = _cells_polygon(rows, cols, grid)
+        measurements: dict[str, float] = {
+            "attention_max": float(raw.max()),
+            "attention_mean": float(raw.mean()),
+            "attention_mass": float(raw.sum()),
+            "attention_norm_max": float(np.nanmax(scaled[rows, cols])),
+            "n_patches": float(n_cells),
+            "area_px2": float(polygon.area),
+        }
+        if mpp_xy is not None:
+            measurements["area_um2"] = float(polygon.area * mpp_xy[0] * mpp_xy[1])
+        region_class = class_name
+        if probs is not None and class_names is not None:
+            weights = np.clip(raw, 0.0, None)
+            cell = probs[rows, cols]
+            mean_probs = (
+                (weights[:, None] * cell).sum(axis=0) / weights.sum()
+                if weights.sum() > 0
+                else cell.mean(axis=0)
+            )
+            for name, p in zip(class_names, mean_probs, strict=True):
+                measurements[f"prob_{name}"] = float(p)
+            if region_class is None:
+                region_class = str(class_names[int(np.argmax(mean_probs))])
+        regions.append(
+            Region(
+                polygon=polygon,
+                class_name=region_class if region_class is not None else DEFAULT_CLASS_NAME,
+                measurements=measurements,
+            )
+        )
+    return top_k_regions(regions, top_k, by=rank_by)
+
+
+def top_k_regions(
+    regions: Iterable[Region], k: int | None = None, *, by: RankBy = "mass"
+) -> list[Region]:
+    """Sort regions by attention (``mass``, ``max`` or ``mean``), keep ``k``, re-rank 1..k.
+
+    ``k=None`` keeps all. Ties are broken by ``attention_max`` and then top-left
+    position, so the order is deterministic.
+    """
+    if k is not None and k < 0:
+        raise ValueError(f"k must be non-negative, got {k}")
+    ordered = _sort_regions(regions, by)
+    if k is not None:
+        ordered = ordered[:k]
+    return _reranked(ordered)
+
+
+def grid_patches(
+    attention: ArrayLike,
+    geometry: GridGeometry | Mapping[str, Any] | Any,
+    *,
+    class_names: Sequence[str] | None = None,
+    cell_probs: ArrayLike | None = None,
+) -> list[Patch]:
+    """Return one :class:`Patch` per finite cell of an attention grid, in row-major order."""
+    values = _check_attention(attention)
+    grid = GridGeometry.from_any(geometry)
+    probs = _check_probs(cell_probs, class_names, values.shape)
+    patches = []
+    for r, c in zip(*np.nonzero(np.isfinite(values)), strict=True):
+        x, y, w, h = grid.cell_l0_xywh(int(r), int(c))
+        cell_probs_map = (
+            dict(zip(class_names, probs[r, c].tolist(), strict=True))
+            if probs is not None and class_names is not None
+            else {}
+        )
+        patches.append(Patch((x, y), (w, h), float(values[r, c]), cell_probs_map))
+    return patches
+
+
+def top_k_patches(
+    attention: ArrayLike,
+    geometry: GridGeometry | Mapping[str, Any] | Any,
+    k: int,
+    *,
+    class_name: str | None = None,
+    class_names: Sequence[str] | None = None,
+    cell_probs: ArrayLike | None = None,
+    mpp_xy: tuple[float, float] | None = None,
+) -> list[Region]:
+    """Return the rectangles of the ``k`` cells with the highest attention as regions.
+
+    Each region is one patch rectangle, ranked by attention (ties: top-left first),
+    with measurements ``attention`` (= ``attention_max`` = ``attention_mean`` =
+    ``attention_mass``), ``grid_row``, ``grid_col``, ``area_px2``, ``area_um2`` (with
+    ``mpp_xy``), ``prob_<class>`` and ``rank``. The class follows the same rule as
+    :func:`threshold_regions`.
+    """
+    if k < 0:
+        raise ValueError(f"k must be non-negative, got {k}")
+    values = _check_attention(attention)
+    grid = GridGeometry.from_any(geometry)
+    probs = _check_probs(cell_probs, class_names, values.shape)
+    rows, cols = np.nonzero(np.isfinite(values))
+    # Highest attention first; stable lexsort keeps row-major order among ties.
+    order = np.lexsort((cols, rows, -values[rows, cols]))[:k]
+    regions = []
+    for rank, i in enumerate(order, start=1):
+        r, c = int(rows[i]), int(cols[i])
+        x, y, w, h = grid.cell_l0_xywh(r, c)
+        a = float(values[r, c])
+        measurements: dict[str, float] = {
+            "attention": a,
+            "attention_max": a,
+            "attention_mean": a,
+            "attention_mass": a,
+            "grid_row": float(r),
+            "grid_col": float(c),
+            "area_px2": w * h,
+            "rank": float(rank),
+        }
+        if mpp_xy is not None:
+            measurements["area_um2"] = w * h * mpp_xy[0] * mpp_xy[1]
+        region_class = class_name
+        if probs is not None and class_names is not None:
+            for name, p in zip(class_names, probs[r, c], strict=True):
+                measurements[f"prob_{name}"] = float(p)
+            if region_class is None:
+                region_class = str(class_names[int(np.argmax(probs[r, c]))])
+        regions.append(
+            Region(
+                polygon=orient_polygonal(box(x, y, x + w, y + h)),
+                class_name=region_class if region_class is not None else DEFAULT_CLASS_NAME,
+                rank=rank,
+                measurements=measurements,
+                name=f"Attention patch {rank}",
+            )
+        )
+    return regions
