@@ -105,8 +105,9 @@ def sample_without_replacement(
     If a row has fewer than ``n`` positions with nonzero probability (softmax
     underflow of a very peaked attention), every nonzero position is drawn first
     and the remaining slots are filled with zero-probability positions. Those
-    come last, carry attention 0, and :func:`expectation` gives them no weight:
-    once the mass is exhausted the estimate is already exact.
+    come last and carry attention 0; :func:`expectation` gives their features no
+    weight, and their per-draw estimates are the exact expectation (the mass is
+    exhausted), so the estimate stays unbiased.
     """
     _check_attention(attention, n)
     k = attention.shape[1]
