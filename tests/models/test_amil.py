@@ -88,10 +88,11 @@ def test_chunked_encoding_matches_and_bounds_the_chunk() -> None:
         seen.clear()
         chunked = model.encode(patches, chunk_size=300)
         out = model(patches, chunk_size=300)
+        from_features = model.forward_features(whole)
     assert max(seen) == 300 and sum(seen) == 2 * 5000  # encode() then forward()
     assert chunked.shape == (2, 2500, 8)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.logits, model.forward_features(whole).logits)
+    torch.testing.assert_close(out.logits, from_features.logits)
 
 
 def test_chunked_encoding_keeps_gradients() -> None:
