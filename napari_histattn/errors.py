@@ -47,3 +47,12 @@ class ExportError(HistattnError):
         self.path = Path(path)
         self.cause = cause
         super().__init__(f"Cannot write {str(self.path)!r}: {cause}")
+
+
+class AnnotationError(HistattnError):
+    """An annotation file (GeoJSON regions, CSV of patches) is malformed or unreadable."""
+
+    def __init__(self, path: str | Path, cause: str) -> None:
+        self.path = Path(path)
+        self.cause = cause
+        super().__init__(f"Cannot read annotations {str(self.path)!r}: {cause}")
