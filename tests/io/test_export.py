@@ -540,3 +540,22 @@ def test_json_safe_handles_common_types() -> None:
     )
     assert value == {"1": [0, 1, 2], "b": "01ff", "s": [1, 2], "inf": None, "ok": True}
     json.dumps(value, allow_nan=False)
+
+
+def test_region_crop_from_a_real_slide(tmp_path: Path, cmu_svs: Path) -> None:
+    """Crops read through Slide.read_region at level 0 match the slide's own pixels."""
+    from napari_histattn.io.slide import open_slide
+
+    slide = open_slide(cmu_svs)
+    try:
+        width, height = slide.level_dimensions[0]
+        region = Region(box(width - 300, 1000, width + 500, 1200), class_name="Tumor")
+        (path,) = write_region_crops(
+            tmp_path, [region], slide.read_region, slide_l0_wh=(width, height)
+        )
+        expected = slide.read_region((width - 300, 1000), 0, (300, 200))
+    finally:
+        slide.close()
+    with Image.open(path) as image:
+        assert image.size == (300, 200)  # clipped to the slide's right edge
+        assert np.array_equal(np.asarray(image), expected)
