@@ -1,22 +1,28 @@
 """napari reader for whole-slide images (npe2 command ``napari-histattn.get_reader``).
 
-:func:`napari_get_reader` only does cheap checks (suffix and
-:func:`napari_histattn.io.slide.can_open`, which never raises) and returns
-``None`` for anything it cannot read, so napari moves on to other readers. The
-function it returns opens the slide for real; a slide that passed the cheap
-check but still fails raises :class:`~napari_histattn.errors.SlideError`, whose
-message names the file and the cause, and napari shows it.
+:func:`napari_get_reader` never raises: it returns ``None`` for anything it
+cannot read, so napari moves on to other readers. It first makes cheap checks
+(suffix, :func:`napari_histattn.io.slide.can_open`), then opens the slide and
+decodes one tile, because some bad files pass every header check. The function
+it returns builds the layers from that already-open slide. Opening a slide
+explicitly (:func:`read_slides`) raises
+:class:`~napari_histattn.errors.SlideError`, whose message names the file and
+the cause.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_histattn._napari.layers import LayerDataTuple, _stem, slide_layer_data
 from napari_histattn.errors import SlideError
+
+if TYPE_CHECKING:
+    from napari_histattn.io.slide import Slide
 
 PathOrPaths = str | os.PathLike | Sequence[str | os.PathLike]
 ReaderFunction = Callable[[PathOrPaths], list[LayerDataTuple]]
@@ -41,8 +47,8 @@ SLIDE_SUFFIXES = (
 )
 
 
-def _single_path_ok(path: Any) -> bool:
-    """Cheap, never-raising check that one path is a slide file we can open."""
+def _cheap_ok(path: Any) -> bool:
+    """Cheap, never-raising check: a slide-like name, a file, and ``can_open``."""
     try:
         if not isinstance(path, str | os.PathLike):
             return False
@@ -54,6 +60,39 @@ def _single_path_ok(path: Any) -> bool:
         return bool(can_open(p))
     except Exception:  # the reader contract: never raise to napari
         return False
+
+
+def _open_and_probe(path: str | os.PathLike) -> Slide | None:
+    """Open a slide that passed the cheap checks and decode one tile, or return ``None``.
+
+    Headers alone miss files that OpenSlide detects but cannot open (a DICOM
+    frame set without ImageType) and files whose tiles cannot be decoded at all
+    (``unreadable.svs``); napari should try other readers for those. Opening
+    parses headers only and the probe decodes a single tile of the smallest
+    stored level, so this stays cheap on a 100k^2 slide.
+    """
+    from napari_histattn.io.slide import open_slide
+
+    try:
+        slide = open_slide(Path(path))
+    except Exception:
+        return None
+    try:
+        stored = slide.level_count - len(getattr(slide, "computed_levels", ()))
+        level = max(stored - 1, 0)
+        level_w, level_h = slide.level_dimensions[level]
+        tile_w, tile_h = slide.level_tile_sizes[level]
+        size_wh = (max(1, min(tile_w, level_w, 512)), max(1, min(tile_h, level_h, 512)))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a failed probe is our answer, not news
+            slide.read_level_region(level, (0, 0), size_wh)
+        if slide.failed_tiles:
+            slide.close()
+            return None
+        return slide
+    except Exception:
+        slide.close()
+        return None
 
 
 def napari_get_reader(path: PathOrPaths) -> ReaderFunction | None:
@@ -68,16 +107,30 @@ def napari_get_reader(path: PathOrPaths) -> ReaderFunction | None:
     Returns
     -------
     callable or None
-        ``read_slides(path) -> list of layer data tuples``, or ``None`` for a
-        directory, a non-slide file, or anything that fails the cheap checks.
+        ``read(path) -> list of layer data tuples``, or ``None`` for a
+        directory, a non-slide file, or a slide that cannot be opened or whose
+        first tile cannot be decoded. Never raises.
     """
-    if isinstance(path, list | tuple):
-        if not path or not all(_single_path_ok(p) for p in path):
-            return None
-        return read_slides
-    if not _single_path_ok(path):
+    paths = list(path) if isinstance(path, list | tuple) else [path]
+    if not paths or not all(_cheap_ok(p) for p in paths):
         return None
-    return read_slides
+    slides: list[Slide] = []
+    for p in paths:
+        slide = _open_and_probe(p)
+        if slide is None:
+            for opened in slides:
+                opened.close()
+            return None
+        slides.append(slide)
+    opened_for = [str(Path(p)) for p in paths]
+
+    def read(path: PathOrPaths) -> list[LayerDataTuple]:
+        requested = path if isinstance(path, list | tuple) else [path]
+        if [str(Path(p)) for p in requested] == opened_for:
+            return [slide_layer_data(s) for s in slides]
+        return read_slides(path)
+
+    return read
 
 
 def read_slides(path: PathOrPaths) -> list[LayerDataTuple]:
