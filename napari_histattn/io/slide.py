@@ -30,15 +30,17 @@ OpenSlide, so they keep working.
 from __future__ import annotations
 
 import abc
+import ctypes
 import logging
 import math
 import operator
 import os
+import sys
 import threading
 import warnings
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -154,6 +156,42 @@ def _pil_to_rgb(img: Any) -> np.ndarray:
     return np.asarray(img)
 
 
+# Byte positions of R, G, B, A inside OpenSlide's native-endian ARGB uint32 pixels.
+_ARGB_BYTES = (2, 1, 0, 3) if sys.byteorder == "little" else (1, 2, 3, 0)
+
+
+def argb_to_rgb(argb: np.ndarray) -> np.ndarray:
+    """OpenSlide's premultiplied ARGB (``(h, w)`` uint32) to RGB on white.
+
+    With premultiplied colour, compositing onto white is ``c + (255 - a)`` exactly;
+    fully opaque regions (the common case) skip it.
+
+    Parameters
+    ----------
+    argb
+        ``(h, w)`` uint32 array as filled by ``openslide_read_region``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(h, w, 3)`` uint8, C-contiguous.
+    """
+    h, w = argb.shape
+    b = argb.view(np.uint8).reshape(h, w, 4)
+    ri, gi, bi, ai = _ARGB_BYTES
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    if argb.size == 0 or bool((argb >= 0xFF000000).all()):
+        # three strided copies are ~3x faster than one ascontiguousarray of a view
+        out[..., 0] = b[..., ri]
+        out[..., 1] = b[..., gi]
+        out[..., 2] = b[..., bi]
+        return out
+    inv = 255 - b[..., ai].astype(np.uint16)
+    for j, i in enumerate((ri, gi, bi)):
+        out[..., j] = np.minimum(b[..., i] + inv, 255)
+    return out
+
+
 def _white(size_wh: tuple[int, int]) -> np.ndarray:
     return np.full((size_wh[1], size_wh[0], 3), 255, dtype=np.uint8)
 
@@ -195,12 +233,29 @@ class _FailureSink(Protocol):
     def tile_failed(self, level: int, lvl_xy: tuple[int, int], exc: BaseException) -> None: ...
 
 
+#: Builds a backend given the object that receives its tile failures (the Slide).
+BackendFactory = Callable[[_FailureSink], _Backend]
+
+
 def _parse_float(value: Any) -> float | None:
     try:
         f = float(value)
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) and f > 0 else None
+
+
+def _native_read_function() -> Any:
+    try:
+        from openslide import lowlevel
+
+        return getattr(lowlevel, "_read_region", None)
+    except Exception:
+        return None
+
+
+_NATIVE_READ = _native_read_function()
+_C_UINT32_P = ctypes.POINTER(ctypes.c_uint32)
 
 
 class _OpenSlideBackend(_Backend):
@@ -244,6 +299,24 @@ class _OpenSlideBackend(_Backend):
         self.quickhash = props.get("openslide.quickhash-1")
         self.associated_image_names = tuple(handle.associated_images.keys())
 
+    def _region(
+        self, handle: Any, l0_xy: tuple[int, int], level: int, size_wh: tuple[int, int]
+    ) -> np.ndarray:
+        """One ``openslide_read_region`` call, straight into a numpy buffer.
+
+        openslide-python's public ``read_region`` un-premultiplies into a PIL image
+        that we would copy again; calling the same C function through its ctypes
+        binding into our own buffer saves ~20% per 256-px tile. Falls back to the
+        public API if a future openslide-python drops the binding.
+        """
+        osr = getattr(handle, "_osr", None)
+        if _NATIVE_READ is None or osr is None:
+            return _pil_to_rgb(handle.read_region(l0_xy, level, size_wh))
+        w, h = size_wh
+        buf = np.empty((h, w), dtype=np.uint32)
+        _NATIVE_READ(osr, buf.ctypes.data_as(_C_UINT32_P), l0_xy[0], l0_xy[1], level, w, h)
+        return argb_to_rgb(buf)
+
     def _current(self) -> tuple[Any, int]:
         with self._lock:
             return self._handle, self._generation
@@ -272,11 +345,10 @@ class _OpenSlideBackend(_Backend):
             return self._read_tiles(l0_xy, level, size_wh)
         handle, generation = self._current()
         try:
-            img = handle.read_region(l0_xy, level, size_wh)
+            return self._region(handle, l0_xy, level, size_wh)
         except self._openslide.OpenSlideError:
             self._reopen(generation)
             return self._read_tiles(l0_xy, level, size_wh)
-        return _pil_to_rgb(img)
 
     def _tile_span(
         self, l0: int, ds: float, n: int, tile: int, size: int
@@ -319,7 +391,7 @@ class _OpenSlideBackend(_Backend):
                 handle, generation = self._current()
                 origin = (l0_xy[0] + round(i0 * ds), l0_xy[1] + round(j0 * ds))
                 try:
-                    img = handle.read_region(origin, level, (i1 - i0, j1 - j0))
+                    tile = self._region(handle, origin, level, (i1 - i0, j1 - j0))
                 except self._openslide.OpenSlideError as exc:
                     out[j0:j1, i0:i1] = PLACEHOLDER_RGB
                     with self._lock:
@@ -328,7 +400,7 @@ class _OpenSlideBackend(_Backend):
                     self._sink.tile_failed(level, (tx * tw, ty * th), exc)
                     self._reopen(generation)
                     continue
-                out[j0:j1, i0:i1] = _pil_to_rgb(img)
+                out[j0:j1, i0:i1] = tile
         return out
 
     def associated_image(self, name: str) -> np.ndarray:
@@ -724,19 +796,23 @@ class Slide:
     def __init__(
         self,
         path: Path,
-        backend: _Backend,
+        backend_factory: BackendFactory,
         *,
         mpp_override: tuple[float, float] | None = None,
         max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS,
         max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES,
         computed_cache_bytes: int = 128 * 2**20,
     ) -> None:
+        if mpp_override is not None:
+            mx, my = (float(v) for v in mpp_override)
+            if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
+                raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
         self.path = path
-        self._backend = backend
         self._closed = False
         self._lock = threading.Lock()
         self._warned = False
         self.failed_tiles: list[tuple[int, int, int]] = []
+        self._backend = backend = backend_factory(self)
         self.max_region_pixels = int(max_region_pixels)
         self.max_array_bytes = int(max_array_bytes)
 
@@ -748,9 +824,6 @@ class Slide:
         self.objective_power = backend.objective_power
         self.associated_image_names = backend.associated_image_names
         if mpp_override is not None:
-            mx, my = (float(v) for v in mpp_override)
-            if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
-                raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
             self.mpp_xy: tuple[float, float] | None = (mx, my)
             self.mpp_source = "override"
         else:
@@ -811,8 +884,11 @@ class Slide:
     # -- failures
 
     def tile_failed(self, level: int, lvl_xy: tuple[int, int], exc: BaseException) -> None:
+        entry = (int(level), int(lvl_xy[0]), int(lvl_xy[1]))
         with self._lock:
-            self.failed_tiles.append((int(level), int(lvl_xy[0]), int(lvl_xy[1])))
+            if entry in self.failed_tiles:
+                return
+            self.failed_tiles.append(entry)
             first = not self._warned
             self._warned = True
         logger.debug("tile at level %d %s of %s unreadable: %s", level, lvl_xy, self.path, exc)
@@ -1041,10 +1117,14 @@ def _detect_openslide(path: Path) -> str | None:
         return None
 
 
+_BACKENDS = ("openslide", "tifffile", "pillow")
+
+
 def open_slide(
     path: str | os.PathLike[str],
     *,
     mpp_override: tuple[float, float] | None = None,
+    backend: str | None = None,
     max_region_pixels: int = DEFAULT_MAX_REGION_PIXELS,
     max_array_bytes: int = DEFAULT_MAX_ARRAY_BYTES,
 ) -> Slide:
@@ -1057,6 +1137,10 @@ def open_slide(
     mpp_override
         ``(mpp_x, mpp_y)`` to use instead of the file's own (``mpp_source`` becomes
         ``"override"``).
+    backend
+        Force ``"openslide"``, ``"tifffile"`` or ``"pillow"``; by default OpenSlide
+        for what it detects (except generic TIFFs whose pyramid or OME metadata only
+        tifffile sees), tifffile for other TIFFs, Pillow for other images.
     max_region_pixels
         Largest ``width * height`` one read may request.
     max_array_bytes
@@ -1070,8 +1154,11 @@ def open_slide(
     ------
     SlideError
         The file is missing or no backend can open it; the message names the file
-        and why each applicable backend refused it.
+        and why each backend that was tried refused it (the first refusal is
+        chained as ``__cause__``).
     """
+    if backend is not None and backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS} or None, got {backend!r}")
     p = Path(path)
     if not p.exists():
         raise SlideError(p, "no such file")
@@ -1082,70 +1169,78 @@ def open_slide(
     except OSError as exc:
         raise SlideError(p, f"cannot read the file: {exc}") from exc
 
-    def make(backend: _Backend) -> Slide:
-        return Slide(
-            p,
-            backend,
-            mpp_override=mpp_override,
-            max_region_pixels=max_region_pixels,
-            max_array_bytes=max_array_bytes,
-        )
+    vendor = _detect_openslide(p)
+    is_tiff = head[:4] in _TIFF_MAGIC
+    if backend is not None:
+        order = [backend]
+    elif vendor is not None:
+        order = ["openslide", "tifffile"] if is_tiff else ["openslide"]
+    else:
+        order = ["tifffile"] if is_tiff else ["pillow"]
 
     causes: list[str] = []
     first_exc: BaseException | None = None
-    vendor = _detect_openslide(p)
-    if vendor is not None:
-        import openslide
-
+    for name in order:
         try:
-            handle = openslide.OpenSlide(str(p))
+            return Slide(
+                p,
+                _backend_factory(name, p, vendor),
+                mpp_override=mpp_override,
+                max_region_pixels=max_region_pixels,
+                max_array_bytes=max_array_bytes,
+            )
+        except SlideError:
+            raise
         except Exception as exc:
-            causes.append(f"OpenSlide ({vendor}): {exc}")
-            first_exc = exc
-        else:
-            holder: list[Slide] = []
-            sink = _DeferredSink(holder)
-            try:
-                backend = _OpenSlideBackend(p, handle, sink)
-            except Exception as exc:
-                handle.close()
-                raise SlideError(p, f"OpenSlide ({vendor}): {exc}") from exc
-            slide = make(backend)
-            holder.append(slide)
-            return slide
-
-    if head[:4] in _TIFF_MAGIC:
-        holder = []
-        try:
-            tiff_backend = _TiffBackend(p, _DeferredSink(holder))
-        except Exception as exc:
-            causes.append(f"tifffile: {exc}")
+            label = {"openslide": f"OpenSlide ({vendor or 'not detected'})"}.get(name, name)
+            causes.append(f"{label}: {exc}")
             first_exc = first_exc or exc
-        else:
-            slide = make(tiff_backend)
-            holder.append(slide)
-            return slide
-    elif vendor is None:
-        try:
-            pil_backend = _PillowBackend(p)
-        except Exception as exc:
-            causes.append(f"not a format OpenSlide recognises, not a TIFF, and Pillow: {exc}")
-            first_exc = exc
-        else:
-            return make(pil_backend)
-
+    if vendor is None and not is_tiff and backend is None:
+        causes.insert(0, "not a format OpenSlide recognises nor a TIFF")
     raise SlideError(p, "; ".join(causes)) from first_exc
 
 
-class _DeferredSink:
-    """Forwards tile failures to the Slide created after its backend."""
+def _backend_factory(name: str, path: Path, vendor: str | None) -> BackendFactory:
+    """A function that builds backend ``name`` for ``path``, given the Slide as sink."""
 
-    def __init__(self, holder: list[Slide]) -> None:
-        self._holder = holder
+    def build(sink: _FailureSink) -> _Backend:
+        if name == "pillow":
+            return _PillowBackend(path)
+        if name == "tifffile":
+            return _TiffBackend(path, sink)
+        import openslide
 
-    def tile_failed(self, level: int, lvl_xy: tuple[int, int], exc: BaseException) -> None:
-        if self._holder:
-            self._holder[0].tile_failed(level, lvl_xy, exc)
+        handle = openslide.OpenSlide(str(path))
+        try:
+            if vendor == "generic-tiff" and _tifffile_sees_more(path, handle.level_count):
+                try:
+                    tiff = _TiffBackend(path, sink)
+                except Exception as exc:
+                    logger.debug("tifffile could not open %s (%s); using OpenSlide", path, exc)
+                else:
+                    handle.close()
+                    return tiff
+            return _OpenSlideBackend(path, handle, sink)
+        except BaseException:
+            handle.close()
+            raise
+
+    return build
+
+
+def _tifffile_sees_more(path: Path, openslide_levels: int) -> bool:
+    """True for a tiled TIFF that OpenSlide reads as generic-tiff but tifffile reads better.
+
+    OpenSlide's generic-tiff takes levels from successive IFDs only: it misses
+    SubIFD pyramids (OME-TIFF, ``tifffile`` output) and OME physical sizes.
+    """
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(str(path)) as tif:
+            return bool(tif.is_ome) or len(tif.series[0].levels) > openslide_levels
+    except Exception:
+        return False
 
 
 def _tiff_readable(path: Path, *, vendor: str | None) -> bool:
