@@ -81,10 +81,12 @@ from torch import Tensor
 from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
 
+_VGG19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
+_VGG19 += [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
+
 #: Named backbone layouts: channel counts of 3x3 convolutions, ``"M"`` for a 2x2 max-pool.
 BACKBONES: dict[str, list[int | str]] = {
-    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
-    + [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
+    "vgg19": _VGG19,
     "vgg_small": [16, "M", 32, "M", 64, "M"],
 }
 

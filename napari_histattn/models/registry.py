@@ -155,6 +155,7 @@ def create_model(name: str, **config: Any) -> nn.Module:
     builder = _get_builder(name)
     full_config = {**default_config(name), **config}
     model = builder(**full_config)
-    model.model_name = name
-    model.model_config = full_config
+    # nn.Module types __setattr__ for tensors and modules; plain attributes are fine at runtime.
+    model.model_name = name  # type: ignore[assignment]
+    model.model_config = full_config  # type: ignore[assignment]
     return model
