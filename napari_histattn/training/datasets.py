@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import re
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,14 +32,26 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from napari_histattn.errors import HistattnError
+from napari_histattn.inference.patches import (
+    SlidePatchSource,
+    TilePlan,
+    TissueSettings,
+    plan_tiles,
+    read_tiles,
+    read_view,
+    target_downsample,
+)
 from napari_histattn.training.transforms import (
     Augment,
     Normalise,
+    as_triple,
+    mean_std,
     sample_generator,
     to_float_tensor,
 )
@@ -479,3 +492,481 @@ class ImageDataset(Dataset[tuple[Tensor, int]]):
         if self.augment is not None:
             image = self.augment(image, sample_generator(self.seed, self.epoch, index))
         return self.normalise(image), self.data.samples[index].label
+
+
+def estimate_normalisation(dataset: Any, max_items: int = 32) -> Normalise:
+    """Per-channel mean/std over the raw pixels of up to ``max_items`` items
+    (evenly spread over the dataset), for :class:`Normalise`.
+
+    ``dataset.raw(index)`` must return ``(..., 3, H, W)`` floats in [0, 1].
+    """
+    n = len(dataset)
+    if n == 0:
+        raise ValueError("cannot estimate normalisation from an empty dataset")
+    picks = np.unique(np.linspace(0, n - 1, min(n, max_items)).round().astype(int))
+    mean, std = mean_std(dataset.raw(int(i)) for i in picks)
+    return Normalise(as_triple(mean), as_triple(std))
+
+
+# -- slides (and any image io.slide opens) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How slides become model inputs.
+
+    Attributes
+    ----------
+    patch_size
+        Side of the patches in output pixels.
+    target_mpp, level, downsample
+        The resolution of the patches: at most one of micrometres per pixel,
+        a pyramid level, or level-0 pixels per pixel (none: level 0).
+    tissue
+        Tissue detection and tile filter (A-MIL bags).
+    max_patches
+        Most patches per A-MIL bag: training draws a new random subset each
+        epoch, evaluation takes an evenly spaced one; None keeps every tissue
+        tile (memory grows with the slide).
+    downscale
+        Attention sampling: high-resolution pixels per low-resolution pixel.
+    """
+
+    patch_size: int = 224
+    target_mpp: float | None = None
+    level: int | None = None
+    downsample: float | None = None
+    tissue: TissueSettings = field(default_factory=TissueSettings)
+    max_patches: int | None = 512
+    downscale: int = 8
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The checkpoint's view of these options."""
+        return {
+            "patch_size": self.patch_size,
+            "target_mpp": self.target_mpp,
+            "level": self.level,
+            "downsample": self.downsample,
+            "downscale": self.downscale,
+            "max_patches": self.max_patches,
+            "tissue": vars(self.tissue),
+        }
+
+
+class _SlideCache:
+    """Open slides, least recently used closed first (bounded file handles)."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._open: OrderedDict[Path, Any] = OrderedDict()
+
+    def get(self, path: Path) -> Any:
+        from napari_histattn.io.slide import open_slide
+
+        slide = self._open.pop(path, None)
+        if slide is None:
+            slide = open_slide(path)
+        self._open[path] = slide
+        while len(self._open) > self.capacity:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        return slide
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+class SlideBagDataset(Dataset[tuple[Tensor, int]]):
+    """A-MIL bags: the tissue patches of each slide (or image), read lazily.
+
+    Item ``(patches (n, 3, p, p), label)``. The tile plan of a slide is computed
+    once (tissue on a thumbnail); each access reads only the patches of the bag
+    (at most ``options.max_patches``). Augmentation is drawn per patch.
+    """
+
+    def __init__(
+        self,
+        data: LabelledData,
+        options: SlideOptions,
+        augment: Augment | None = None,
+        normalise: Normalise | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.options = options
+        self.augment = None if augment is None else replace(augment, per_instance=True)
+        self.normalise = normalise or Normalise()
+        self.seed = seed
+        self.epoch = 0
+        self._slides = _SlideCache()
+        self._plans: dict[int, TilePlan] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self, index: int) -> TilePlan:
+        """The tissue tiles of item ``index``."""
+        if index not in self._plans:
+            slide = self._slides.get(self.data.samples[index].path)
+            ds = target_downsample(
+                slide,
+                target_mpp=self.options.target_mpp,
+                level=self.options.level,
+                downsample=self.options.downsample,
+            )
+            self._plans[index] = plan_tiles(slide, self.options.patch_size, ds, self.options.tissue)
+        return self._plans[index]
+
+    def chosen_tiles(self, index: int) -> np.ndarray:
+        """Indices into :meth:`plan` of the patches item ``index`` reads now."""
+        n = len(self.plan(index))
+        cap = self.options.max_patches
+        if cap is None or n <= cap:
+            return np.arange(n)
+        if self.augment is None:
+            return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+        gen = sample_generator(self.seed, self.epoch, index)
+        return np.sort(torch.randperm(n, generator=gen)[:cap].numpy())
+
+    def raw(self, index: int) -> Tensor:
+        """The bag's patches without augmentation or normalisation."""
+        slide = self._slides.get(self.data.samples[index].path)
+        return to_float_tensor(read_tiles(slide, self.plan(index), self.chosen_tiles(index)))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        bag = self.raw(index)
+        if self.augment is not None:
+            bag = self.augment(bag, sample_generator(self.seed, self.epoch, index))
+        return self.normalise(bag), self.data.samples[index].label
+
+    def close(self) -> None:
+        """Close the slides this dataset opened."""
+        self._slides.close()
+
+
+class SlideSamplingDataset(Dataset[tuple[Tensor, SlidePatchSource, int]]):
+    """Attention sampling over slides: a low-resolution view plus a patch source.
+
+    Item ``(low_res (3, h, w), source, label)``: the view is the slide at
+    ``downsample * downscale`` level-0 pixels per pixel (``downsample`` from
+    ``target_mpp``/``level``/``downsample`` of the options); ``source`` is a
+    :class:`~napari_histattn.inference.patches.SlidePatchSource` at
+    ``downsample`` reporting ``view size * downscale`` as its size, so that grid
+    cells and patches cover the same area. Only the sampled patches are read.
+    No augmentation (a flipped view would no longer match its source).
+    """
+
+    def __init__(
+        self,
+        data: LabelledData,
+        options: SlideOptions,
+        normalise: Normalise | None = None,
+    ) -> None:
+        self.data = data
+        self.options = options
+        self.normalise = normalise or Normalise()
+        self._slides = _SlideCache()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _downsample(self, slide: Any) -> float:
+        return target_downsample(
+            slide,
+            target_mpp=self.options.target_mpp,
+            level=self.options.level,
+            downsample=self.options.downsample,
+        )
+
+    def raw(self, index: int) -> Tensor:
+        """The low-resolution view without normalisation."""
+        slide = self._slides.get(self.data.samples[index].path)
+        return to_float_tensor(read_view(slide, self._downsample(slide) * self.options.downscale))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, SlidePatchSource, int]:
+        slide = self._slides.get(self.data.samples[index].path)
+        ds = self._downsample(slide)
+        view = to_float_tensor(read_view(slide, ds * self.options.downscale))
+        h, w = int(view.shape[-2]), int(view.shape[-1])
+        source = SlidePatchSource(
+            slide,
+            ds,
+            size_wh=(w * self.options.downscale, h * self.options.downscale),
+            mean=self.normalise.mean,
+            std=self.normalise.std,
+        )
+        return self.normalise(view), source, self.data.samples[index].label
+
+    def close(self) -> None:
+        """Close the slides this dataset opened."""
+        self._slides.close()
+
+
+# -- synthetic, in memory ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """Generated square images with or without lesions (io.synthetic).
+
+    Positives (label 1, ``"lesion"``) carry ``n_lesions`` lesions and
+    ``positive_lookalikes`` benign look-alikes; negatives (label 0,
+    ``"normal"``) carry ``negative_lookalikes`` look-alikes. Look-alikes match
+    lesions at low resolution and differ only in nuclear morphology, so with
+    look-alikes in the negatives only high resolution separates the classes;
+    without them the task is easy (a dark region or none).
+
+    Attributes
+    ----------
+    image_size
+        Side in level-0 pixels.
+    lesion_radius_px
+        Mean lesion (and look-alike) radius in level-0 pixels.
+    tissue_fraction, mpp
+        As :func:`napari_histattn.io.synthetic.make_scene`.
+    """
+
+    image_size: int = 256
+    lesion_radius_px: float = 24.0
+    n_lesions: int = 1
+    positive_lookalikes: int = 0
+    negative_lookalikes: int = 0
+    tissue_fraction: float = 0.8
+    mpp: float = 0.5
+
+
+class SyntheticScenes:
+    """Deterministic generated images, lesion masks and labels from a list of seeds.
+
+    Parameters
+    ----------
+    spec
+        What to generate.
+    seeds
+        One image per seed (the scene's seed).
+    labels
+        Label per seed; by default ``seed % 2`` (1 = lesion).
+    cache
+        Keep rendered images in memory.
+    """
+
+    class_names = ("normal", "lesion")
+
+    def __init__(
+        self,
+        spec: SyntheticSpec,
+        seeds: Sequence[int],
+        labels: Sequence[int] | None = None,
+        cache: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.seeds = [int(s) for s in seeds]
+        self.labels = np.array(
+            [s % 2 for s in self.seeds] if labels is None else list(labels), dtype=np.int64
+        )
+        if self.labels.shape != (len(self.seeds),):
+            raise ValueError(f"{len(self.seeds)} seeds but {self.labels.size} labels")
+        self._cache: dict[int, np.ndarray] | None = {} if cache else None
+        self._scenes: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def groups(self) -> list[str]:
+        """One group per image (its seed)."""
+        return [f"seed-{s}" for s in self.seeds]
+
+    def scene(self, index: int) -> Any:
+        """The :class:`napari_histattn.io.synthetic.Scene` of image ``index``."""
+        if index not in self._scenes:
+            from napari_histattn.io.synthetic import make_scene
+
+            positive = bool(self.labels[index])
+            spec = self.spec
+            self._scenes[index] = make_scene(
+                spec.image_size,
+                spec.image_size,
+                n_lesions=spec.n_lesions if positive else 0,
+                lesion_radius_px=spec.lesion_radius_px,
+                n_lookalikes=spec.positive_lookalikes if positive else spec.negative_lookalikes,
+                tissue_fraction=spec.tissue_fraction,
+                mpp=spec.mpp,
+                seed=self.seeds[index],
+            )
+        return self._scenes[index]
+
+    def image(self, index: int) -> np.ndarray:
+        """Image ``index`` at full resolution, ``(S, S, 3)`` uint8."""
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        from napari_histattn.io.synthetic import render_region
+
+        size = self.spec.image_size
+        rgb = np.asarray(render_region(self.scene(index), (0, 0), (size, size), 1.0))
+        if self._cache is not None:
+            self._cache[index] = rgb
+        return rgb
+
+    def lesion_mask(self, index: int, downsample: int = 1) -> np.ndarray:
+        """Boolean lesion mask of image ``index`` at ``downsample`` (pixel centres tested)."""
+        size = self.spec.image_size // downsample
+        centres = (np.arange(size) + 0.5) * downsample
+        mask = np.zeros((size, size), dtype=bool)
+        for region in self.scene(index).lesions:
+            mask |= region.rho(centres[None, :], centres[:, None]) < 1.0
+        return mask
+
+
+class _SyntheticBase:
+    def __init__(
+        self,
+        scenes: SyntheticScenes,
+        augment: Augment | None,
+        normalise: Normalise | None,
+        seed: int,
+    ) -> None:
+        self.scenes = scenes
+        self.augment = augment
+        self.normalise = normalise or Normalise()
+        self.seed = seed
+        self.epoch = 0
+        self.class_names = list(scenes.class_names)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.scenes.labels
+
+    @property
+    def groups(self) -> list[str]:
+        return self.scenes.groups
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _augmented(self, index: int) -> Tensor:
+        image = to_float_tensor(self.scenes.image(index))
+        if self.augment is not None:
+            image = self.augment(image, sample_generator(self.seed, self.epoch, index))
+        return image
+
+
+class SyntheticImageDataset(_SyntheticBase, Dataset[tuple[Tensor, int]]):
+    """Generated images for patch classifiers: item ``(image (3, s, s), label)``.
+
+    ``image_size`` resizes (area filter) the ``spec.image_size`` render to ``s``.
+    """
+
+    def __init__(
+        self,
+        scenes: SyntheticScenes,
+        image_size: int | None = None,
+        augment: Augment | None = None,
+        normalise: Normalise | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(scenes, augment, normalise, seed)
+        self.image_size = image_size
+
+    def _resize(self, image: Tensor) -> Tensor:
+        if self.image_size is None or image.shape[-1] == self.image_size:
+            return image
+        size = (self.image_size, self.image_size)
+        return F.interpolate(image[None], size=size, mode="area")[0]
+
+    def raw(self, index: int) -> Tensor:
+        return self._resize(to_float_tensor(self.scenes.image(index)))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        image = self._resize(self._augmented(index))
+        return self.normalise(image), int(self.scenes.labels[index])
+
+
+class SyntheticBagDataset(_SyntheticBase, Dataset[tuple[Tensor, int]]):
+    """Generated images as A-MIL bags of ``patch_size`` tiles: item ``(bag (n, 3, p, p), label)``.
+
+    Every tile of the grid is an instance (the tile order is row-major on
+    :meth:`grid_shape`); augmentation flips/rotates each tile on its own.
+    """
+
+    def __init__(
+        self,
+        scenes: SyntheticScenes,
+        patch_size: int = 32,
+        augment: Augment | None = None,
+        normalise: Normalise | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            scenes,
+            None if augment is None else replace(augment, per_instance=True),
+            normalise,
+            seed,
+        )
+        if scenes.spec.image_size < patch_size:
+            raise ValueError("patch_size is larger than the images")
+        self.patch_size = patch_size
+
+    def grid_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the tile grid."""
+        n = self.scenes.spec.image_size // self.patch_size
+        return n, n
+
+    def _tiles(self, image: Tensor) -> Tensor:
+        rows, cols = self.grid_shape()
+        p = self.patch_size
+        crop = image[:, : rows * p, : cols * p]
+        tiles = crop.reshape(3, rows, p, cols, p).permute(1, 3, 0, 2, 4)
+        return tiles.reshape(rows * cols, 3, p, p).contiguous()
+
+    def raw(self, index: int) -> Tensor:
+        return self._tiles(to_float_tensor(self.scenes.image(index)))
+
+    def tile_lesion_fraction(self, index: int) -> np.ndarray:
+        """``(rows, cols)`` fraction of each tile inside a lesion."""
+        rows, cols = self.grid_shape()
+        p = self.patch_size
+        mask = self.scenes.lesion_mask(index)[: rows * p, : cols * p]
+        return mask.reshape(rows, p, cols, p).mean(axis=(1, 3))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        bag = self.raw(index)
+        if self.augment is not None:
+            bag = self.augment(bag, sample_generator(self.seed, self.epoch, index))
+        return self.normalise(bag), int(self.scenes.labels[index])
+
+
+class SyntheticSamplingDataset(_SyntheticBase, Dataset[tuple[Tensor, Tensor, int]]):
+    """Generated images for attention sampling: item ``(low_res (3, s/d, s/d),
+    high_res (3, s, s), label)`` with ``d = downscale``; the view is the area
+    average of the (augmented) full-resolution image."""
+
+    def __init__(
+        self,
+        scenes: SyntheticScenes,
+        downscale: int = 8,
+        augment: Augment | None = None,
+        normalise: Normalise | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(scenes, augment, normalise, seed)
+        self.downscale = downscale
+
+    def _view(self, image: Tensor) -> Tensor:
+        size = max(1, image.shape[-1] // self.downscale)
+        return F.interpolate(image[None], size=(size, size), mode="area")[0]
+
+    def raw(self, index: int) -> Tensor:
+        return self._view(to_float_tensor(self.scenes.image(index)))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor, int]:
+        image = self._augmented(index)
+        high = self.normalise(image)
+        return self._view(high), high, int(self.scenes.labels[index])

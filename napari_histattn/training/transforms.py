@@ -32,7 +32,9 @@ def to_float_tensor(rgb: NDArray[np.uint8]) -> Tensor:
 
 def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     """A ``torch.Generator`` seeded from (seed, epoch, index), independent of visit order."""
-    mixed = np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, index]).generate_state(1)[0]
+    # Negative parts (e.g. -1 for "not an epoch") wrap to distinct non-negative words.
+    words = [int(v) & 0xFFFFFFFF for v in (seed, epoch, index)]
+    mixed = np.random.SeedSequence(words).generate_state(1)[0]
     return torch.Generator().manual_seed(int(mixed))
 
 

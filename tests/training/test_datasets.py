@@ -37,7 +37,7 @@ def test_kather_sample_image_folder(shared_data):
     ds = ImageDataset(data, image_size=32)
     image, label = ds[4]
     assert image.shape == (3, 32, 32) and label == 1
-    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
     # group regex: the source slide id of the Kather tiles
     grouped = scan_image_folder(
         shared_data / "patches" / "kather2016-sample", group_regex=r"(CRC-Prim-HE-\d+)"

@@ -1,0 +1,472 @@
+"""The training loop and evaluation, as generators that yield progress.
+
+:func:`train` runs Adam with learning-rate decay, early stopping on the
+validation loss and best-checkpoint selection on it, deterministic from a seed
+(Python, NumPy and torch seeded; shuffling, augmentation and attention sampling
+draw from generators seeded by (seed, epoch, index)). It yields one
+:class:`~napari_histattn.progress.Progress` per batch and returns a
+:class:`TrainResult`; the best checkpoint is written through
+:func:`napari_histattn.models.checkpoint.save` when a path is given.
+
+:func:`predict` and :func:`evaluate` run a model over a dataset and compute the
+metrics of :mod:`napari_histattn.training.metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from napari_histattn.models.device import resolve_device
+from napari_histattn.progress import Progress
+from napari_histattn.training.metrics import classification_metrics, jsonable
+from napari_histattn.training.tasks import Batch, Task
+from napari_histattn.training.transforms import sample_generator
+
+SCHEDULERS = ("step", "cosine", "none")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code may draw from the legacy global state
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    Attributes
+    ----------
+    epochs
+        Maximum number of epochs.
+    batch_size
+        Items per batch.
+    lr, weight_decay
+        Adam learning rate and (L2) weight decay.
+    scheduler
+        ``"step"`` (multiply the rate by ``gamma`` every ``step_size``
+        epochs), ``"cosine"`` (cosine annealing to 0 over ``epochs``) or
+        ``"none"``.
+    step_size, gamma
+        StepLR settings.
+    patience
+        Stop after this many epochs without a lower validation loss; None
+        never stops early.
+    seed
+        Seeds everything random in training.
+    device
+        ``"auto"`` (cuda, then mps, then cpu) or a torch device name.
+    grad_clip
+        Clip the gradient norm to this value, if given.
+    """
+
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    scheduler: str = "step"
+    step_size: int = 30
+    gamma: float = 0.5
+    patience: int | None = 10
+    seed: int = 0
+    device: str = "auto"
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+
+
+@dataclass
+class EpochRecord:
+    """What happened in one epoch (``val_*`` are None without validation data)."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float | None
+    val_accuracy: float | None
+    lr: float
+
+
+@dataclass
+class Predictions:
+    """Model outputs over a dataset, in dataset order.
+
+    Attributes
+    ----------
+    probabilities
+        ``(n, C)`` softmax of the logits.
+    labels
+        ``(n,)`` true labels.
+    loss
+        Mean cross-entropy.
+    """
+
+    probabilities: np.ndarray
+    labels: np.ndarray
+    loss: float
+
+    @property
+    def predicted(self) -> np.ndarray:
+        """``(n,)`` arg-max labels."""
+        return self.probabilities.argmax(axis=1)
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`train`.
+
+    Attributes
+    ----------
+    model
+        The trained model with the best epoch's weights loaded, in eval mode.
+    best_state
+        The best epoch's ``state_dict`` (CPU tensors).
+    best_epoch
+        0-based epoch with the lowest validation loss (training loss when there
+        is no validation data).
+    best_val_loss
+        That loss.
+    history
+        One :class:`EpochRecord` per epoch run.
+    stopped_early
+        Whether early stopping ended training.
+    val_metrics
+        Classification metrics of the best model on the validation data.
+    checkpoint_path
+        The saved ``.safetensors`` file, or None.
+    """
+
+    model: nn.Module
+    best_state: dict[str, Tensor]
+    best_epoch: int
+    best_val_loss: float
+    history: list[EpochRecord] = field(default_factory=list)
+    stopped_early: bool = False
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint_path: Path | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready training summary (history, best epoch, metrics)."""
+        return jsonable(
+            {
+                "best_epoch": self.best_epoch,
+                "best_val_loss": self.best_val_loss,
+                "epochs_run": len(self.history),
+                "stopped_early": self.stopped_early,
+                "history": [vars(r) for r in self.history],
+                "val_metrics": self.val_metrics,
+            }
+        )
+
+
+def _batches(
+    dataset: Dataset[Any],
+    task: Task,
+    batch_size: int,
+    order: Sequence[int],
+) -> Iterator[tuple[list[int], Batch]]:
+    for start in range(0, len(order), batch_size):
+        indices = [int(i) for i in order[start : start + batch_size]]
+        yield indices, task.collate([dataset[i] for i in indices])
+
+
+def _n_batches(n: int, batch_size: int) -> int:
+    return (n + batch_size - 1) // batch_size
+
+
+def _set_epoch(dataset: Dataset[Any], epoch: int) -> None:
+    set_epoch: Callable[[int], None] | None = getattr(dataset, "set_epoch", None)
+    if set_epoch is not None:
+        set_epoch(epoch)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if config.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=config.step_size, gamma=config.gamma
+        )
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
+def predict(
+    model: nn.Module,
+    task: Task,
+    dataset: Dataset[Any],
+    *,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+    stage: str = "evaluate",
+) -> Generator[Progress, None, Predictions]:
+    """Run ``model`` over ``dataset`` in eval mode and inference mode.
+
+    Attention sampling draws its samples from a generator seeded by (seed,
+    batch), so the same seed gives the same predictions.
+    """
+    dev = resolve_device(device)
+    model.to(dev).eval()
+    n = len(dataset)  # type: ignore[arg-type]
+    total = _n_batches(n, batch_size)
+    probs: list[Tensor] = []
+    labels: list[Tensor] = []
+    loss_sum = 0.0
+    with torch.inference_mode():
+        for b, (_, batch) in enumerate(_batches(dataset, task, batch_size, range(n))):
+            output = task.call(model, batch, dev, sample_generator(seed, -1, b))
+            logits = output.logits.float().cpu()
+            loss_sum += float(F.cross_entropy(logits, batch.targets, reduction="sum"))
+            probs.append(torch.softmax(logits, dim=1))
+            labels.append(batch.targets)
+            yield Progress(stage, b + 1, total)
+    if not probs:
+        raise ValueError("cannot predict on an empty dataset")
+    return Predictions(
+        probabilities=torch.cat(probs).numpy().astype(np.float64),
+        labels=torch.cat(labels).numpy(),
+        loss=loss_sum / n,
+    )
+
+
+def train(
+    model: nn.Module,
+    task: Task,
+    train_set: Dataset[Any],
+    val_set: Dataset[Any] | None,
+    config: TrainConfig,
+    *,
+    class_names: Sequence[str],
+    preprocessing: dict[str, Any] | None = None,
+    checkpoint_path: str | Path | None = None,
+    training_info: dict[str, Any] | None = None,
+    val_groups: Sequence[str] | None = None,
+) -> Generator[Progress, None, TrainResult]:
+    """Train ``model`` and select its best epoch on the validation loss.
+
+    Parameters
+    ----------
+    model
+        A model from :func:`~napari_histattn.models.registry.create_model`.
+        Seed (:func:`seed_everything`) before creating it for reproducible
+        initial weights.
+    task
+        The family adapter (:func:`~napari_histattn.training.tasks.task_for_model`).
+    train_set, val_set
+        Datasets of the family's items; ``val_set`` may be None (then the
+        training loss selects the epoch and early stopping is off).
+    config
+        Optimisation settings.
+    class_names
+        Class names in label order (saved in the checkpoint).
+    preprocessing
+        Saved in the checkpoint (patch size, mpp or level, mean/std, downscale...).
+    checkpoint_path
+        Where to save the best model; nothing is saved when None.
+    training_info
+        Extra JSON-ready facts for the checkpoint's ``training`` metadata
+        (data summary...); the seed, epochs and results are added.
+    val_groups
+        Patient id per validation item, for the patient-level accuracy.
+
+    Yields
+    ------
+    Progress
+        Stage ``"train"``, once per training or validation batch.
+
+    Returns
+    -------
+    TrainResult
+    """
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    model.to(device)
+    n_train = len(train_set)  # type: ignore[arg-type]
+    if n_train == 0:
+        raise ValueError("the training set is empty")
+    n_val = 0 if val_set is None else len(val_set)  # type: ignore[arg-type]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _make_scheduler(optimizer, config)
+    per_epoch = _n_batches(n_train, config.batch_size) + _n_batches(n_val, config.batch_size)
+    total = per_epoch * config.epochs
+    done = 0
+
+    history: list[EpochRecord] = []
+    best_loss = math.inf
+    best_epoch = -1
+    best_state: dict[str, Tensor] = {}
+    stale = 0
+    stopped_early = False
+    for epoch in range(config.epochs):
+        model.train()
+        _set_epoch(train_set, epoch)
+        order = torch.randperm(n_train, generator=sample_generator(config.seed, epoch, -1))
+        loss_sum, seen = 0.0, 0
+        lr = float(optimizer.param_groups[0]["lr"])
+        for b, (_, batch) in enumerate(
+            _batches(train_set, task, config.batch_size, order.tolist())
+        ):
+            output = task.call(model, batch, device, sample_generator(config.seed, epoch, b))
+            loss = task.loss(model, output, batch.targets.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss became {float(loss)} at epoch {epoch}, batch {b}; "
+                    "lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            seen += len(batch)
+            done += 1
+            yield Progress(
+                "train",
+                done,
+                total,
+                f"epoch {epoch + 1}/{config.epochs} loss {loss_sum / seen:.4f}",
+            )
+        if scheduler is not None:
+            scheduler.step()
+        train_loss = loss_sum / seen
+
+        val_loss: float | None = None
+        val_accuracy: float | None = None
+        if val_set is not None and n_val:
+            predictions = yield from _relabel(
+                predict(
+                    model,
+                    task,
+                    val_set,
+                    batch_size=config.batch_size,
+                    device=device,
+                    seed=config.seed,
+                ),
+                done,
+                total,
+                f"epoch {epoch + 1}/{config.epochs} validating",
+            )
+            done += _n_batches(n_val, config.batch_size)
+            val_loss = predictions.loss
+            val_accuracy = float(np.mean(predictions.predicted == predictions.labels))
+        history.append(EpochRecord(epoch, train_loss, val_loss, val_accuracy, lr))
+
+        selection_loss = val_loss if val_loss is not None else train_loss
+        if selection_loss < best_loss:
+            best_loss, best_epoch, stale = selection_loss, epoch, 0
+            best_state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        if val_loss is not None and config.patience is not None and stale >= config.patience:
+            stopped_early = True
+            break
+
+    model.load_state_dict(best_state)
+    model.eval()
+    val_metrics: dict[str, Any] = {}
+    if val_set is not None and n_val:
+        predictions = yield from _relabel(
+            predict(
+                model, task, val_set, batch_size=config.batch_size, device=device, seed=config.seed
+            ),
+            total,
+            total,
+            "validating the best epoch",
+        )
+        val_metrics = classification_metrics(
+            predictions.labels, predictions.probabilities, class_names, val_groups
+        )
+    result = TrainResult(
+        model=model,
+        best_state=best_state,
+        best_epoch=best_epoch,
+        best_val_loss=best_loss,
+        history=history,
+        stopped_early=stopped_early,
+        val_metrics=val_metrics,
+    )
+    if checkpoint_path is not None:
+        from napari_histattn.models import checkpoint
+
+        training = jsonable(
+            {
+                **(training_info or {}),
+                "seed": config.seed,
+                "config": vars(config),
+                **result.summary(),
+            }
+        )
+        result.checkpoint_path = checkpoint.save(
+            checkpoint_path,
+            model,
+            class_names=list(class_names),
+            preprocessing=jsonable(preprocessing or {}),
+            training=training,
+        )
+    return result
+
+
+def _relabel(
+    gen: Generator[Progress, None, Predictions], offset: int, total: int, message: str
+) -> Generator[Progress, None, Predictions]:
+    """Re-emit a sub-generator's progress as part of the ``"train"`` stage."""
+    while True:
+        try:
+            report = next(gen)
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+        yield Progress("train", min(total, offset + report.done), total, message)
+
+
+@dataclass
+class EvalResult:
+    """Metrics and predictions of :func:`evaluate`."""
+
+    metrics: dict[str, Any]
+    predictions: Predictions
+
+
+def evaluate(
+    model: nn.Module,
+    task: Task,
+    dataset: Dataset[Any],
+    class_names: Sequence[str],
+    *,
+    groups: Sequence[str] | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "auto",
+    seed: int = 0,
+) -> Generator[Progress, None, EvalResult]:
+    """Predict over ``dataset`` and compute every classification metric.
+
+    ``groups`` (patient id per item) adds the patient-level majority-vote
+    accuracy. Yields stage ``"evaluate"`` once per batch.
+    """
+    predictions = yield from predict(
+        model, task, dataset, batch_size=batch_size, device=device, seed=seed
+    )
+    metrics = classification_metrics(
+        predictions.labels, predictions.probabilities, class_names, groups
+    )
+    metrics["loss"] = predictions.loss
+    return EvalResult(metrics, predictions)
