@@ -310,11 +310,13 @@ def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     for key in ("model_name", "model_config", "class_names", "preprocessing"):
         if key not in metadata:
             raise CheckpointError(path, f"metadata lacks {key!r}")
-    if not isinstance(metadata["model_config"], dict) or not isinstance(
-        metadata["class_names"], list
+    if not (
+        isinstance(metadata["model_config"], dict)
+        and isinstance(metadata["class_names"], list)
+        and isinstance(metadata["preprocessing"], dict)
     ):
         raise CheckpointError(
-            path, "metadata model_config must be an object and class_names a list"
+            path, "metadata model_config and preprocessing must be objects and class_names a list"
         )
     return metadata
 
