@@ -1,0 +1,147 @@
+"""``histattn demo``: napari with the synthetic sample slide and its lesion outlines.
+
+Without ``--slide`` the synthetic sample slide is generated on first use and
+cached. ``--screenshot PATH`` shows the viewer, waits until the canvas has
+drawn, saves a PNG and exits: on a machine without a display run it under
+``xvfb-run -a`` (``scripts/demo.sh`` does this for you).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from napari_histattn.errors import HistattnError
+
+_WINDOW_WH = (1280, 860)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``demo`` subcommand."""
+    parser = subparsers.add_parser(
+        "demo",
+        help="open napari with the synthetic sample slide and its lesion outlines",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--slide",
+        type=Path,
+        metavar="PATH",
+        help="open this slide instead of the synthetic sample (no ground-truth overlay)",
+    )
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="PATH",
+        help="save a PNG of the viewer to PATH and exit (works under xvfb-run)",
+    )
+    parser.add_argument(
+        "--canvas-only",
+        action="store_true",
+        help="with --screenshot: capture only the image canvas, not the whole window",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="with --screenshot: how long to let napari load tiles and draw (default 2)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _has_display() -> bool:
+    if sys.platform in ("win32", "darwin"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def demo_layers(slide_path: Path | None = None) -> list[tuple[Any, dict[str, Any], str]]:
+    """Layer data tuples the demo shows: a slide, plus ground truth for the sample.
+
+    Parameters
+    ----------
+    slide_path
+        A slide to open; the synthetic sample slide (generated and cached on
+        first use) when ``None``.
+    """
+    from napari_histattn._napari.layers import ground_truth_shapes_layer, slide_layer_data
+    from napari_histattn.io.slide import open_slide
+
+    if slide_path is not None:
+        return [slide_layer_data(open_slide(slide_path))]
+
+    from napari_histattn.io.synthetic import synthetic_sample_slide
+
+    print("histattn demo: preparing the synthetic sample slide (cached after the first run)")
+    sample = synthetic_sample_slide()
+    slide = open_slide(sample.path)
+    return [
+        slide_layer_data(slide, name="synthetic slide"),
+        ground_truth_shapes_layer(sample.geojson_path, slide.mpp_xy, name="ground truth"),
+    ]
+
+
+def _settle(seconds: float) -> None:
+    """Run Qt's event loop for a while so napari loads tiles and draws the canvas."""
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance()
+    deadline = time.monotonic() + max(seconds, 0.0)
+    while True:
+        if app is not None:
+            app.processEvents()
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Open the viewer; with ``--screenshot`` save a PNG and return 0."""
+    if not _has_display():
+        if args.screenshot is None:
+            raise HistattnError(
+                "no display (DISPLAY is unset): run `xvfb-run -a histattn demo --screenshot "
+                "demo.png` to save a screenshot instead, or use scripts/demo.sh"
+            )
+        raise HistattnError(
+            "no display (DISPLAY is unset): napari's canvas needs an X server with OpenGL; "
+            "run this command under `xvfb-run -a` (scripts/demo.sh does)"
+        )
+
+    layers = demo_layers(args.slide)
+
+    import napari
+
+    viewer = napari.Viewer(title="napari-histattn demo", show=True)
+    try:
+        viewer.window.resize(*_WINDOW_WH)
+        for data, kwargs, layer_type in layers:
+            getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        image_meta = layers[0][1]["metadata"]
+        # A scale bar only means something in physical units.
+        viewer.scale_bar.visible = image_meta.get("mpp_source", "none") != "none"
+        viewer.scale_bar.box = True
+        viewer.scale_bar.font_size = 12
+        if len(viewer.layers) > 1:
+            viewer.layers.selection.active = viewer.layers[0]
+        viewer.reset_view()
+
+        if args.screenshot is None:
+            napari.run()
+            return 0
+
+        _settle(args.settle)
+        out = args.screenshot.expanduser().resolve()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        viewer.screenshot(str(out), canvas_only=args.canvas_only, flash=False)
+        print(f"histattn demo: screenshot saved to {out}")
+        return 0
+    finally:
+        if args.screenshot is not None:
+            viewer.close()
