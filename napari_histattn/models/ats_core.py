@@ -138,6 +138,17 @@ def sample(
     return idx, attention.gather(1, idx)
 
 
+def _safe_divisor(x: Tensor, valid: Tensor) -> Tensor:
+    """``x`` where valid, else 1, and at least sqrt(tiny) of its dtype.
+
+    The floor (about 1e-19 in float32) keeps ``1 / x`` and the products that
+    follow finite for denormal probabilities; it changes the gradient only for
+    draws of probability below it.
+    """
+    floor = torch.finfo(x.dtype).tiny ** 0.5
+    return torch.where(valid, x.clamp_min(floor), torch.ones_like(x))
+
+
 def _remaining_mass(sample_attention: Tensor) -> tuple[Tensor, Tensor]:
     """Probability mass still available before each draw without replacement,
     ``pm_k = 1 - sum_{j<k} a_j``, and the mask of draws with nonzero probability.
@@ -167,8 +178,8 @@ class _ExpectationWithReplacement(torch.autograd.Function):
         grad_a = grad_f = None
         if ctx.needs_input_grad[0]:
             h = torch.einsum("bd,bnd->bn", grad, f)
-            safe_a = torch.where(a > 0, a, torch.ones_like(a))
-            grad_a = torch.where(a > 0, h / (n * safe_a), torch.zeros_like(h))
+            valid = a > 0
+            grad_a = torch.where(valid, h / (n * _safe_divisor(a, valid)), torch.zeros_like(h))
         if ctx.needs_input_grad[1]:
             grad_f = (grad / n).unsqueeze(1).expand_as(f)
         return grad_a, grad_f
@@ -207,12 +218,10 @@ class _ExpectationWithoutReplacement(torch.autograd.Function):
             t1 = w * (later * h - h_after)
             # R_m = sum_{k>=m} w <G, est_k>: every estimate that the draw m influenced.
             r = w * torch.flip(torch.cumsum(torch.flip(e, [1]), 1), [1])
-            safe_a = torch.where(valid, a, torch.ones_like(a))
-            safe_pm = torch.where(valid, pm, torch.ones_like(pm))
             # T2: d/da_m of log a_m in the sequence's log-probability.
-            t2 = torch.where(valid, r / safe_a, torch.zeros_like(r))
+            t2 = torch.where(valid, r / _safe_divisor(a, valid), torch.zeros_like(r))
             # T3: d/da_m of -log(1 - S_l) for every later draw l > m.
-            q = torch.where(valid, r / safe_pm, torch.zeros_like(r))
+            q = torch.where(valid, r / _safe_divisor(pm, valid), torch.zeros_like(r))
             t3 = torch.flip(torch.cumsum(torch.flip(q, [1]), 1), [1]) - q
             grad_a = t1 + t2 + t3
         if ctx.needs_input_grad[1]:
@@ -288,7 +297,9 @@ def expectation(sample_attention: Tensor, features: Tensor, replace: bool) -> Te
     own derivation; it differs from the reference implementation
     (idiap/attention-sampling), whose attention gradient for this case is not
     documented. Draws with zero probability (only possible after the mass is
-    exhausted) get no weight in either direction.
+    exhausted) get no weight in either direction. Divisions by a probability
+    are floored at sqrt of the dtype's smallest normal number (about 1e-19 in
+    float32) so that denormal probabilities give finite gradients.
     """
     if features.dim() != 3 or sample_attention.shape != features.shape[:2]:
         raise ValueError(
@@ -305,7 +316,8 @@ def sample_log_prob(sample_attention: Tensor, replace: bool) -> Tensor:
 
     With replacement, ``sum_k log a_k``; without replacement (draw order),
     ``sum_k log a_k - log(1 - S_k)``. Zero-probability draws (after the mass is
-    exhausted) contribute nothing. Used by the REINFORCE variant.
+    exhausted) contribute nothing; probabilities are floored as in
+    :func:`expectation`. Used by the REINFORCE variant.
 
     Returns
     -------
@@ -314,13 +326,11 @@ def sample_log_prob(sample_attention: Tensor, replace: bool) -> Tensor:
     """
     a = sample_attention
     valid = a > 0
-    safe_a = torch.where(valid, a, torch.ones_like(a))
-    log_a = torch.where(valid, safe_a.log(), torch.zeros_like(a))
+    log_a = torch.where(valid, _safe_divisor(a, valid).log(), torch.zeros_like(a))
     if replace:
         return log_a.sum(dim=1)
     pm, _ = _remaining_mass(a)
-    safe_pm = torch.where(valid, pm, torch.ones_like(pm))
-    return (log_a - safe_pm.log()).sum(dim=1)
+    return (log_a - _safe_divisor(pm, valid).log()).sum(dim=1)
 
 
 def attention_entropy(attention: Tensor) -> Tensor:

@@ -254,3 +254,27 @@ def test_attention_entropy() -> None:
 def test_expectation_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="expected sample_attention"):
         ats_core.expectation(torch.ones(2, 3), torch.ones(2, 4, 5), replace=True)
+
+
+@pytest.mark.parametrize("replace", [True, False])
+def test_tiny_float32_probabilities_give_finite_gradients(replace: bool) -> None:
+    # exp(-100) is a float32 denormal: dividing by it overflows unless guarded.
+    logits = torch.tensor([[0.0, -1.0, -87.5, -100.0, -2.0]], requires_grad=True)
+    attention = torch.softmax(logits, 1)
+    assert 0 < attention[0, 3] < torch.finfo(torch.float32).tiny
+    idx = torch.tensor([[0, 3, 2, 1, 4]] if not replace else [[3, 2, 0, 3, 1]])
+    features = torch.randn(1, 5, 4, generator=torch.Generator().manual_seed(8)) * 10
+    estimate = ats_core.expectation(attention.gather(1, idx), features, replace)
+    estimate.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all(), logits.grad
+
+
+def test_sample_log_prob_gradient_is_finite_for_denormal_probabilities() -> None:
+    logits = torch.tensor([[0.0, -100.0, -1.0]], requires_grad=True)
+    attention = torch.softmax(logits, 1)
+    for replace in (True, False):
+        logits.grad = None
+        ats_core.sample_log_prob(
+            attention.gather(1, torch.tensor([[1, 0, 2]])), replace
+        ).sum().backward(retain_graph=True)
+        assert logits.grad is not None and torch.isfinite(logits.grad).all()
