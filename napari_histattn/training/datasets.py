@@ -57,6 +57,8 @@ from napari_histattn.training.transforms import (
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+#: Names accepted by :func:`load_layout` (``csv`` is ``slides`` for any labelled files).
+LAYOUTS = ("imagefolder", "breakhis", "slides", "csv")
 
 
 class DatasetError(HistattnError):
@@ -156,11 +158,11 @@ class LabelledData:
         return out
 
 
-def _require_classes(data: LabelledData) -> LabelledData:
+def _require_classes(data: LabelledData, min_classes: int = 2) -> LabelledData:
     if not data.samples:
         raise DatasetError(data.root, "no labelled images or slides were found")
     present = sorted({s.label for s in data.samples})
-    if len(present) < 2:
+    if len(present) < min_classes:
         only = data.class_names[present[0]]
         raise DatasetError(
             data.root,
@@ -179,6 +181,7 @@ def _is_image(path: Path) -> bool:
 def scan_image_folder(
     root: str | Path,
     group_regex: str | None = None,
+    min_classes: int = 2,
 ) -> LabelledData:
     """Read an image-folder layout: one sub-folder per class.
 
@@ -190,6 +193,8 @@ def scan_image_folder(
         Optional regular expression searched in each file name; its first
         capture group (or the whole match) is the patient/slide id. Without it
         each image is its own group.
+    min_classes
+        Fewest classes with samples (2 for training; 1 to evaluate on one class).
 
     Raises
     ------
@@ -220,7 +225,7 @@ def scan_image_folder(
             f"class folder(s) without images ({', '.join(IMAGE_EXTENSIONS)}): {', '.join(empty)}",
         )
     return _require_classes(
-        LabelledData("imagefolder", root, [d.name for d in class_dirs], samples)
+        LabelledData("imagefolder", root, [d.name for d in class_dirs], samples), min_classes
     )
 
 
@@ -286,6 +291,7 @@ def scan_breakhis(
     root: str | Path,
     magnification: int | None = None,
     labels: str = "binary",
+    min_classes: int = 2,
 ) -> LabelledData:
     """Read BreakHis images anywhere below ``root``.
 
@@ -300,6 +306,8 @@ def scan_breakhis(
         types, in the order adenosis, fibroadenoma, phyllodes_tumor,
         tubular_adenoma, ductal_, lobular_, mucinous_, papillary_carcinoma,
         keeping those present).
+    min_classes
+        Fewest classes with samples.
 
     Raises
     ------
@@ -355,16 +363,16 @@ def scan_breakhis(
         Sample(path, label_of(info), info.patient, info.subtype, info.magnification)
         for path, info in parsed
     ]
-    return _require_classes(LabelledData("breakhis", root, class_names, samples))
+    return _require_classes(LabelledData("breakhis", root, class_names, samples), min_classes)
 
 
-def read_slide_csv(csv_path: str | Path) -> LabelledData:
+def read_slide_csv(csv_path: str | Path, min_classes: int = 2) -> LabelledData:
     """Read a CSV of slide labels.
 
     Columns ``slide`` (path relative to the CSV's folder, or absolute) and
     ``label`` (class name); an optional ``patient`` column groups slides of
     one patient (default: each slide its own group). Class names are the
-    sorted distinct labels.
+    sorted distinct labels. ``min_classes`` is the fewest classes accepted.
 
     Raises
     ------
@@ -399,7 +407,7 @@ def read_slide_csv(csv_path: str | Path) -> LabelledData:
         raise DatasetError(csv_path, f"slide file(s) not found: {', '.join(missing[:10])}")
     class_names = sorted({label for _, label, _ in entries})
     samples = [Sample(p, class_names.index(lab), g) for p, lab, g in entries]
-    return _require_classes(LabelledData("slides", csv_path, class_names, samples))
+    return _require_classes(LabelledData("slides", csv_path, class_names, samples), min_classes)
 
 
 def load_layout(
@@ -409,15 +417,20 @@ def load_layout(
     magnification: int | None = None,
     breakhis_labels: str = "binary",
     group_regex: str | None = None,
+    min_classes: int = 2,
 ) -> LabelledData:
-    """Dispatch to :func:`scan_image_folder`, :func:`scan_breakhis` or :func:`read_slide_csv`."""
+    """Dispatch to :func:`scan_image_folder` (``imagefolder``), :func:`scan_breakhis`
+    (``breakhis``) or :func:`read_slide_csv` (``slides`` or ``csv``: a CSV of
+    labelled files, slides or images)."""
     if layout == "imagefolder":
-        return scan_image_folder(data, group_regex=group_regex)
+        return scan_image_folder(data, group_regex=group_regex, min_classes=min_classes)
     if layout == "breakhis":
-        return scan_breakhis(data, magnification=magnification, labels=breakhis_labels)
-    if layout == "slides":
-        return read_slide_csv(data)
-    raise DatasetError(data, f"unknown layout {layout!r}; use imagefolder, breakhis or slides")
+        return scan_breakhis(
+            data, magnification=magnification, labels=breakhis_labels, min_classes=min_classes
+        )
+    if layout in ("slides", "csv"):
+        return read_slide_csv(data, min_classes=min_classes)
+    raise DatasetError(data, f"unknown layout {layout!r}; use imagefolder, breakhis, slides or csv")
 
 
 def read_rgb(path: Path, size: int | None = None) -> np.ndarray:

@@ -1,0 +1,171 @@
+"""``histattn train``: patient-wise k-fold training of an attention model on a data folder or CSV."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from napari_histattn.errors import HistattnError
+
+MODELS = ("dafl_cnn", "amil", "attention_sampling")
+
+
+def parse_config(items: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON when they parse (numbers, booleans, lists),
+    otherwise strings."""
+    config: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise HistattnError(f"--config expects key=value, got {item!r}")
+        try:
+            config[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            config[key.strip()] = value
+    return config
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments shared by ``train`` and ``evaluate`` that say where the data is."""
+    from napari_histattn.training.datasets import LAYOUTS
+
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="class-per-folder directory (imagefolder), BreakHis directory, or CSV of slide,label",
+    )
+    parser.add_argument("--layout", required=True, choices=LAYOUTS, help="how --data is organised")
+    parser.add_argument(
+        "--magnification",
+        type=int,
+        choices=(40, 100, 200, 400),
+        help="BreakHis: keep one magnification only",
+    )
+    parser.add_argument(
+        "--breakhis-labels",
+        choices=("binary", "subtype"),
+        default="binary",
+        help="BreakHis: benign/malignant or the eight tumour types",
+    )
+    parser.add_argument(
+        "--group-regex",
+        help="imagefolder: regex whose first group in a file name is the patient id",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, mps"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train an attention model with patient-wise k-fold cross-validation",
+        description=(
+            "Train one model per patient-wise fold, select each on validation loss, test it on "
+            "the fold's held-out patients, and write checkpoints, metrics JSON and plots."
+        ),
+    )
+    add_data_arguments(parser)
+    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument(
+        "--config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="model configuration, repeatable (e.g. backbone=vgg_small, patch_size=64)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--scheduler", choices=("step", "cosine", "none"), default="step")
+    parser.add_argument("--lr-step", type=int, default=30, help="StepLR: epochs between decays")
+    parser.add_argument("--lr-gamma", type=float, default=0.5, help="StepLR: decay factor")
+    parser.add_argument(
+        "--patience", type=int, default=10, help="early stopping patience in epochs (0: off)"
+    )
+    parser.add_argument("--folds", type=int, default=5, help="patient-wise folds (1: one split)")
+    parser.add_argument("--val-fraction", type=float, default=0.2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--image-size", type=int, help="dafl_cnn: resize images to this side (config input_size)"
+    )
+    parser.add_argument("--target-mpp", type=float, help="slides: patch resolution in um/px")
+    parser.add_argument("--level", type=int, help="slides: read patches from this pyramid level")
+    parser.add_argument(
+        "--max-patches", type=int, default=512, help="amil: most patches per bag (0: all)"
+    )
+    parser.add_argument("--no-augment", action="store_true", help="no flips/rotations/jitter")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_histattn.progress import run_with_tqdm
+    from napari_histattn.training.datasets import SlideOptions, load_layout
+    from napari_histattn.training.experiment import ExperimentSpec, cross_validate
+    from napari_histattn.training.loop import TrainConfig
+    from napari_histattn.training.transforms import Augment
+
+    config = parse_config(args.config)
+    if args.image_size is not None:
+        config["input_size"] = args.image_size
+    data = load_layout(
+        args.data,
+        args.layout,
+        magnification=args.magnification,
+        breakhis_labels=args.breakhis_labels,
+        group_regex=args.group_regex,
+    )
+    spec = ExperimentSpec(
+        model_name=args.model,
+        model_config=config,
+        train=TrainConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            scheduler=args.scheduler,
+            step_size=args.lr_step,
+            gamma=args.lr_gamma,
+            patience=args.patience or None,
+            seed=args.seed,
+            device=args.device,
+        ),
+        folds=args.folds,
+        val_fraction=args.val_fraction,
+        slide_options=SlideOptions(
+            target_mpp=args.target_mpp,
+            level=args.level,
+            max_patches=args.max_patches or None,
+        ),
+        augment=None if args.no_augment else Augment(),
+    )
+    summary = data.summary()
+    print(
+        f"{summary['n_samples']} samples, {summary['n_groups']} patients/groups, "
+        f"classes {summary['class_counts']}"
+    )
+    try:
+        result = run_with_tqdm(cross_validate(data, spec, args.out), disable=args.quiet)
+    except (ValueError, FloatingPointError) as exc:
+        raise HistattnError(f"training failed: {exc}") from exc
+    m = result.metrics
+    print(
+        f"{m['folds']} fold(s), pooled test accuracy {m['accuracy']:.3f}, "
+        f"balanced accuracy {m['balanced_accuracy']:.3f}, ROC AUC {_fmt(m['roc_auc'])}"
+        + (f", patient accuracy {m['patient_accuracy']:.3f}" if "patient_accuracy" in m else "")
+    )
+    for fold in result.folds:
+        print(
+            f"  fold {fold.index}: accuracy {fold.metrics['accuracy']:.3f}  {fold.checkpoint_path}"
+        )
+    print(f"wrote {args.out / 'metrics.json'}")
+    return 0
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value != value else f"{value:.3f}"

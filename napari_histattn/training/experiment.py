@@ -1,0 +1,503 @@
+"""Cross-validated training and checkpoint evaluation over on-disk data (what the CLI runs).
+
+:func:`cross_validate` splits a :class:`~napari_histattn.training.datasets.LabelledData`
+into patient-wise folds, trains one model per fold (best epoch on validation
+loss), evaluates it on the fold's held-out patients and writes, per fold and
+pooled over the folds: the checkpoint, metrics JSON, ROC and confusion-matrix
+PNGs and per-sample predictions. :func:`evaluate_checkpoint` rebuilds the
+inputs from a checkpoint's preprocessing and scores it on other data.
+
+Output layout of ``out_dir``::
+
+    metrics.json            pooled out-of-fold metrics, per-fold metrics, mean and std
+    roc.png, confusion_matrix.png, predictions.csv
+    fold-1/model.safetensors (+ model.json), metrics.json, roc.png,
+           confusion_matrix.png, predictions.csv, test.csv (the fold's test
+           samples as a ``slide,label,patient`` CSV that ``--layout csv`` reads)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from napari_histattn.progress import Progress
+from napari_histattn.training.datasets import (
+    DatasetError,
+    ImageDataset,
+    LabelledData,
+    Sample,
+    SlideBagDataset,
+    SlideOptions,
+    SlideSamplingDataset,
+    estimate_normalisation,
+)
+from napari_histattn.training.loop import (
+    EvalResult,
+    Predictions,
+    TrainConfig,
+    evaluate,
+    seed_everything,
+    train,
+)
+from napari_histattn.training.metrics import classification_metrics, write_metrics_json
+from napari_histattn.training.plots import plot_confusion_matrix, plot_roc
+from napari_histattn.training.splits import cross_validation_folds
+from napari_histattn.training.tasks import FAMILY_OF_MODEL, Task, task_for_model
+from napari_histattn.training.transforms import Augment, Normalise, as_triple
+
+#: Metrics averaged over folds in ``metrics.json``.
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "patient_accuracy", "loss")
+
+
+@dataclass
+class ExperimentSpec:
+    """What to train and how.
+
+    Attributes
+    ----------
+    model_name
+        A trainable registered model (``dafl_cnn``, ``amil``, ``attention_sampling``).
+    model_config
+        Keyword configuration; ``n_classes`` is set from the data.
+    train
+        Optimisation settings (seed, epochs, device...).
+    folds
+        Number of patient-wise folds (1: one train/validation/test split).
+    val_fraction, test_fraction
+        Validation share of each fold's training patients; test share when
+        ``folds == 1``.
+    slide_options
+        Resolution, tissue and bag settings for the ``amil`` and
+        ``attention_sampling`` families (``patch_size`` and ``downscale`` are
+        taken from the model configuration).
+    augment
+        Flips, 90-degree rotations and light colour jitter during training.
+    chunk_size
+        A-MIL patches encoded at once.
+    """
+
+    model_name: str
+    model_config: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    folds: int = 5
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    slide_options: SlideOptions = field(default_factory=SlideOptions)
+    augment: Augment | None = field(default_factory=Augment)
+    chunk_size: int | None = 256
+
+
+@dataclass
+class FoldResult:
+    """One fold's outcome."""
+
+    index: int
+    checkpoint_path: Path | None
+    metrics: dict[str, Any]
+    best_epoch: int
+    test_indices: np.ndarray
+    predictions: Predictions
+
+
+@dataclass
+class ExperimentResult:
+    """Every fold plus the pooled out-of-fold metrics."""
+
+    folds: list[FoldResult]
+    metrics: dict[str, Any]
+    out_dir: Path
+
+
+def family_of(model_name: str) -> str:
+    """``"image"``, ``"mil"`` or ``"sampling"`` for a trainable model name."""
+    try:
+        return FAMILY_OF_MODEL[model_name]
+    except KeyError:
+        known = ", ".join(sorted(FAMILY_OF_MODEL))
+        raise DatasetError(
+            model_name, f"model {model_name!r} cannot be trained here; use one of {known}"
+        ) from None
+
+
+def _full_config(spec: ExperimentSpec, n_classes: int) -> dict[str, Any]:
+    from napari_histattn.models.registry import default_config
+
+    return {**default_config(spec.model_name), **spec.model_config, "n_classes": n_classes}
+
+
+def _slide_options(options: SlideOptions, config: dict[str, Any]) -> SlideOptions:
+    """Slide options with the model's patch size and downscale."""
+    changes: dict[str, Any] = {}
+    if "patch_size" in config:
+        changes["patch_size"] = int(config["patch_size"])
+    if "downscale" in config:
+        changes["downscale"] = int(config["downscale"])
+    return replace(options, **changes)
+
+
+def make_dataset(
+    family: str,
+    data: LabelledData,
+    config: dict[str, Any],
+    options: SlideOptions,
+    *,
+    augment: Augment | None,
+    normalise: Normalise | None,
+    seed: int,
+) -> Dataset[Any]:
+    """The dataset of ``family`` over ``data`` (see :mod:`napari_histattn.training.tasks`)."""
+    if family == "image":
+        return ImageDataset(data, int(config["input_size"]), augment, normalise, seed)
+    if family == "mil":
+        return SlideBagDataset(data, _slide_options(options, config), augment, normalise, seed)
+    if family == "sampling":
+        return SlideSamplingDataset(data, _slide_options(options, config), normalise)
+    raise ValueError(f"unknown family {family!r}")
+
+
+def make_task(family: str, normalise: Normalise, chunk_size: int | None = 256) -> Task:
+    """The adapter; attention-sampling views are padded with normalised white (glass)."""
+    name = {v: k for k, v in FAMILY_OF_MODEL.items()}[family]
+    if family == "mil":
+        return task_for_model(name, chunk_size=chunk_size)
+    if family == "sampling":
+        if normalise.mean is None or normalise.std is None:
+            return task_for_model(name, pad_value=1.0)
+        white = [(1.0 - m) / s for m, s in zip(normalise.mean, normalise.std, strict=True)]
+        return task_for_model(name, pad_value=white)
+    return task_for_model(name)
+
+
+def preprocessing_of(
+    family: str, config: dict[str, Any], options: SlideOptions, normalise: Normalise
+) -> dict[str, Any]:
+    """The checkpoint's ``preprocessing``: everything needed to rebuild the inputs."""
+    out: dict[str, Any] = {"input": family, **normalise.as_dict()}
+    if family == "image":
+        out["image_size"] = int(config["input_size"])
+    else:
+        out.update(_slide_options(options, config).preprocessing())
+    return out
+
+
+def _options_from_preprocessing(pre: dict[str, Any]) -> SlideOptions:
+    from napari_histattn.inference.patches import TissueSettings
+
+    tissue = pre.get("tissue") or {}
+    return SlideOptions(
+        patch_size=int(pre.get("patch_size") or 224),
+        target_mpp=pre.get("target_mpp"),
+        level=pre.get("level"),
+        downsample=pre.get("downsample"),
+        tissue=TissueSettings(**tissue),
+        max_patches=pre.get("max_patches"),
+        downscale=int(pre.get("downscale") or 8),
+    )
+
+
+def _groups_if_meaningful(data: LabelledData) -> list[str] | None:
+    groups = data.groups
+    return groups if len(set(groups)) < len(groups) else None
+
+
+def write_evaluation(
+    out_dir: Path,
+    data: LabelledData,
+    predictions: Predictions,
+    metrics: dict[str, Any],
+    class_names: Sequence[str],
+    title: str = "",
+) -> None:
+    """Write ``metrics.json``, ``roc.png``, ``confusion_matrix.png`` and ``predictions.csv``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics_json(metrics, out_dir / "metrics.json")
+    plot_roc(
+        predictions.labels,
+        predictions.probabilities,
+        class_names,
+        out_dir / "roc.png",
+        title=f"ROC {title}".strip(),
+    )
+    plot_confusion_matrix(
+        metrics["confusion_matrix"],
+        class_names,
+        out_dir / "confusion_matrix.png",
+        title=f"Confusion matrix {title}".strip(),
+    )
+    with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "patient", "label", "predicted", *[f"p_{c}" for c in class_names]])
+        for sample, label, probs in zip(
+            data.samples, predictions.labels, predictions.probabilities, strict=True
+        ):
+            writer.writerow(
+                [
+                    str(sample.path),
+                    sample.group,
+                    class_names[int(label)],
+                    class_names[int(np.argmax(probs))],
+                    *[f"{p:.6f}" for p in probs],
+                ]
+            )
+
+
+def write_sample_csv(data: LabelledData, path: Path) -> Path:
+    """The samples as a ``slide,label,patient`` CSV (absolute paths) for ``--layout csv``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["slide", "label", "patient"])
+        for s in data.samples:
+            writer.writerow([str(s.path.resolve()), data.class_names[s.label], s.group])
+    return path
+
+
+def _close(dataset: Any) -> None:
+    close = getattr(dataset, "close", None)
+    if callable(close):
+        close()
+
+
+def _staged(gen: Generator[Progress, None, Any], stage: str) -> Generator[Progress, None, Any]:
+    while True:
+        try:
+            report = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(stage, report.done, report.total, report.message)
+
+
+def cross_validate(
+    data: LabelledData, spec: ExperimentSpec, out_dir: str | Path
+) -> Generator[Progress, None, ExperimentResult]:
+    """Patient-wise k-fold training and testing; see the module docstring for the outputs.
+
+    Yields
+    ------
+    Progress
+        Stages ``"fold i/k train"`` and ``"fold i/k test"``, once per batch.
+    """
+    out = Path(out_dir)
+    family = family_of(spec.model_name)
+    class_names = list(data.class_names)
+    config = _full_config(spec, len(class_names))
+    seed = spec.train.seed
+    splits = cross_validation_folds(
+        data.labels, data.groups, spec.folds, seed, spec.val_fraction, spec.test_fraction
+    )
+    fold_results: list[FoldResult] = []
+    k = len(splits)
+    for fold in splits:
+        name = f"fold-{fold.index + 1}"
+        stage = f"fold {fold.index + 1}/{k}"
+        train_data, val_data, test_data = (
+            data.subset(fold.train),
+            data.subset(fold.val),
+            data.subset(fold.test),
+        )
+        train_set = make_dataset(
+            family,
+            train_data,
+            config,
+            spec.slide_options,
+            augment=spec.augment,
+            normalise=None,
+            seed=seed,
+        )
+        normalise = estimate_normalisation(train_set)
+        train_set.normalise = normalise  # type: ignore[attr-defined]
+        val_set, test_set = (
+            make_dataset(
+                family,
+                part,
+                config,
+                spec.slide_options,
+                augment=None,
+                normalise=normalise,
+                seed=seed,
+            )
+            for part in (val_data, test_data)
+        )
+        task = make_task(family, normalise, spec.chunk_size)
+        preprocessing = preprocessing_of(family, config, spec.slide_options, normalise)
+        seed_everything(seed)
+        from napari_histattn.models.registry import create_model
+
+        model = create_model(spec.model_name, **config)
+        result = yield from _staged(
+            train(
+                model,
+                task,
+                train_set,
+                val_set,
+                spec.train,
+                class_names=class_names,
+                preprocessing=preprocessing,
+                checkpoint_path=out / name / "model.safetensors",
+                training_info={
+                    "data": data.summary(),
+                    "fold": fold.index + 1,
+                    "folds": k,
+                    "split_sizes": {
+                        "train": len(fold.train),
+                        "val": len(fold.val),
+                        "test": len(fold.test),
+                    },
+                    "eval_seed": seed,
+                },
+                val_groups=_groups_if_meaningful(val_data),
+            ),
+            f"{stage} train",
+        )
+        evaluation: EvalResult = yield from _staged(
+            evaluate(
+                result.model,
+                task,
+                test_set,
+                class_names,
+                groups=_groups_if_meaningful(test_data),
+                batch_size=spec.train.batch_size,
+                device=spec.train.device,
+                seed=seed,
+            ),
+            f"{stage} test",
+        )
+        for dataset in (train_set, val_set, test_set):
+            _close(dataset)
+        metrics = {
+            **evaluation.metrics,
+            "fold": fold.index + 1,
+            "best_epoch": result.best_epoch,
+            "best_val_loss": result.best_val_loss,
+            "checkpoint": str(result.checkpoint_path),
+        }
+        write_evaluation(
+            out / name, test_data, evaluation.predictions, metrics, class_names, f"({stage})"
+        )
+        write_sample_csv(test_data, out / name / "test.csv")
+        fold_results.append(
+            FoldResult(
+                fold.index + 1,
+                result.checkpoint_path,
+                metrics,
+                result.best_epoch,
+                fold.test,
+                evaluation.predictions,
+            )
+        )
+
+    # Pooled out-of-fold predictions: every test sample once.
+    order = np.concatenate([f.test_indices for f in fold_results])
+    pooled_data = data.subset(order)
+    probs = np.concatenate([f.predictions.probabilities for f in fold_results])
+    labels = np.concatenate([f.predictions.labels for f in fold_results])
+    pooled = Predictions(probs, labels, float(np.mean([f.predictions.loss for f in fold_results])))
+    metrics = classification_metrics(labels, probs, class_names, _groups_if_meaningful(pooled_data))
+    per_fold = [f.metrics for f in fold_results]
+    metrics.update(
+        {
+            "model": spec.model_name,
+            "model_config": config,
+            "folds": k,
+            "seed": seed,
+            "data": data.summary(),
+            "fold_mean": _fold_stat(per_fold, np.mean),
+            "fold_std": _fold_stat(per_fold, np.std),
+            "per_fold": per_fold,
+        }
+    )
+    write_evaluation(out, pooled_data, pooled, metrics, class_names, "(all folds)")
+    return ExperimentResult(fold_results, metrics, out)
+
+
+def _fold_stat(per_fold: list[dict[str, Any]], fn: Any) -> dict[str, float]:
+    out = {}
+    for key in SUMMARY_KEYS:
+        values = [m[key] for m in per_fold if isinstance(m.get(key), float)]
+        values = [v for v in values if not np.isnan(v)]
+        if values:
+            out[key] = float(fn(values))
+    return out
+
+
+def relabel(data: LabelledData, class_names: Sequence[str]) -> LabelledData:
+    """``data`` with labels re-indexed to ``class_names`` (matched by name).
+
+    Raises
+    ------
+    DatasetError
+        If the data has a class the checkpoint does not know.
+    """
+    names = list(class_names)
+    unknown = sorted({data.class_names[s.label] for s in data.samples} - set(names))
+    if unknown:
+        raise DatasetError(
+            data.root,
+            f"class(es) {unknown} are not among the checkpoint's classes {names}",
+        )
+    samples = [
+        Sample(s.path, names.index(data.class_names[s.label]), s.group, s.subtype, s.magnification)
+        for s in data.samples
+    ]
+    return LabelledData(data.layout, data.root, names, samples)
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    data: LabelledData,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 8,
+    device: str = "auto",
+    seed: int | None = None,
+) -> Generator[Progress, None, EvalResult]:
+    """Score a checkpoint on ``data`` and write the evaluation files to ``out_dir``.
+
+    The inputs are rebuilt from the checkpoint's preprocessing (image size or
+    patch size and resolution, mean/std). Attention sampling draws from
+    ``seed`` (default: the seed the checkpoint was evaluated with in training).
+    """
+    from napari_histattn.models import checkpoint
+
+    loaded = checkpoint.load(checkpoint_path, device=device)
+    pre = loaded.preprocessing
+    family = pre.get("input") or family_of(loaded.model_name)
+    data = relabel(data, loaded.class_names)
+    mean, std = pre.get("mean"), pre.get("std")
+    normalise = (
+        Normalise(as_triple(mean), as_triple(std))
+        if mean is not None and std is not None
+        else Normalise()
+    )
+    config = dict(loaded.config)
+    if family == "image" and pre.get("image_size") is not None:
+        config["input_size"] = int(pre["image_size"])
+    options = _options_from_preprocessing(pre)
+    dataset = make_dataset(family, data, config, options, augment=None, normalise=normalise, seed=0)
+    training = loaded.metadata.get("training") or {}
+    eval_seed = int(
+        seed if seed is not None else training.get("eval_seed", training.get("seed", 0))
+    )
+    task = make_task(family, normalise)
+    result: EvalResult = yield from evaluate(
+        loaded.model,
+        task,
+        dataset,
+        loaded.class_names,
+        groups=_groups_if_meaningful(data),
+        batch_size=batch_size,
+        device=device,
+        seed=eval_seed,
+    )
+    _close(dataset)
+    result.metrics["checkpoint"] = str(loaded.path)
+    result.metrics["checkpoint_sha256"] = loaded.sha256
+    write_evaluation(Path(out_dir), data, result.predictions, result.metrics, loaded.class_names)
+    return result
