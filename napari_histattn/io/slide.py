@@ -390,18 +390,39 @@ class _OpenSlideBackend(_Backend):
                     continue
                 handle, generation = self._current()
                 origin = (l0_xy[0] + round(i0 * ds), l0_xy[1] + round(j0 * ds))
+                size = (i1 - i0, j1 - j0)
                 try:
-                    tile = self._region(handle, origin, level, (i1 - i0, j1 - j0))
-                except self._openslide.OpenSlideError as exc:
-                    out[j0:j1, i0:i1] = PLACEHOLDER_RGB
-                    with self._lock:
-                        known = self._failed.get(level, frozenset())
-                        self._failed[level] = known | {(tx, ty)}
-                    self._sink.tile_failed(level, (tx * tw, ty * th), exc)
+                    tile = self._region(handle, origin, level, size)
+                except self._openslide.OpenSlideError:
                     self._reopen(generation)
-                    continue
+                    # The shared handle may have been broken by another thread's bad
+                    # tile; only a failure on a private handle condemns this tile.
+                    try:
+                        tile = self._read_private(origin, level, size)
+                    except self._openslide.OpenSlideError as exc:
+                        out[j0:j1, i0:i1] = PLACEHOLDER_RGB
+                        with self._lock:
+                            known = self._failed.get(level, frozenset())
+                            self._failed[level] = known | {(tx, ty)}
+                        self._sink.tile_failed(level, (tx * tw, ty * th), exc)
+                        continue
                 out[j0:j1, i0:i1] = tile
         return out
+
+    def _read_private(
+        self, l0_xy: tuple[int, int], level: int, size_wh: tuple[int, int]
+    ) -> np.ndarray:
+        """Read on a throwaway handle that no other thread can put into an error state."""
+        try:
+            handle = self._openslide.OpenSlide(str(self._path))
+        except self._openslide.OpenSlideError:
+            raise
+        except Exception as exc:
+            raise SlideError(self._path, f"could not reopen after a read error: {exc}") from exc
+        try:
+            return self._region(handle, l0_xy, level, size_wh)
+        finally:
+            handle.close()
 
     def associated_image(self, name: str) -> np.ndarray:
         if name not in self.associated_image_names:
@@ -747,6 +768,18 @@ class _PillowBackend(_Backend):
 # --------------------------------------------------------------------------- Slide
 
 
+def _check_mpp_override(mpp_override: tuple[float, float]) -> tuple[float, float]:
+    try:
+        mx, my = (float(v) for v in mpp_override)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"mpp_override must be two positive numbers, got {mpp_override!r}"
+        ) from None
+    if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
+        raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
+    return mx, my
+
+
 class Slide:
     """An open slide: metadata, region reads and lazy pyramid levels.
 
@@ -804,9 +837,7 @@ class Slide:
         computed_cache_bytes: int = 128 * 2**20,
     ) -> None:
         if mpp_override is not None:
-            mx, my = (float(v) for v in mpp_override)
-            if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
-                raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
+            mx, my = _check_mpp_override(mpp_override)
         self.path = path
         self._closed = False
         self._lock = threading.Lock()
@@ -1157,6 +1188,8 @@ def open_slide(
         and why each backend that was tried refused it (the first refusal is
         chained as ``__cause__``).
     """
+    if mpp_override is not None:
+        _check_mpp_override(mpp_override)
     if backend is not None and backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS} or None, got {backend!r}")
     p = Path(path)

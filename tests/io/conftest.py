@@ -119,9 +119,7 @@ def ome_pyramid(io_dir: Path) -> Written:
             metadata=metadata,
         )
         for level in levels[1:]:
-            tif.write(
-                level, tile=(128, 128), compression="zlib", photometric="rgb", subfiletype=1
-            )
+            tif.write(level, tile=(128, 128), compression="zlib", photometric="rgb", subfiletype=1)
     return Written(path, levels, (0.26, 0.27))
 
 
