@@ -30,6 +30,7 @@ OpenSlide, so they keep working.
 from __future__ import annotations
 
 import abc
+import contextlib
 import ctypes
 import logging
 import math
@@ -40,7 +41,7 @@ import threading
 import warnings
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -544,6 +545,11 @@ class _TiffBackend(_Backend):
             found = _ome_physical(tif.ome_metadata)
             if found[0] is not None:
                 return found[0], "ome", found[1]
+        if tif.is_svs:
+            svs = _aperio_fields(page.description)
+            mpp = _parse_float(svs.get("MPP"))
+            if mpp is not None:
+                return (mpp, mpp), "svs-description", _parse_float(svs.get("AppMag"))
         tags = page.tags
         unit_tag = tags.get("ResolutionUnit")
         xres, yres = tags.get("XResolution"), tags.get("YResolution")
@@ -663,6 +669,16 @@ class _TiffBackend(_Backend):
         self._tif.close()
         with self._cache_lock:
             self._cache.clear()
+
+
+def _aperio_fields(description: str) -> dict[str, str]:
+    """``key = value`` fields of an Aperio ImageDescription (``...|MPP = 0.499|...``)."""
+    fields = {}
+    for part in description.split("|")[1:]:
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+    return fields
 
 
 def _rational(value: Any) -> float | None:
@@ -800,7 +816,8 @@ class Slide:
     mpp_xy : tuple of float or None
         Micrometres per level-0 pixel (x, y); None when unknown.
     mpp_source : str
-        ``"openslide"``, ``"tiff-resolution"``, ``"ome"``, ``"override"`` or ``"none"``.
+        ``"openslide"``, ``"tiff-resolution"``, ``"ome"``, ``"svs-description"``
+        (Aperio SVS read by tifffile), ``"override"`` or ``"none"``.
     objective_power : float or None
     level_count : int
         Stored plus computed levels.
@@ -841,6 +858,8 @@ class Slide:
         self.path = path
         self._closed = False
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0
         self._warned = False
         self.failed_tiles: list[tuple[int, int, int]] = []
         self._backend = backend = backend_factory(self)
@@ -897,8 +916,26 @@ class Slide:
             if self._closed:
                 return
             self._closed = True
+            # OpenSlide must not close a handle while another thread reads from it.
+            if not self._idle.wait_for(lambda: self._inflight == 0, timeout=60):
+                logger.warning("%s: closing while reads are still running", self.path)
         self._computed.clear()
         self._backend.close()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Mark a read in flight so that :meth:`close` waits for it."""
+        with self._lock:
+            if self._closed:
+                raise SlideError(self.path, "the slide is closed")
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._idle.notify_all()
 
     @property
     def closed(self) -> bool:
@@ -967,8 +1004,6 @@ class Slide:
                 f"region {w}x{h} has {w * h} pixels, more than the limit of "
                 f"{self.max_region_pixels} (Slide.max_region_pixels); read it in pieces",
             )
-        if self._closed:
-            raise SlideError(self.path, "the slide is closed")
         return (int(x), int(y)), (int(w), int(h))
 
     # -- reading
@@ -1008,7 +1043,8 @@ class Slide:
         """
         k = self._check_level(level)
         xy, wh = self._check_region(lvl_xy, size_wh, "lvl_xy")
-        return self._read_checked(k, xy, wh)
+        with self._reading():
+            return self._read_checked(k, xy, wh)
 
     def read_region(
         self, l0_xy: tuple[int, int], level: int, size_wh: tuple[int, int]
@@ -1031,12 +1067,13 @@ class Slide:
         """
         k = self._check_level(level)
         xy, wh = self._check_region(l0_xy, size_wh, "l0_xy")
-        if wh[0] == 0 or wh[1] == 0:
-            return _white(wh)
-        if k < self._n_stored and isinstance(self._backend, _OpenSlideBackend):
-            return self._backend.read_l0(xy, k, wh)
-        ds = self.level_downsamples[k]
-        return self._read_checked(k, (round(xy[0] / ds), round(xy[1] / ds)), wh)
+        with self._reading():
+            if wh[0] == 0 or wh[1] == 0:
+                return _white(wh)
+            if k < self._n_stored and isinstance(self._backend, _OpenSlideBackend):
+                return self._backend.read_l0(xy, k, wh)
+            ds = self.level_downsamples[k]
+            return self._read_checked(k, (round(xy[0] / ds), round(xy[1] / ds)), wh)
 
     def level_array(self, level: int) -> LevelArray:
         """The lazy ``(h, w, 3)`` uint8 array of one level (for napari)."""
@@ -1082,9 +1119,8 @@ class Slide:
                 f"{self.path.name} has no associated image {name!r}; "
                 f"it has {list(self.associated_image_names)}"
             )
-        if self._closed:
-            raise SlideError(self.path, "the slide is closed")
-        return self._backend.associated_image(name)
+        with self._reading():
+            return self._backend.associated_image(name)
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """A downscaled view whose longer side is at most ``max_size``.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,13 +168,15 @@ def test_public_openslide_path_gives_the_same_pixels(
         np.testing.assert_array_equal(slide.read_level_region(1, (100, 50), (300, 200)), fast)
 
 
-def test_concurrent_reads_equal_sequential_reads(jpeg_pyramid: Written) -> None:
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_concurrent_reads_equal_sequential_reads(jpeg_pyramid: Written, backend: str) -> None:
     rng = np.random.default_rng(11)
     boxes = [
         (int(rng.integers(0, 3)), int(rng.integers(0, 400)), int(rng.integers(0, 300)))
         for _ in range(48)
     ]
-    with open_slide(jpeg_pyramid.path) as slide:
+    with open_slide(jpeg_pyramid.path, backend=backend) as slide:
+        assert slide.backend == backend
         expected = [slide.levels[k][y : y + 100, x : x + 120] for k, x, y in boxes]
         with ThreadPoolExecutor(4) as pool:
             got = list(
@@ -383,6 +387,29 @@ def test_missing_directory_and_non_image(tmp_path: Path) -> None:
         open_slide(text, backend="bioformats")
 
 
+def test_close_waits_for_reads_in_flight(jpeg_pyramid: Written) -> None:
+    slide = open_slide(jpeg_pyramid.path)
+    started, release = threading.Event(), threading.Event()
+    original = slide._backend.read
+
+    def slow_read(level, lvl_xy, size_wh):
+        started.set()
+        release.wait(10)
+        return original(level, lvl_xy, size_wh)
+
+    slide._backend.read = slow_read
+    with ThreadPoolExecutor(2) as pool:
+        reading = pool.submit(slide.read_level_region, 0, (0, 0), (64, 64))
+        assert started.wait(10)
+        closing = pool.submit(slide.close)
+        time.sleep(0.2)
+        assert not closing.done()  # close() waits: the handle is still in use
+        release.set()
+        assert reading.result(10).shape == (64, 64, 3)
+        closing.result(10)
+    assert slide.closed
+
+
 def test_closed_slide_refuses_reads(cmu_svs: Path) -> None:
     slide = open_slide(cmu_svs)
     level = slide.levels[0]
@@ -412,6 +439,21 @@ def test_ome_tiff_opens_with_tifffile_and_ome_mpp(ome_pyramid: Written) -> None:
         for k, expected in enumerate(ome_pyramid.levels):
             np.testing.assert_array_equal(slide.levels[k][...], expected)
             np.testing.assert_array_equal(slide.levels[k][37:301, 5:190], expected[37:301, 5:190])
+
+
+def test_tifffile_backend_reads_aperio_svs_like_openslide(cmu_svs: Path) -> None:
+    with open_slide(cmu_svs) as a, open_slide(cmu_svs, backend="tifffile") as b:
+        assert b.backend == "tifffile" and b.vendor == "tifffile"
+        assert b.level_dimensions == a.level_dimensions
+        assert b.level_tile_sizes == a.level_tile_sizes == ((240, 240),)
+        assert b.mpp_xy == pytest.approx((0.499, 0.499)) and b.mpp_source == "svs-description"
+        assert b.objective_power == 20
+        np.testing.assert_array_equal(
+            b.levels[0][1000:1500, 700:1400], a.levels[0][1000:1500, 700:1400]
+        )
+        assert set(b.associated_image_names) == set(a.associated_image_names)
+        for name in a.associated_image_names:
+            np.testing.assert_array_equal(b.associated_image(name), a.associated_image(name))
 
 
 def test_tifffile_backend_equals_openslide_on_jpeg_pyramid(jpeg_pyramid: Written) -> None:
