@@ -16,10 +16,15 @@ positions; the features are aggregated and classified.
   :math:`\sum_i a_i f_i` with its custom autograd Function
   (:func:`napari_histattn.models.ats_core.expectation`), then a linear classifier.
   The attention network learns through the estimator's attention gradient.
+  (As in the paper, the estimate is unbiased for the pooled features; the loss
+  of the classifier applied to it is the usual plug-in approximation.)
 - Aggregation ``"reinforce"`` (the lymphoma seed's variant): the
   attention-weighted mean of the sampled features,
   :math:`\sum_k a_k f_k / \sum_k a_k`, a linear classifier, and REINFORCE
-  for the attention network with the batch-mean loss as baseline.
+  for the attention network with the batch-mean loss as baseline. The loss
+  also reaches the attention through those weights (the pathwise part of the
+  gradient of the expected loss); REINFORCE adds the score-function part. With
+  a batch of one image the baseline equals the loss and REINFORCE adds nothing.
 
 Both variants add an entropy regulariser on the attention distribution
 (``- entropy_weight * H(a)``: a positive weight favours spreading the attention,
