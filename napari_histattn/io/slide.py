@@ -273,6 +273,7 @@ class _OpenSlideBackend(_Backend):
         # Handles in an error state; closed only in close() since another thread
         # may still be inside a call on them.
         self._retired: list[Any] = []
+        self._users: dict[int, int] = {}
         self._lock = threading.Lock()
         self._failed: dict[int, frozenset[tuple[int, int]]] = {}
 
@@ -318,9 +319,28 @@ class _OpenSlideBackend(_Backend):
         _NATIVE_READ(osr, buf.ctypes.data_as(_C_UINT32_P), l0_xy[0], l0_xy[1], level, w, h)
         return argb_to_rgb(buf)
 
-    def _current(self) -> tuple[Any, int]:
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[tuple[Any, int]]:
+        """The current handle and its generation, counted as in use until the block ends.
+
+        A handle replaced by :meth:`_reopen` is closed as soon as its last user is
+        done, so handles in an error state (each with its own tile cache) do not pile up.
+        """
         with self._lock:
-            return self._handle, self._generation
+            handle, generation = self._handle, self._generation
+            self._users[id(handle)] = self._users.get(id(handle), 0) + 1
+        try:
+            yield handle, generation
+        finally:
+            with self._lock:
+                left = self._users[id(handle)] - 1
+                if left:
+                    self._users[id(handle)] = left
+                else:
+                    del self._users[id(handle)]
+                    if handle in self._retired:
+                        self._retired.remove(handle)
+                        handle.close()
 
     def _reopen(self, generation: int) -> None:
         """Replace the handle that failed, unless another thread already did."""
@@ -331,9 +351,13 @@ class _OpenSlideBackend(_Backend):
                 fresh = self._openslide.OpenSlide(str(self._path))
             except Exception as exc:
                 raise SlideError(self._path, f"could not reopen after a read error: {exc}") from exc
-            self._retired.append(self._handle)
+            old = self._handle
             self._handle = fresh
             self._generation += 1
+            if id(old) in self._users:
+                self._retired.append(old)
+            else:
+                old.close()
 
     def read(self, level: int, lvl_xy: tuple[int, int], size_wh: tuple[int, int]) -> np.ndarray:
         ds = self.level_downsamples[level]
@@ -344,12 +368,13 @@ class _OpenSlideBackend(_Backend):
         """``OpenSlide.read_region`` as RGB on white, with recovery from bad tiles."""
         if level in self._failed and self._hits_failed(level, l0_xy, size_wh):
             return self._read_tiles(l0_xy, level, size_wh)
-        handle, generation = self._current()
-        try:
-            return self._region(handle, l0_xy, level, size_wh)
-        except self._openslide.OpenSlideError:
-            self._reopen(generation)
-            return self._read_tiles(l0_xy, level, size_wh)
+        with self._using() as (handle, generation):
+            try:
+                return self._region(handle, l0_xy, level, size_wh)
+            except self._openslide.OpenSlideError:
+                pass
+        self._reopen(generation)
+        return self._read_tiles(l0_xy, level, size_wh)
 
     def _tile_span(
         self, l0: int, ds: float, n: int, tile: int, size: int
@@ -389,12 +414,15 @@ class _OpenSlideBackend(_Backend):
                 if (tx, ty) in self._failed.get(level, ()):
                     out[j0:j1, i0:i1] = PLACEHOLDER_RGB
                     continue
-                handle, generation = self._current()
                 origin = (l0_xy[0] + round(i0 * ds), l0_xy[1] + round(j0 * ds))
                 size = (i1 - i0, j1 - j0)
-                try:
-                    tile = self._region(handle, origin, level, size)
-                except self._openslide.OpenSlideError:
+                with self._using() as (handle, generation):
+                    try:
+                        tile = self._region(handle, origin, level, size)
+                        failed = False
+                    except self._openslide.OpenSlideError:
+                        failed = True
+                if failed:
                     self._reopen(generation)
                     # The shared handle may have been broken by another thread's bad
                     # tile; only a failure on a private handle condemns this tile.
@@ -428,24 +456,30 @@ class _OpenSlideBackend(_Backend):
     def associated_image(self, name: str) -> np.ndarray:
         if name not in self.associated_image_names:
             raise KeyError(name)
-        handle, generation = self._current()
-        try:
-            img = handle.associated_images[name]
-        except self._openslide.OpenSlideError:
-            self._reopen(generation)
-            handle, _ = self._current()
+        with self._using() as (handle, generation):
             try:
-                img = handle.associated_images[name]
-            except self._openslide.OpenSlideError as exc:
-                self._reopen(generation + 1)
-                raise SlideError(self._path, f"associated image {name!r}: {exc}") from exc
-        return _pil_to_rgb(img)
+                return _pil_to_rgb(handle.associated_images[name])
+            except self._openslide.OpenSlideError:
+                pass
+        self._reopen(generation)
+        try:
+            return _pil_to_rgb(self._read_private_associated(name))
+        except self._openslide.OpenSlideError as exc:
+            raise SlideError(self._path, f"associated image {name!r}: {exc}") from exc
+
+    def _read_private_associated(self, name: str) -> Any:
+        handle = self._openslide.OpenSlide(str(self._path))
+        try:
+            return handle.associated_images[name].copy()
+        finally:
+            handle.close()
 
     def close(self) -> None:
         with self._lock:
             for handle in [*self._retired, self._handle]:
                 handle.close()
             self._retired.clear()
+            self._users.clear()
 
 
 class _TiffLevel:

@@ -283,6 +283,7 @@ def test_bad_tile_recovery_keeps_good_tiles(corrupt_pyramid: tuple[Path, Path]) 
             later = slide.levels[0][500:800, 0:700]
             good = slide.levels[0][0:256, 0:256]
         assert slide._backend._generation == generation
+        assert slide._backend._retired == []  # broken handles were closed once unused
         np.testing.assert_array_equal(good, clean.levels[0][0:256, 0:256])
         assert (later[12:268, 256:512] == 128).all()
         # the other levels are unaffected
@@ -302,6 +303,7 @@ def test_bad_tile_under_concurrent_reads(corrupt_pyramid: tuple[Path, Path]) -> 
                 pool.map(lambda b: slide.levels[0][b[1] : b[1] + 256, b[0] : b[0] + 256], boxes)
             )
         assert slide.failed_tiles == [(0, 256, 512)]
+        assert slide._backend._retired == [] and slide._backend._users == {}
     assert len([w for w in record if issubclass(w.category, SlideReadWarning)]) == 1
     bad = np.zeros((1536, 2048), dtype=bool)
     bad[512:768, 256:512] = True
