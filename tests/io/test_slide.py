@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import openslide
 import pytest
-from conftest import Written
+from slide_test_helpers import Written, corrupt_tile
 
 import napari_histattn.io.slide as slide_mod
 from napari_histattn.errors import SlideError
@@ -314,8 +314,6 @@ def test_bad_tile_under_concurrent_reads(corrupt_pyramid: tuple[Path, Path]) -> 
 
 
 def test_corrupt_strip_in_tifffile_backend(strip_tiff: Written, tmp_path: Path) -> None:
-    from conftest import corrupt_tile
-
     bad_path = tmp_path / "bad_strips.tif"
     corrupt_tile(strip_tiff.path, bad_path, page=0, tile_index=2)  # rows 74-110
     with open_slide(bad_path) as slide:
