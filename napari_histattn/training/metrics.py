@@ -222,8 +222,9 @@ def classification_metrics(
     class_names
         The C class names, in label order.
     groups
-        Patient (or slide) id per sample; adds ``patient_accuracy`` and
-        ``n_patients``.
+        Patient (or slide) id per sample; adds ``patient_accuracy`` (majority
+        vote per patient), ``n_patients`` and ``patients`` (each patient's label
+        and voted prediction).
     """
     t = _labels(y_true)
     probs = np.asarray(probabilities, dtype=np.float64)
@@ -242,8 +243,14 @@ def classification_metrics(
             name: roc_auc_binary(t == c, probs[:, c]) for c, name in enumerate(class_names)
         }
     if groups is not None:
-        metrics["patient_accuracy"] = patient_accuracy(t, pred, groups, probs)
-        metrics["n_patients"] = len(set(groups))
+        votes = majority_vote(t, pred, groups, probs)
+        metrics["patient_accuracy"] = (
+            float(np.mean([a == b for a, b in votes.values()])) if votes else math.nan
+        )
+        metrics["n_patients"] = len(votes)
+        metrics["patients"] = {
+            g: {"label": class_names[a], "predicted": class_names[b]} for g, (a, b) in votes.items()
+        }
     return metrics
 
 

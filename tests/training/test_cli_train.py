@@ -109,3 +109,35 @@ def test_train_cli_clear_errors(tmp_path, capsys, layout, files, expected):
     err = capsys.readouterr().err
     assert "histattn train: error:" in err and expected in err
     assert not (tmp_path / "out").exists()
+
+
+def test_breakhis_cli_reports_patient_level_accuracy(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "BreaKHis"
+    data.mkdir()
+    patients = [
+        ("B", "A", "22549AB"),
+        ("B", "F", "9133"),
+        ("M", "DC", "2523"),
+        ("M", "LC", "12204"),
+    ]
+    for cls, kind, slide in patients:
+        for seq in range(1, 4):
+            for mag in (40, 100):
+                name = f"SOB_{cls}_{kind}-14-{slide}-{mag}-{seq:03d}.png"
+                pixels = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(data / name)
+    out = tmp_path / "out"
+    argv = ["train", "--data", str(data), "--layout", "breakhis", "--magnification", "40"]
+    argv += ["--model", "dafl_cnn", "--config", "backbone=vgg_small", "--image-size", "16"]
+    argv += ["--folds", "2", "--epochs", "1", "--device", "cpu", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 12  # 40x only
+    assert metrics["n_patients"] == 4
+    assert set(metrics["patients"]) == {"14-22549AB", "14-9133", "14-2523", "14-12204"}
+    assert metrics["patients"]["14-2523"]["label"] == "malignant"
+    votes = [p["label"] == p["predicted"] for p in metrics["patients"].values()]
+    assert metrics["patient_accuracy"] == pytest.approx(np.mean(votes))
+    for fold in metrics["per_fold"]:
+        assert fold["n_patients"] == 2  # two whole patients per test fold
