@@ -37,7 +37,6 @@ CLASS_COLORS: dict[str, tuple[float, float, float, float]] = {
     "tissue": (0.35, 0.35, 0.35, 1.0),
 }
 _FALLBACK_COLOR = (1.0, 1.0, 1.0, 1.0)
-_FACE_ALPHA = 0.18
 
 MICROMETRE = "micrometer"
 PIXEL = "pixel"
@@ -202,7 +201,7 @@ def ground_truth_shapes_layer(
         Layer name.
     edge_width
         Outline width in world units (micrometres, or pixels without mpp);
-        by default 1/300 of all annotations' extent so that outlines stay
+        by default 1/150 of all annotations' extent so that outlines stay
         visible when the whole slide is on screen.
 
     Returns
@@ -210,7 +209,7 @@ def ground_truth_shapes_layer(
     tuple
         ``(polygons, kwargs, "shapes")``: polygons as ``(N, 2)`` arrays of napari
         (y, x) world coordinates, ``kwargs["features"]["class"]`` holding each
-        polygon's class, outlines and a faint fill coloured by class.
+        polygon's class, outlines (no fill) and class names coloured by class.
     """
     all_l0_xy, all_names = read_ground_truth_polygons(geojson_path)
     wanted = None if classes is None else set(classes)
@@ -218,10 +217,9 @@ def ground_truth_shapes_layer(
     polygons_l0_xy = [all_l0_xy[i] for i in keep]
     names = [all_names[i] for i in keep]
     polygons_yx = [_l0_xy_to_napari_yx_array(p, mpp_xy) for p in polygons_l0_xy]
-    edge_colors = np.array([CLASS_COLORS.get(n, _FALLBACK_COLOR) for n in names], dtype=float)
-    face_colors = edge_colors.copy()
-    if len(face_colors):
-        face_colors[:, 3] = _FACE_ALPHA
+    edge_colors = np.array(
+        [CLASS_COLORS.get(n, _FALLBACK_COLOR) for n in names], dtype=float
+    ).reshape(-1, 4)
     if edge_width is None:
         # Sized from every annotation (tissue outline included): the slide's scale.
         edge_width = _default_edge_width([_l0_xy_to_napari_yx_array(p, mpp_xy) for p in all_l0_xy])
@@ -229,12 +227,21 @@ def ground_truth_shapes_layer(
         "name": name,
         "shape_type": "polygon",
         "features": {"class": np.asarray(names, dtype=object)},
-        "edge_color": edge_colors.reshape(-1, 4) if len(names) else "white",
-        "face_color": face_colors.reshape(-1, 4) if len(names) else "transparent",
+        "edge_color": edge_colors if len(names) else "white",
+        # No fill: a tint would change how the tissue under it looks.
+        "face_color": "transparent",
         "edge_width": edge_width,
         "metadata": {"geojson_path": str(geojson_path), "mpp_xy": mpp_xy},
         **_units_kwargs(mpp_xy is not None),
     }
+    if names:
+        # Class names beside the outlines, in the outline's colour (a legend in place).
+        kwargs["text"] = {
+            "string": "{class}",
+            "size": 14,
+            "anchor": "upper_left",
+            "color": {"array": edge_colors, "default": "white"},
+        }
     return (polygons_yx, kwargs, "shapes")
 
 
@@ -250,4 +257,4 @@ def _default_edge_width(polygons_yx: Sequence[np.ndarray]) -> float:
         return 1.0
     points = np.concatenate(polygons_yx, axis=0)
     extent = float(np.max(points.max(axis=0) - points.min(axis=0)))
-    return max(extent / 300.0, 1e-6)
+    return max(extent / 150.0, 1e-6)

@@ -33,3 +33,44 @@ def no_mpp_tiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
         metadata=None,
     )
     return path
+
+
+# A small synthetic sample (about 1.5k x 1.2k px at 2 um/px, so lesions of the
+# default 200 um radius fit): the real default takes tens of seconds to render.
+TINY_SAMPLE = {"width": 1536, "height": 1152, "mpp": 2.0, "workers": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_sample_kwargs() -> dict[str, float]:
+    """Arguments of ``synthetic_sample_slide`` that make the sample tiny."""
+    return dict(TINY_SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def tiny_sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the tiny synthetic sample, generated once per session."""
+    from napari_histattn.io.synthetic import synthetic_sample_slide
+
+    cache = tmp_path_factory.mktemp("histattn-cache")
+    synthetic_sample_slide(cache, **TINY_SAMPLE)
+    return cache
+
+
+@pytest.fixture
+def tiny_sample_env(tiny_sample_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Make the synthetic sample tiny and point its cache at ``tiny_sample_cache``.
+
+    In this process ``synthetic_sample_slide`` is wrapped with the tiny size;
+    ``HISTATTN_CACHE`` (inherited by subprocesses) points at the cache folder.
+    """
+    import functools
+
+    import napari_histattn.io.synthetic as synthetic
+
+    monkeypatch.setenv("HISTATTN_CACHE", str(tiny_sample_cache))
+    monkeypatch.setattr(
+        synthetic,
+        "synthetic_sample_slide",
+        functools.partial(synthetic.synthetic_sample_slide, **TINY_SAMPLE),
+    )
+    return tiny_sample_cache
