@@ -157,15 +157,14 @@ def _pil_to_rgb(img: Any) -> np.ndarray:
     return np.asarray(img)
 
 
-# Byte positions of R, G, B, A inside OpenSlide's native-endian ARGB uint32 pixels.
-_ARGB_BYTES = (2, 1, 0, 3) if sys.byteorder == "little" else (1, 2, 3, 0)
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 
 def argb_to_rgb(argb: np.ndarray) -> np.ndarray:
-    """OpenSlide's premultiplied ARGB (``(h, w)`` uint32) to RGB on white.
+    """OpenSlide's premultiplied ARGB (``(h, w)`` uint32) to RGB on white, in place.
 
     With premultiplied colour, compositing onto white is ``c + (255 - a)`` exactly;
-    fully opaque regions (the common case) skip it.
+    fully opaque regions (the common case) skip it. ``argb`` is overwritten.
 
     Parameters
     ----------
@@ -175,22 +174,25 @@ def argb_to_rgb(argb: np.ndarray) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        ``(h, w, 3)`` uint8, C-contiguous.
+        ``(h, w, 3)`` uint8: a writable view into ``argb`` with positive strides
+        ``(4 * w, 4, 1)`` (not C-contiguous; ``np.ascontiguousarray`` if needed).
     """
     h, w = argb.shape
-    b = argb.view(np.uint8).reshape(h, w, 4)
-    ri, gi, bi, ai = _ARGB_BYTES
-    out = np.empty((h, w, 3), dtype=np.uint8)
-    if argb.size == 0 or bool((argb >= 0xFF000000).all()):
-        # three strided copies are ~3x faster than one ascontiguousarray of a view
-        out[..., 0] = b[..., ri]
-        out[..., 1] = b[..., gi]
-        out[..., 2] = b[..., bi]
-        return out
-    inv = 255 - b[..., ai].astype(np.uint16)
-    for j, i in enumerate((ri, gi, bi)):
-        out[..., j] = np.minimum(b[..., i] + inv, 255)
-    return out
+    opaque = argb.size == 0 or bool((argb >= 0xFF000000).all())
+    if not opaque:
+        a = argb >> 24
+        inv = 255 - a
+        # premultiplied: each channel <= alpha, so adding 255 - alpha cannot carry
+        rgb = np.minimum((argb >> 16) & 0xFF, a) + inv
+        rgb <<= 8
+        rgb |= np.minimum((argb >> 8) & 0xFF, a) + inv
+        rgb <<= 8
+        rgb |= np.minimum(argb & 0xFF, a) + inv
+        argb[...] = rgb | 0xFF000000
+    if _LITTLE_ENDIAN:
+        # bytes B, G, R, A -> A, R, G, B: RGB become bytes 1..3 of each pixel
+        argb.byteswap(inplace=True)
+    return argb.view(np.uint8).reshape(h, w, 4)[..., 1:]
 
 
 def _white(size_wh: tuple[int, int]) -> np.ndarray:
@@ -968,7 +970,7 @@ class Slide:
         finally:
             with self._lock:
                 self._inflight -= 1
-                if self._inflight == 0:
+                if self._closed and self._inflight == 0:
                     self._idle.notify_all()
 
     @property

@@ -158,6 +158,14 @@ def test_read_region_beyond_the_border_is_white_like_openslide(cmu_svs: Path) ->
         assert (corner[17:, :] == 255).all() and (corner[:, 20:] == 255).all()
 
 
+def test_returned_arrays_are_writable_with_positive_strides(jpeg_pyramid: Written) -> None:
+    # positive strides: torch.from_numpy and friends accept them (negative ones fail)
+    with open_slide(jpeg_pyramid.path) as slide:
+        for arr in (slide.read_region((3, 5), 0, (64, 32)), slide.levels[1][10:40, 7:99]):
+            assert arr.flags.writeable and all(st > 0 for st in arr.strides)
+            arr[0, 0] = 0
+
+
 def test_public_openslide_path_gives_the_same_pixels(
     jpeg_pyramid: Written, monkeypatch: pytest.MonkeyPatch
 ) -> None:
