@@ -1070,7 +1070,9 @@ class Slide:
         Returns
         -------
         numpy.ndarray
-            ``(h, w, 3)`` uint8 RGB; pixels outside the slide are white.
+            ``(h, w, 3)`` uint8 RGB, writable; pixels outside the slide are white.
+            Possibly a non-contiguous view with positive strides (OpenSlide reads
+            are not copied once more); ``np.ascontiguousarray`` it if needed.
 
         Raises
         ------
@@ -1099,7 +1101,7 @@ class Slide:
         Returns
         -------
         numpy.ndarray
-            ``(h, w, 3)`` uint8 RGB.
+            ``(h, w, 3)`` uint8 RGB, as for :meth:`read_level_region`.
         """
         k = self._check_level(level)
         xy, wh = self._check_region(l0_xy, size_wh, "l0_xy")
