@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_histattn.errors import HistattnError
+from napari_histattn.progress import Progress
 
 _WINDOW_WH = (1280, 860)
 
@@ -79,12 +80,41 @@ def demo_layers(slide_path: Path | None = None) -> list[tuple[Any, dict[str, Any
     from napari_histattn.io.synthetic import synthetic_sample_slide
 
     print("histattn demo: preparing the synthetic sample slide (cached after the first run)")
-    sample = synthetic_sample_slide()
+    with _ProgressBars() as bars:
+        sample = synthetic_sample_slide(callback=bars)
     slide = open_slide(sample.path)
     return [
         slide_layer_data(slide, name="synthetic slide"),
         ground_truth_shapes_layer(sample.geojson_path, slide.mpp_xy, name="ground truth"),
     ]
+
+
+class _ProgressBars:
+    """A progress callback that draws one tqdm bar per stage (first-run generation)."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._stage: str | None = None
+
+    def __enter__(self) -> _ProgressBars:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def __call__(self, report: Progress) -> None:
+        from tqdm.auto import tqdm
+
+        if report.stage != self._stage:
+            if self._bar is not None:
+                self._bar.close()
+            self._stage = report.stage
+            self._bar = tqdm(total=report.total, desc=report.stage, leave=False)
+        if report.total is not None and self._bar.total != report.total:
+            self._bar.total = report.total
+        self._bar.n = report.done
+        self._bar.refresh()
 
 
 def _settle(seconds: float) -> None:

@@ -231,3 +231,12 @@ def test_adding_a_multiscale_slide_reads_no_whole_high_res_level(
     qtbot.wait(200)
     assert spies[0].reads, "zoomed in, napari should show level 0"
     assert all(n < spies[0].size / 4 for n in spies[0].reads), "level 0 read whole"
+
+
+@pytest.mark.gui
+def test_viewer_opens_a_slide_without_mpp_in_pixels(make_napari_viewer, no_mpp_tiff: Path) -> None:
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(no_mpp_tiff), plugin="napari-histattn")
+    assert tuple(layer.scale) == (1.0, 1.0)
+    assert [str(u) for u in layer.units] == ["pixel", "pixel"]
+    assert layer.metadata["mpp_source"] == "none"

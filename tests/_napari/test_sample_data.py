@@ -194,3 +194,17 @@ def test_demo_without_a_display_explains_xvfb(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "xvfb-run" in proc.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.gui
+def test_open_sample_in_napari(make_napari_viewer, tiny_sample_env: Path) -> None:
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-histattn", "synthetic")
+    image, shapes = layers
+    assert image.rgb is True and shapes.nshapes >= 2
+    assert set(shapes.features["class"]) == {"lesion", "lookalike"}
+    # The overlay lies within the slide's extent, in the same (micrometre) world.
+    lo, hi = image.extent.world
+    assert np.all(shapes.extent.world[0] >= lo - 1e-6)
+    assert np.all(shapes.extent.world[1] <= hi + 1e-6)
+    assert [str(u) for u in shapes.units] == [str(u) for u in image.units]
