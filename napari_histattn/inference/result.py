@@ -1,0 +1,239 @@
+"""What a classification returns: :class:`ClassificationResult` and :class:`SampledLocations`.
+
+GUI-free and torch-free (NumPy, shapely through :mod:`napari_histattn.io.regions`),
+so that the widget, the CLI and the exporters can hold and pass results around
+without importing torch.
+
+Frames: everything is in level-0 pixels of the slide (``l0_xy``, x first). The
+attention map is a ``(rows, cols)`` grid whose :class:`~napari_histattn.io.regions.GridGeometry`
+places cell ``(r, c)`` on the patch at ``origin + (c * stride_x, r * stride_y)``
+of size ``patch``; :func:`napari_histattn.inference.outputs.heatmap_napari_geometry`
+turns that into napari's scale and translate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from napari_histattn.io.regions import (
+    GridGeometry,
+    Patch,
+    Region,
+    percentile_normalise,
+    threshold_regions,
+)
+
+
+@dataclass(frozen=True)
+class SampledLocations:
+    """The locations attention sampling drew, one row per distinct location.
+
+    Attributes
+    ----------
+    centers_l0_xy
+        ``(m, 2)`` float64 patch centres in level-0 pixels.
+    origins_l0_xy
+        ``(m, 2)`` int64 top-left corners of the patches that were read.
+    grid_rc
+        ``(m, 2)`` int64 cell (row, col) on the attention grid.
+    attention
+        ``(m,)`` float64 attention of each location's cell.
+    counts
+        ``(m,)`` int64 number of draws of each location (1 without replacement).
+    patch_l0_wh
+        Size of every patch in level-0 pixels.
+    """
+
+    centers_l0_xy: NDArray[np.float64]
+    origins_l0_xy: NDArray[np.int64]
+    grid_rc: NDArray[np.int64]
+    attention: NDArray[np.float64]
+    counts: NDArray[np.int64]
+    patch_l0_wh: tuple[float, float]
+
+    def __len__(self) -> int:
+        return int(self.centers_l0_xy.shape[0])
+
+    @property
+    def n_draws(self) -> int:
+        """Total number of draws (the model's N)."""
+        return int(self.counts.sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready lists."""
+        return {
+            "centers_l0_xy": self.centers_l0_xy.tolist(),
+            "origins_l0_xy": self.origins_l0_xy.tolist(),
+            "grid_rc": self.grid_rc.tolist(),
+            "attention": self.attention.tolist(),
+            "counts": self.counts.tolist(),
+            "patch_l0_wh": list(self.patch_l0_wh),
+        }
+
+
+@dataclass
+class ClassificationResult:
+    """The outcome of :func:`napari_histattn.inference.engine.classify` on one slide.
+
+    Attributes
+    ----------
+    class_names
+        Class names in logit order.
+    probabilities
+        ``(C,)`` float64 slide-level class probabilities (sum to 1).
+    attention
+        ``(rows, cols)`` float32 attention map; ``NaN`` where there is no tissue
+        (or, for A-MIL and the attention CNN, no tile was classified). Values are
+        the model's own (softmax weights for attention sampling and A-MIL; see the
+        engine for the attention CNN); use :meth:`normalised_attention` for display.
+    geometry
+        Where the grid lies on the slide, in level-0 pixels.
+    patches
+        The patches with their attention (and class probabilities where the
+        model gives per-patch ones): the sampled patches for attention sampling,
+        one per attention cell otherwise.
+    regions
+        The top-k attended regions (thresholded connected components of the
+        percentile-normalised map), best first.
+    provenance
+        Package version, model, checkpoint path and SHA-256, seed, device, slide
+        path and quickhash, mpp and level used, timings, UTC time...
+    family
+        ``"sampling"``, ``"mil"`` or ``"image"``.
+    samples
+        Attention sampling only: the drawn locations.
+    cell_probs
+        ``(rows, cols, C)`` per-cell class probabilities (NaN outside), when the
+        model gives them (A-MIL, attention CNN); used to classify regions.
+    threshold, top_k
+        The settings the regions were made with.
+    """
+
+    class_names: list[str]
+    probabilities: NDArray[np.float64]
+    attention: NDArray[np.float32]
+    geometry: GridGeometry
+    patches: list[Patch]
+    regions: list[Region]
+    provenance: dict[str, Any]
+    family: str
+    samples: SampledLocations | None = None
+    cell_probs: NDArray[np.float64] | None = field(default=None, repr=False)
+    threshold: float = 0.5
+    top_k: int | None = 5
+
+    @property
+    def predicted_index(self) -> int:
+        """Index of the most probable class."""
+        return int(np.argmax(self.probabilities))
+
+    @property
+    def predicted_class(self) -> str:
+        """Name of the most probable class."""
+        return self.class_names[self.predicted_index]
+
+    @property
+    def probabilities_by_class(self) -> dict[str, float]:
+        """Class name to probability."""
+        return {n: float(p) for n, p in zip(self.class_names, self.probabilities, strict=True)}
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        """``(rows, cols)`` of the attention map."""
+        return int(self.attention.shape[0]), int(self.attention.shape[1])
+
+    @property
+    def mpp_xy(self) -> tuple[float, float] | None:
+        """The slide's level-0 micrometres per pixel (None when unknown)."""
+        mpp = self.provenance.get("slide_mpp_xy")
+        return None if mpp is None else (float(mpp[0]), float(mpp[1]))
+
+    def normalised_attention(self, lo: float = 1.0, hi: float = 99.0) -> NDArray[np.float64]:
+        """The map scaled to [0, 1] between two percentiles of its finite values (NaN kept)."""
+        return percentile_normalise(self.attention, lo, hi)
+
+    def regions_at(self, threshold: float, top_k: int | None = None) -> list[Region]:
+        """Regions for another threshold (the widget's slider), without rerunning the model.
+
+        Parameters
+        ----------
+        threshold
+            Threshold on the percentile-normalised attention, 0 to 1.
+        top_k
+            Keep the best ``top_k``; None keeps all.
+        """
+        return make_regions(self, threshold, top_k)
+
+    def top_cell(self) -> tuple[int, int]:
+        """``(row, col)`` of the cell with the highest finite attention."""
+        finite = np.where(np.isfinite(self.attention), self.attention, -np.inf)
+        r, c = np.unravel_index(int(np.argmax(finite)), finite.shape)
+        return int(r), int(c)
+
+    def cell_center_l0_xy(self, r: int, c: int) -> tuple[float, float]:
+        """Centre of cell ``(r, c)``'s patch in level-0 pixels."""
+        x, y, w, h = self.geometry.cell_l0_xywh(r, c)
+        return x + w / 2.0, y + h / 2.0
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (no per-cell arrays)."""
+        return {
+            "predicted_class": self.predicted_class,
+            "predicted_index": self.predicted_index,
+            "class_names": list(self.class_names),
+            "probabilities": self.probabilities_by_class,
+            "family": self.family,
+            "geometry": geometry_dict(self.geometry, self.grid_shape),
+            "threshold": self.threshold,
+            "top_k": self.top_k,
+            "n_patches": len(self.patches),
+            "regions": [
+                {
+                    "rank": r.rank,
+                    "name": r.name,
+                    "class_name": r.class_name,
+                    "bounds_l0_xyxy": list(r.polygon.bounds),
+                    "measurements": {
+                        k: float(v) for k, v in r.measurements.items() if math.isfinite(float(v))
+                    },
+                }
+                for r in self.regions
+            ],
+            "samples": None if self.samples is None else self.samples.to_dict(),
+            "provenance": self.provenance,
+        }
+
+
+def geometry_dict(geometry: GridGeometry, shape: Sequence[int]) -> dict[str, Any]:
+    """The grid geometry and shape as JSON-ready values (level-0 pixels)."""
+    return {
+        "origin_l0_xy": list(geometry.origin_l0_xy),
+        "stride_l0_xy": list(geometry.stride_l0_xy),
+        "patch_l0_wh": list(geometry.patch_l0_wh),
+        "shape_rc": [int(shape[0]), int(shape[1])],
+    }
+
+
+def make_regions(result: ClassificationResult, threshold: float, top_k: int | None) -> list[Region]:
+    """Threshold ``result``'s percentile-normalised attention into ranked regions.
+
+    Regions are classified by their attention-weighted per-cell probabilities
+    when the model gives them, else as the slide's predicted class.
+    """
+    has_probs = result.cell_probs is not None
+    return threshold_regions(
+        result.attention,
+        result.geometry,
+        threshold,
+        class_name=None if has_probs else result.predicted_class,
+        class_names=result.class_names if has_probs else None,
+        cell_probs=result.cell_probs,
+        mpp_xy=result.mpp_xy,
+        top_k=top_k,
+    )
