@@ -1,0 +1,126 @@
+"""``histattn classify``: classify one slide with a checkpoint and write the heatmap and regions.
+
+Writes into ``--out``: ``heatmap.png`` (the attention over a thumbnail),
+``attention.npy`` (the raw map; its geometry is in ``summary.json``),
+``regions.geojson`` (the top-k attended regions, QuPath's conventions),
+``patches.csv`` and ``summary.json`` (class, probabilities, provenance), plus
+``crops/`` with ``--crops``. The same engine runs the napari widget, so the
+same seed gives the same class and attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``classify`` and ``batch``."""
+    parser.add_argument(
+        "--checkpoint", required=True, type=Path, metavar="CK", help=".safetensors checkpoint"
+    )
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:<i> or mps (default auto)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--n-patches",
+        type=int,
+        metavar="N",
+        help="attention sampling: patches drawn; A-MIL/CNN: at most N tiles (default: checkpoint)",
+    )
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        metavar="P",
+        help="patch side in model pixels (default: checkpoint)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="B", help="patches per model call (default by family)"
+    )
+    parser.add_argument("--top-k", type=int, default=5, help="regions to export (default 5)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="regions: threshold on the percentile-normalised attention, 0-1 (default 0.5)",
+    )
+    parser.add_argument(
+        "--crops", action="store_true", help="also write full-resolution PNG crops of the regions"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``classify`` subcommand."""
+    parser = subparsers.add_parser(
+        "classify",
+        help="classify a slide and write its attention heatmap, regions and summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("slide", type=Path, metavar="SLIDE", help="whole-slide image")
+    add_classify_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def classify_to_folder(
+    slide_path: Path, checkpoint: Any, out_dir: Path, args: argparse.Namespace
+) -> tuple[Any, dict[str, Path]]:
+    """Classify ``slide_path`` and write the outputs into ``out_dir``.
+
+    ``checkpoint`` is a path or a loaded checkpoint. Returns the
+    :class:`~napari_histattn.inference.result.ClassificationResult` and the
+    files written. Engine messages (device fall-backs) go to stderr.
+    """
+    from napari_histattn.inference.engine import classify
+    from napari_histattn.inference.outputs import write_outputs
+    from napari_histattn.io.slide import open_slide
+    from napari_histattn.progress import run_with_tqdm
+
+    with open_slide(slide_path) as slide:
+        result = run_with_tqdm(
+            classify(
+                slide,
+                checkpoint,
+                device=args.device,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                n_patches=args.n_patches,
+                patch_size=args.patch_size,
+                top_k=args.top_k,
+                threshold=args.threshold,
+            ),
+            disable=args.quiet,
+        )
+        for message in result.provenance.get("messages", []):
+            print(f"note: {message}", file=sys.stderr)
+        files = write_outputs(result, slide, out_dir, crops=args.crops)
+    return result, files
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    from napari_histattn.errors import HistattnError
+
+    for name in ("n_patches", "patch_size", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise HistattnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.top_k < 0:
+        raise HistattnError(f"--top-k must be at least 0, got {args.top_k}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise HistattnError(f"--threshold must be within 0-1, got {args.threshold}")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    result, files = classify_to_folder(args.slide, args.checkpoint, args.out, args)
+    probs = ", ".join(f"{n} {p:.3f}" for n, p in result.probabilities_by_class.items())
+    print(f"{args.slide.name}: {result.predicted_class} ({probs})")
+    print(f"wrote {len(files)} files to {args.out}: " + ", ".join(p.name for p in files.values()))
+    return 0
