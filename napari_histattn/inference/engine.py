@@ -404,6 +404,7 @@ def _run_sampling(run: _Run) -> Generator[Progress, None, _Raw]:
             "n_patches": n,
             "downscale": downscale,
             "low_res_downsample": view_ds,
+            "low_res_level_used": int(run.slide.best_level_for_downsample(view_ds)),
             "low_res_size_wh": [w, h],
             "replace": replace,
         },
