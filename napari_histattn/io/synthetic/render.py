@@ -166,16 +166,24 @@ class _Textures:
 
 
 def _filtered_noise(rng: np.random.Generator, envelope: np.ndarray) -> np.ndarray:
-    noise = rng.standard_normal((_P, _P))
-    out = np.fft.ifft2(np.fft.fft2(noise) * envelope).real
+    """White noise filtered by a frequency ``envelope`` (real-FFT layout), periodic, N(0, 1)."""
+    from scipy import fft
+
+    noise = rng.standard_normal((_P, _P), dtype=np.float32)
+    out = fft.irfft2(fft.rfft2(noise) * envelope, s=(_P, _P))
     out -= out.mean()
     out /= out.std()
-    return out
+    return out.astype(np.float32)
+
+
+def _freqs() -> tuple[np.ndarray, np.ndarray]:
+    fy = np.fft.fftfreq(_P).astype(np.float32)[:, None]
+    fx = np.fft.rfftfreq(_P).astype(np.float32)[None, :]
+    return fy, fx
 
 
 def _oriented_envelope(angle: float, along_px: float, across_px: float) -> np.ndarray:
-    f = np.fft.fftfreq(_P)
-    fy, fx = np.meshgrid(f, f, indexing="ij")
+    fy, fx = _freqs()
     # Frequency along the fibre direction is small (long fibres), across is larger.
     fu = fx * np.cos(angle) + fy * np.sin(angle)
     fv = -fx * np.sin(angle) + fy * np.cos(angle)
@@ -183,8 +191,7 @@ def _oriented_envelope(angle: float, along_px: float, across_px: float) -> np.nd
 
 
 def _iso_envelope(scale_px: float) -> np.ndarray:
-    f = np.fft.fftfreq(_P)
-    fy, fx = np.meshgrid(f, f, indexing="ij")
+    fy, fx = _freqs()
     return np.exp(-2.0 * np.pi**2 * (fx**2 + fy**2) * scale_px**2)
 
 

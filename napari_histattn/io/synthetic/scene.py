@@ -254,39 +254,45 @@ def _place_regions(
         return ()
     tissue_poly = shapely.Polygon(tissue.polygon_xy())
     x0, y0, x1, y1 = tissue.bbox_l0
-    placed: list[Region] = []
-    placed_polys: list[Any] = []
-    # Shuffle the order so lesions and look-alikes get the same share of good spots.
-    order = rng.permutation(len(kinds))
-    for i in order:
+    # Shapes first (so a restart only moves them), in a shuffled order so that lesions
+    # and look-alikes get the same share of good spots.
+    shapes = []
+    for i in rng.permutation(len(kinds)):
         kind, mean_r = kinds[i], float(radii_px[i])
         r = mean_r * rng.uniform(0.85, 1.15)
-        n = _n_vertices(r, 64, 720)
-        radii = star_radii(rng, n, harmonics=6, amplitude=0.28)
+        radii = star_radii(rng, _n_vertices(r, 64, 720), harmonics=6, amplitude=0.28)
         radii *= r / np.sqrt(polygon_area(radii) / np.pi)
-        # Keep the region a margin away from the tissue edge and from other regions.
         inner = tissue_poly.buffer(-(0.25 * r + 16.0))
         shapely.prepare(inner)
-        for _ in range(2000):
-            c = (rng.uniform(x0, x1), rng.uniform(y0, y1))
-            region = Region(kind, (round(c[0], 3), round(c[1], 3)), tuple(np.round(radii, 3)))
-            poly = shapely.Polygon(region.polygon_xy())
-            if not inner.contains(poly):
-                continue
-            if any(
-                poly.distance(p) < 0.25 * (r + q.mean_radius) + 32.0
-                for p, q in zip(placed_polys, placed, strict=True)
-            ):
-                continue
-            placed.append(region)
-            placed_polys.append(poly)
-            break
-        else:
-            raise SceneError(
-                f"cannot fit {len(kinds)} regions (lesions and look-alikes) of radius about "
-                f"{mean_r:.0f} px inside a tissue outline of about "
-                f"{tissue.mean_radius:.0f} px radius; use fewer or smaller regions or a larger slide"
-            )
-    # Order regions deterministically by kind then position, independent of placement order.
-    placed.sort(key=lambda reg: (reg.kind, reg.center_xy))
-    return tuple(placed)
+        shapes.append((kind, r, np.round(radii, 3), inner))
+    # Random sequential placement with restarts; regions keep a margin from the tissue
+    # edge and from each other.
+    for _ in range(30):
+        placed: list[Region] = []
+        polys: list[Any] = []
+        for kind, r, radii, inner in shapes:
+            for _ in range(300):
+                c = (round(rng.uniform(x0, x1), 3), round(rng.uniform(y0, y1), 3))
+                region = Region(kind, c, tuple(radii))
+                poly = shapely.Polygon(region.polygon_xy())
+                if not inner.contains(poly):
+                    continue
+                if any(
+                    poly.distance(p) < 0.15 * (r + q.mean_radius) + 24.0
+                    for p, q in zip(polys, placed, strict=True)
+                ):
+                    continue
+                placed.append(region)
+                polys.append(poly)
+                break
+            else:
+                break
+        if len(placed) == len(shapes):
+            # Deterministic order by kind then position, independent of placement order.
+            placed.sort(key=lambda reg: (reg.kind, reg.center_xy))
+            return tuple(placed)
+    raise SceneError(
+        f"cannot fit {len(kinds)} regions (lesions and look-alikes) of radius about "
+        f"{max(radii_px):.0f} px inside a tissue outline of about {tissue.mean_radius:.0f} px "
+        "radius; use fewer or smaller regions or a larger slide"
+    )

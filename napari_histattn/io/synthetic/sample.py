@@ -1,0 +1,147 @@
+"""One-call generation of synthetic slides, and the cached demo slide for napari's sample data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from napari_histattn.io.synthetic.scene import RENDER_VERSION, make_scene
+from napari_histattn.io.synthetic.writer import SyntheticSlide, write_synthetic_slide
+from napari_histattn.progress import Progress, run_to_completion
+
+SAMPLE_SIZE_WH = (12000, 9000)
+
+
+def generate_synthetic_slide(
+    path: str | Path,
+    width: int,
+    height: int,
+    *,
+    seed: int = 0,
+    n_lesions: int = 2,
+    lesion_radius_px: float | None = None,
+    n_lookalikes: int = 2,
+    lookalike_radius_px: float | None = None,
+    diffuse: str | None = None,
+    tissue_fraction: float = 0.6,
+    mpp: float = 0.5,
+    tile_size: int = 256,
+    jpeg_quality: int = 85,
+    levels: int | None = None,
+    workers: int = 1,
+    callback: Callable[[Progress], None] | None = None,
+) -> SyntheticSlide:
+    """Lay out a scene (:func:`make_scene`) and write it (:func:`write_synthetic_slide`).
+
+    Parameters are those of the two functions; ``callback`` receives each progress report.
+    """
+    scene = make_scene(
+        width,
+        height,
+        n_lesions=n_lesions,
+        lesion_radius_px=lesion_radius_px,
+        n_lookalikes=n_lookalikes,
+        lookalike_radius_px=lookalike_radius_px,
+        diffuse=diffuse,
+        tissue_fraction=tissue_fraction,
+        mpp=mpp,
+        seed=seed,
+    )
+    gen = write_synthetic_slide(
+        path, scene, tile_size=tile_size, jpeg_quality=jpeg_quality, levels=levels, workers=workers
+    )
+    return run_to_completion(gen, callback)
+
+
+def default_cache_dir() -> Path:
+    """``$HISTATTN_CACHE``, else the platform's user cache folder for napari-histattn."""
+    env = os.environ.get("HISTATTN_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-histattn"))
+
+
+def synthetic_sample_slide(
+    cache_dir: str | Path | None = None,
+    *,
+    width: int = SAMPLE_SIZE_WH[0],
+    height: int = SAMPLE_SIZE_WH[1],
+    seed: int = 0,
+    n_lesions: int = 2,
+    n_lookalikes: int = 2,
+    mpp: float = 0.5,
+    workers: int | None = None,
+    callback: Callable[[Progress], None] | None = None,
+) -> SyntheticSlide:
+    """The demo slide: generated on first use (about 10 s on 2 cores), then read from a cache.
+
+    The cache entry is a folder named by a hash of the parameters, the package
+    version and the renderer version. It is written under a temporary name and
+    renamed when complete, so an interrupted run never leaves a half-written
+    entry that a later call would use.
+
+    Parameters
+    ----------
+    cache_dir
+        Folder of cache entries; default :func:`default_cache_dir`.
+    width, height, seed, n_lesions, n_lookalikes, mpp
+        The slide (defaults: 12000 x 9000 px at 0.5 um/px, 2 lesions, 2 look-alikes).
+    workers
+        Rendering processes; default: the number of CPUs, at most 4.
+    callback
+        Receives progress reports while generating.
+    """
+    from napari_histattn import __version__
+
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    params = {
+        "width": int(width),
+        "height": int(height),
+        "seed": int(seed),
+        "n_lesions": int(n_lesions),
+        "n_lookalikes": int(n_lookalikes),
+        "mpp": float(mpp),
+        "version": __version__,
+        "render_version": RENDER_VERSION,
+    }
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    entry = folder / f"synthetic-{key}"
+    meta = entry / "synthetic-sample.json"
+    if meta.is_file():
+        slide = SyntheticSlide.from_meta(meta)
+        if all(p.is_file() for p in (slide.path, slide.geojson_path, slide.mask_path)):
+            return slide
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".synthetic-{key}-", dir=folder))
+    try:
+        if workers is None:
+            workers = max(1, min(4, os.cpu_count() or 1))
+        generate_synthetic_slide(
+            tmp / "synthetic-sample.tiff",
+            width,
+            height,
+            seed=seed,
+            n_lesions=n_lesions,
+            n_lookalikes=n_lookalikes,
+            mpp=mpp,
+            workers=workers,
+            callback=callback,
+        )
+        if entry.exists():
+            # A stale or broken entry (or a concurrent run finished first): replace it.
+            shutil.rmtree(entry, ignore_errors=True)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not (entry / "synthetic-sample.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return SyntheticSlide.from_meta(meta)
