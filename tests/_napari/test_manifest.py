@@ -32,19 +32,28 @@ def test_every_contribution_points_at_a_declared_command() -> None:
     ids = {c.id for c in COMMANDS}
     used = [r.command for r in MANIFEST.contributions.readers or []]
     used += [s.command for s in MANIFEST.contributions.sample_data or []]
+    used += [w.command for w in MANIFEST.contributions.widgets or []]
+    used += [w.command for w in MANIFEST.contributions.writers or []]
     assert set(used) <= ids
     # Nothing declared that is not used (no dangling widget commands).
     assert ids == set(used)
 
 
-def test_no_widget_is_declared_yet() -> None:
-    assert not MANIFEST.contributions.widgets
+def test_classify_widget_and_geojson_io_are_declared() -> None:
+    (widget,) = MANIFEST.contributions.widgets
+    assert widget.display_name == "Classify with attention"
+    (writer,) = MANIFEST.contributions.writers
+    assert writer.layer_types == ["shapes"] and writer.filename_extensions == [".geojson"]
+    patterns = {p for r in MANIFEST.contributions.readers for p in r.filename_patterns}
+    assert "*.geojson" in patterns
 
 
 def test_reader_accepts_every_openslide_suffix_including_tiff() -> None:
     from napari_histattn._napari.reader import SLIDE_SUFFIXES
 
-    (reader,) = MANIFEST.contributions.readers
+    (reader,) = [
+        r for r in MANIFEST.contributions.readers if r.command == "napari-histattn.get_reader"
+    ]
     assert reader.accepts_directories is False
     patterns = set(reader.filename_patterns)
     for suffix in SLIDE_SUFFIXES:

@@ -1,0 +1,471 @@
+"""The "Classify with attention" dock widget: controls wired to the inference engine.
+
+One run per slide layer, each in its own ``thread_worker`` with its own cancel
+event, so two slides can be classified at once. Cancel (or removing the slide
+layer) sets the event and asks the worker to quit: the engine stops at its next
+progress report (one batch) and nothing is added. On completion the result
+becomes layers (:mod:`napari_histattn._napari.result_layers`): the attention
+heatmap, the top-k regions and, for attention sampling, the sampled patches.
+Errors reach the user as napari notifications and the widget returns to idle.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSlider,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
+from napari.qt.threading import GeneratorWorker, thread_worker
+from napari.utils.notifications import show_error, show_info
+
+from napari_histattn._napari import result_layers as rl
+from napari_histattn._napari.checkpoints import (
+    CheckpointChoice,
+    checkpoint_defaults,
+    describe_checkpoint,
+    device_choices,
+    find_checkpoints,
+)
+from napari_histattn.errors import HistattnError
+from napari_histattn.progress import Progress
+
+RESEARCH_ONLY = "Research use only — not for diagnosis"
+_BAR_MAX = 1000
+
+
+@dataclass
+class _Run:
+    layer: Any
+    cancel: threading.Event
+    worker: Any = None
+    last: Progress | None = None
+    failed: bool = False
+
+
+@dataclass
+class _Shown:
+    """A result on screen: its slide, its layers and the regions at the slider's threshold."""
+
+    result: Any
+    source: rl.SlideSource
+    layers: dict[str, Any] = field(default_factory=dict)
+    regions: list[Any] = field(default_factory=list)
+
+
+class ClassifyWidget(Container):
+    """Classify a slide layer with an attention model and show where the model looked.
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer (napari passes it when the widget is opened from the manifest).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self._viewer = napari_viewer
+        self._runs: dict[Any, _Run] = {}
+        self._shown: dict[Any, _Shown] = {}
+        self._checkpoints: dict[str, CheckpointChoice] = {
+            str(c.path): c for c in find_checkpoints()
+        }
+
+        self.layer = ComboBox(label="slide layer", choices=self._layer_choices, nullable=True)
+        self.layer_note = Label(label="", value="")
+        self.model = ComboBox(label="model", choices=self._model_choices, nullable=True)
+        self.open_checkpoint = PushButton(label="", text="Open checkpoint file...")
+        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.n_patches = SpinBox(label="patches drawn", min=0, max=1_000_000)
+        self.patch_size = SpinBox(label="patch size (px)", min=1, max=16384)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.batch_size = SpinBox(label="batch size", min=1, max=65536)
+        self.classify_button = PushButton(label="", text="Classify")
+        self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="", min=0, max=_BAR_MAX, value=0)
+        self.status = Label(label="", value="idle")
+        self.result_label = Label(label="result", value="—")
+        self.threshold = FloatSlider(
+            label="region threshold", min=0.05, max=0.95, step=0.05, value=0.5
+        )
+        self.show_overlay = CheckBox(text="Show attention overlay", value=True)
+        self.crops = CheckBox(text="also write PNG crops", value=False)
+        self.export_button = PushButton(label="", text="Export regions...", enabled=False)
+        self.research_only = Label(label="", value=RESEARCH_ONLY)
+        self.research_only.native.setStyleSheet("font-weight: bold; color: #e0a000;")
+        self.extend(
+            [
+                self.layer,
+                self.layer_note,
+                self.model,
+                self.open_checkpoint,
+                self.device,
+                self.n_patches,
+                self.patch_size,
+                self.seed,
+                self.batch_size,
+                self.classify_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+                self.result_label,
+                self.threshold,
+                self.show_overlay,
+                self.export_button,
+                self.crops,
+                self.research_only,
+            ]
+        )
+
+        self.layer.changed.connect(self._on_layer_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.open_checkpoint.changed.connect(self._on_open_checkpoint_clicked)
+        self.classify_button.changed.connect(self.run_classify)
+        self.cancel_button.changed.connect(self.cancel)
+        self.threshold.changed.connect(self._on_threshold_changed)
+        self.show_overlay.changed.connect(self._on_show_overlay_changed)
+        self.export_button.changed.connect(self._on_export_clicked)
+        events = self._viewer.layers.events
+        events.inserted.connect(self._refresh_layers)
+        events.removed.connect(self._on_layer_removed)
+        events.reordered.connect(self._refresh_layers)
+        self.native.destroyed.connect(self._on_destroyed)
+
+        self._refresh_layers()
+        models = [c for c in self.model.choices if c is not None]
+        if models:
+            self.model.value = models[0]
+        self._on_model_changed(self.model.value)
+
+    # ------------------------------------------------------------------ pickers
+
+    def _layer_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        from napari.layers import Image
+
+        layers = [layer for layer in self._viewer.layers if isinstance(layer, Image)]
+        # Our result heatmaps are images too, but not slides.
+        return [(layer.name, layer) for layer in layers if rl.RESULT_KEY not in layer.metadata]
+
+    def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
+        return [(c.label, key) for key, c in self._checkpoints.items()]
+
+    def _refresh_layers(self, _event: Any = None) -> None:
+        self.layer.reset_choices()
+        layers = [c for c in self.layer.choices if c is not None]
+        if self.layer.value is None and layers:
+            self.layer.value = layers[0]
+        self._on_layer_changed(self.layer.value)
+
+    def _on_layer_changed(self, layer: Any) -> None:
+        note = ""
+        if layer is not None:
+            try:
+                rl.slide_source(layer)
+            except HistattnError as exc:
+                note = str(exc)
+        self.layer_note.value = note
+        self.layer_note.visible = bool(note)
+        self._update_state()
+
+    def _on_model_changed(self, key: str | None) -> None:
+        choice = self._checkpoints.get(key) if key else None
+        if choice is None:
+            return
+        try:
+            defaults = checkpoint_defaults(choice)
+        except HistattnError as exc:
+            show_error(str(exc))
+            return
+        sampling = defaults.family == "sampling"
+        self.n_patches.label = "patches drawn" if sampling else "max tiles (0 = all)"
+        self.n_patches.min = 1 if sampling else 0
+        self.n_patches.value = defaults.n_patches
+        self.patch_size.value = defaults.patch_size
+        self.batch_size.value = defaults.batch_size
+        self.seed.value = defaults.seed
+
+    def add_checkpoint(self, path: str | Path) -> bool:
+        """Add a checkpoint file to the model picker and select it.
+
+        Returns False (after a notification naming the file and the cause) when it
+        is not a usable napari-histattn checkpoint.
+        """
+        try:
+            choice = describe_checkpoint(path)
+            checkpoint_defaults(choice)
+        except HistattnError as exc:
+            show_error(str(exc))
+            return False
+        self._checkpoints[str(choice.path)] = choice
+        self.model.reset_choices()
+        self.model.value = str(choice.path)
+        return True
+
+    def _on_open_checkpoint_clicked(self, _value: Any = None) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Open checkpoint", "", "napari-histattn checkpoints (*.safetensors)"
+        )
+        if path:
+            self.add_checkpoint(path)
+
+    # ------------------------------------------------------------------ runs
+
+    @property
+    def is_idle(self) -> bool:
+        """True when no classification is running."""
+        return not self._runs
+
+    def run_classify(self, _value: Any = None) -> None:
+        """Classify the chosen slide layer with the chosen checkpoint (in a worker thread)."""
+        layer = self.layer.value
+        if layer is None:
+            show_info("Open a slide first (File > Open... or File > Open Sample > HistAttn).")
+            return
+        if layer in self._runs:
+            show_info(f"{layer.name!r} is already being classified.")
+            return
+        try:
+            source = rl.slide_source(layer)
+        except HistattnError as exc:
+            show_error(str(exc))
+            return
+        key = self.model.value
+        if not key:
+            show_error("Choose a model checkpoint first (Open checkpoint file...).")
+            return
+        from napari_histattn.inference import engine
+
+        run = _Run(layer=layer, cancel=threading.Event())
+        worker = thread_worker(
+            engine.classify, ignore_errors=True, start_thread=False, worker_class=GeneratorWorker
+        )(
+            source.slide,
+            Path(key),
+            device=self.device.value,
+            seed=int(self.seed.value),
+            batch_size=int(self.batch_size.value),
+            n_patches=int(self.n_patches.value) or None,
+            patch_size=int(self.patch_size.value),
+            threshold=float(self.threshold.value),
+            cancel=run.cancel,
+        )
+        run.worker = worker
+        worker.yielded.connect(lambda p: self._on_progress(run, p))
+        worker.returned.connect(lambda result: self._on_returned(run, source, result))
+        worker.errored.connect(lambda exc: self._on_errored(run, exc))
+        worker.finished.connect(lambda: self._on_finished(run))
+        self._runs[layer] = run
+        self.status.value = f"classifying {layer.name!r}..."
+        self.progress.value = 0
+        self._update_state()
+        worker.start()
+
+    def cancel(self, _value: Any = None, layer: Any = None) -> None:
+        """Cancel the run of ``layer`` (default: the chosen layer); it stops within one batch."""
+        run = self._runs.get(self.layer.value if layer is None else layer)
+        if run is None:
+            return
+        run.cancel.set()
+        run.worker.quit()
+        if self._is_current(run):
+            self.status.value = "cancelling..."
+
+    def _is_current(self, run: _Run) -> bool:
+        return bool(self.layer.value is not None and self.layer.value == run.layer)
+
+    def _on_progress(self, run: _Run, report: Progress) -> None:
+        run.last = report
+        if not self._is_current(run) or run.cancel.is_set():
+            return
+        fraction = report.fraction
+        self.progress.value = 0 if fraction is None else int(round(fraction * _BAR_MAX))
+        counts = f" {report.done}/{report.total}" if report.total else ""
+        detail = f" — {report.message}" if report.message else ""
+        self.status.value = f"{report.stage}{counts}{detail}"
+
+    def _on_returned(self, run: _Run, source: rl.SlideSource, result: Any) -> None:
+        if run.cancel.is_set() or run.layer not in self._viewer.layers:
+            return  # cancelled after its last batch: present nothing
+        self._remove_result_layers(run.layer)
+        shown = _Shown(result=result, source=source)
+        data, kwargs, _ = rl.heatmap_layer_data(result, source)
+        shown.layers["heatmap"] = self._viewer.add_image(data, **kwargs)
+        shown.regions = result.regions_at(float(self.threshold.value), result.top_k)
+        data, kwargs, _ = self._regions_tuple(shown)
+        shown.layers["regions"] = self._viewer.add_shapes(data, **kwargs)
+        if result.samples is not None:
+            data, kwargs, _ = rl.samples_layer_data(
+                result.samples, source, name=f"{source.name} sampled patches"
+            )
+            shown.layers["samples"] = self._viewer.add_points(data, **kwargs)
+        for layer in shown.layers.values():
+            layer.visible = bool(self.show_overlay.value)
+        self._shown[run.layer] = shown
+        # Keep the slide selected, so that Classify and Export act on it.
+        self.layer.value = run.layer
+        self._viewer.layers.selection.active = run.layer
+        self._show_result(shown)
+
+    def _on_errored(self, run: _Run, exc: BaseException) -> None:
+        from napari_histattn.inference.errors import Cancelled
+
+        if isinstance(exc, Cancelled) or run.cancel.is_set():
+            return
+        if isinstance(exc, HistattnError):
+            show_error(str(exc))
+        else:
+            show_error(f"Classifying {run.layer.name!r} failed: {type(exc).__name__}: {exc}")
+        run.failed = True
+
+    def _on_finished(self, run: _Run) -> None:
+        self._runs.pop(run.layer, None)
+        if self._is_current(run) or not self._runs:
+            stopped = run.cancel.is_set() or run.failed
+            self.progress.value = 0 if stopped else _BAR_MAX
+            if run.failed:
+                self.status.value = "failed: nothing shown (see the notification)"
+            elif run.cancel.is_set():
+                self.status.value = "cancelled: nothing shown"
+            else:
+                self.status.value = "done"
+        self._update_state()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        layer = event.value
+        if layer in self._runs:
+            self.cancel(layer=layer)
+        self._shown.pop(layer, None)
+        for shown in self._shown.values():
+            for kind, result_layer in list(shown.layers.items()):
+                if result_layer == layer:
+                    del shown.layers[kind]
+        self._refresh_layers()
+
+    def _on_destroyed(self, *_args: Any) -> None:
+        for run in list(self._runs.values()):
+            run.cancel.set()
+            run.worker.quit()
+
+    def _update_state(self) -> None:
+        layer = self.layer.value
+        running = layer is not None and layer in self._runs
+        self.classify_button.enabled = layer is not None and not running
+        self.cancel_button.enabled = running
+        self.export_button.enabled = layer is not None and layer in self._shown
+        shown = self._shown.get(layer) if layer is not None else None
+        if shown is not None:
+            self._show_result(shown)
+        elif not running:
+            self.result_label.value = "—"
+
+    def _show_result(self, shown: _Shown) -> None:
+        result = shown.result
+        lines = [f"predicted: {result.predicted_class}"]
+        lines += [f"  {name}: {p:.3f}" for name, p in result.probabilities_by_class.items()]
+        lines.append(f"({result.provenance.get('device')}, seed {result.provenance.get('seed')})")
+        self.result_label.value = "\n".join(lines)
+        self.export_button.enabled = True
+
+    # ------------------------------------------------------------------ result layers
+
+    def _regions_tuple(self, shown: _Shown) -> Any:
+        source = shown.source
+        return rl.regions_layer_data(
+            shown.regions,
+            name=f"{source.name} attended regions",
+            mpp_xy=source.mpp_xy,
+            size_l0_wh=source.size_l0_wh,
+            translate_yx=source.translate_yx,
+            slide_path=source.path,
+            provenance=shown.result.provenance,
+        )
+
+    def result_layers(self, layer: Any = None) -> dict[str, Any]:
+        """The result layers (``heatmap``, ``regions``, ``samples``) of a slide layer."""
+        shown = self._shown.get(self.layer.value if layer is None else layer)
+        return dict(shown.layers) if shown is not None else {}
+
+    def result_for(self, layer: Any = None) -> Any:
+        """The ClassificationResult shown for a slide layer (default: the chosen one), or None."""
+        shown = self._shown.get(self.layer.value if layer is None else layer)
+        return None if shown is None else shown.result
+
+    def regions_for(self, layer: Any = None) -> list[Any]:
+        """The regions at the slider's threshold for a slide layer (default: the chosen one)."""
+        shown = self._shown.get(self.layer.value if layer is None else layer)
+        return [] if shown is None else list(shown.regions)
+
+    def _remove_result_layers(self, layer: Any) -> None:
+        shown = self._shown.pop(layer, None)
+        for result_layer in shown.layers.values() if shown else []:
+            if result_layer in self._viewer.layers:
+                self._viewer.layers.remove(result_layer)
+
+    def _on_threshold_changed(self, threshold: float) -> None:
+        for shown in self._shown.values():
+            shown.regions = shown.result.regions_at(float(threshold), shown.result.top_k)
+            old = shown.layers.get("regions")
+            if old is None or old not in self._viewer.layers:
+                continue
+            data, kwargs, _ = self._regions_tuple(shown)
+            index = list(self._viewer.layers).index(old)
+            self._viewer.layers.remove(old)
+            new = self._viewer.add_shapes(data, **kwargs)
+            new.visible = bool(self.show_overlay.value)
+            self._viewer.layers.move(len(self._viewer.layers) - 1, index)
+            shown.layers["regions"] = new
+
+    def _on_show_overlay_changed(self, visible: bool) -> None:
+        for shown in self._shown.values():
+            for layer in shown.layers.values():
+                layer.visible = bool(visible)
+
+    # ------------------------------------------------------------------ export
+
+    def export_to(self, path: str | Path, *, crops: bool | None = None) -> dict[str, Path]:
+        """Export the chosen slide's regions (GeoJSON), patches (CSV) and optional crops.
+
+        Raises
+        ------
+        HistattnError
+            No result for the chosen layer; :class:`~napari_histattn.errors.ExportError`
+            when a file cannot be written (an earlier file of that name is kept).
+        """
+        shown = self._shown.get(self.layer.value)
+        if shown is None:
+            raise HistattnError("no classification result for this layer yet: click Classify")
+        return rl.export_result(
+            shown.result,
+            shown.source.slide,
+            path,
+            regions=shown.regions,
+            threshold=float(self.threshold.value),
+            crops=bool(self.crops.value if crops is None else crops),
+        )
+
+    def _on_export_clicked(self, _value: Any = None) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Export regions", "regions.geojson", "GeoJSON (*.geojson)"
+        )
+        if not path:
+            return
+        try:
+            written = self.export_to(path)
+        except HistattnError as exc:
+            show_error(str(exc))
+            return
+        show_info("Exported " + ", ".join(str(p) for p in written.values()))

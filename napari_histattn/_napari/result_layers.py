@@ -1,0 +1,537 @@
+"""A classification result as napari layers, and Shapes layers as regions (and back).
+
+Everything here builds or reads ``(data, kwargs, layer_type)`` tuples and plain
+arrays; nothing imports Qt or napari, so the classify widget, the GeoJSON
+writer/reader contributions and ``histattn demo`` share one definition of how a
+result looks in napari, and tests can check it without a viewer.
+
+Frames. The slide layer shows level 0 with ``scale = mpp`` (or 1 without mpp)
+and a ``translate`` (0 unless the user moved it). Result layers are placed in
+the same world: the heatmap through
+:func:`~napari_histattn.inference.outputs.heatmap_napari_geometry` (each heatmap
+pixel on the centre of its patch) plus the slide layer's translate; regions and
+sampled locations as world coordinates (``scale = 1``) with the slide layer's
+translate. Region Shapes layers record ``mpp_xy``, ``slide_translate_yx`` and
+the slide path in their metadata so that :func:`shapes_to_regions` can return to
+level-0 pixels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+from shapely.geometry import MultiPolygon, Polygon
+
+from napari_histattn._napari.layers import LayerDataTuple, _units_kwargs
+from napari_histattn.errors import ExportError, HistattnError
+from napari_histattn.io.atomic import describe_os_error
+from napari_histattn.io.export import (
+    l0_polygon_to_napari_yx,
+    napari_yx_to_l0_polygon,
+    write_geojson,
+    write_patches_csv,
+    write_region_crops,
+)
+from napari_histattn.io.regions import Region, make_valid_polygonal
+
+if TYPE_CHECKING:
+    from napari_histattn.inference.result import ClassificationResult, SampledLocations
+    from napari_histattn.io.slide import Slide
+
+__all__ = [
+    "HEATMAP_COLORMAP",
+    "HEATMAP_OPACITY",
+    "SlideSource",
+    "export_result",
+    "heatmap_layer_data",
+    "regions_layer_data",
+    "samples_layer_data",
+    "shapes_to_regions",
+    "slide_source",
+]
+
+HEATMAP_COLORMAP = "magma"
+HEATMAP_OPACITY = 0.4
+#: Outline colour of sampled patches: cyan stands out on H&E and on magma.
+SAMPLE_COLOR = (0.0, 0.9, 1.0, 1.0)
+#: Metadata key that marks layers made from a classification result.
+RESULT_KEY = "histattn_result"
+
+
+@dataclass(frozen=True)
+class SlideSource:
+    """The slide behind an image layer, and where that layer sits in the world.
+
+    Attributes
+    ----------
+    slide
+        The open slide (kept open by the layer).
+    name
+        The layer's name.
+    mpp_xy
+        Level-0 micrometres per pixel, or None when the layer is in pixels.
+    translate_yx
+        The layer's translate (last two axes), in world units.
+    """
+
+    slide: Slide
+    name: str
+    mpp_xy: tuple[float, float] | None
+    translate_yx: tuple[float, float]
+
+    @property
+    def size_l0_wh(self) -> tuple[int, int]:
+        w, h = self.slide.level_dimensions[0]
+        return int(w), int(h)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.slide.path)
+
+
+def slide_source(layer: Any) -> SlideSource:
+    """The slide of a napari image layer opened by napari-histattn.
+
+    Parameters
+    ----------
+    layer
+        A napari layer (anything with ``name``, ``metadata``, ``translate``).
+
+    Raises
+    ------
+    HistattnError
+        The layer carries no slide of ours (a plain image layer), with a message
+        saying how to open the slide so that it can be classified.
+    """
+    from napari_histattn.io.slide import Slide
+
+    name = str(getattr(layer, "name", "?"))
+    metadata = getattr(layer, "metadata", None) or {}
+    slide = metadata.get("slide") if isinstance(metadata, Mapping) else None
+    if not isinstance(slide, Slide):
+        raise HistattnError(
+            f"layer {name!r} is not a slide opened by napari-histattn, so its level-0 "
+            "pixels and mpp are unknown: open the file with File > Open... and the "
+            "napari-histattn reader, or File > Open Sample > HistAttn"
+        )
+    mpp = slide.mpp_xy
+    translate = np.asarray(getattr(layer, "translate", (0.0, 0.0)), dtype=float)[-2:]
+    return SlideSource(
+        slide=slide,
+        name=name,
+        mpp_xy=None if mpp is None else (float(mpp[0]), float(mpp[1])),
+        translate_yx=(float(translate[0]), float(translate[1])),
+    )
+
+
+def _model_label(result: ClassificationResult) -> str:
+    path = result.provenance.get("checkpoint_path")
+    return Path(str(path)).stem if path else str(result.provenance.get("model_name", "model"))
+
+
+def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> LayerDataTuple:
+    """The attention map as an Image layer aligned with the slide layer.
+
+    Values are the percentile-normalised attention (1st-99th percentile to
+    0-1, contrast limits 0-1); NaN outside tissue, which napari draws
+    transparent with translucent blending. Each pixel sits on the centre of its
+    patch (:func:`~napari_histattn.inference.outputs.heatmap_napari_geometry`),
+    shifted by the slide layer's translate.
+
+    Returns
+    -------
+    tuple
+        ``(attention, kwargs, "image")``, named ``"<slide> attention (<model>)"``.
+    """
+    from napari_histattn.inference.outputs import heatmap_napari_geometry
+
+    scale_yx, translate_yx = heatmap_napari_geometry(result, source.mpp_xy)
+    data = np.asarray(result.normalised_attention(), dtype=np.float32)
+    kwargs: dict[str, Any] = {
+        "name": f"{source.name} attention ({_model_label(result)})",
+        "scale": scale_yx,
+        "translate": (
+            translate_yx[0] + source.translate_yx[0],
+            translate_yx[1] + source.translate_yx[1],
+        ),
+        "colormap": HEATMAP_COLORMAP,
+        "contrast_limits": (0.0, 1.0),
+        "opacity": HEATMAP_OPACITY,
+        "blending": "translucent",
+        "interpolation2d": "nearest",
+        "metadata": {
+            RESULT_KEY: "heatmap",
+            "normalisation": "percentiles 1-99 of the finite attention",
+            "predicted_class": result.predicted_class,
+            "provenance": dict(result.provenance),
+        },
+        **_units_kwargs(source.mpp_xy is not None),
+    }
+    return (data, kwargs, "image")
+
+
+def _exteriors(polygon: Polygon | MultiPolygon) -> list[Polygon]:
+    # napari polygons have no holes and one ring each: one shape per part.
+    parts = list(polygon.geoms) if isinstance(polygon, MultiPolygon) else [polygon]
+    return [p for p in parts if not p.is_empty]
+
+
+def _edge_width(mpp_xy: tuple[float, float] | None, size_l0_wh: tuple[int, int]) -> float:
+    unit = mpp_xy[0] if mpp_xy is not None else 1.0
+    return max(max(size_l0_wh) * unit / 400.0, 1e-6)
+
+
+def regions_layer_data(
+    regions: Sequence[Region],
+    *,
+    name: str,
+    mpp_xy: tuple[float, float] | None,
+    size_l0_wh: tuple[int, int],
+    translate_yx: tuple[float, float] = (0.0, 0.0),
+    slide_path: str | os.PathLike[str] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> LayerDataTuple:
+    """Regions in level-0 pixels as a Shapes layer over the slide layer.
+
+    One polygon per exterior ring (napari shapes have no holes); the parts of a
+    region share its features: ``name``, ``rank``, ``class``, ``attention``
+    (the region's maximum raw attention) and every other measurement. Outlines
+    in the class colour, no fill.
+
+    Parameters
+    ----------
+    regions
+        Regions in level-0 pixels.
+    name
+        Layer name.
+    mpp_xy
+        The slide's mpp, or None when the slide layer is in pixels.
+    size_l0_wh
+        The slide's level-0 size (outline width is 1/400 of it).
+    translate_yx
+        The slide layer's translate.
+    slide_path, provenance
+        Recorded in the layer's metadata (and written by the GeoJSON writer).
+
+    Returns
+    -------
+    tuple
+        ``(polygons, kwargs, "shapes")``; polygons are ``(M, 2)`` world ``(y, x)``
+        arrays relative to the slide layer's translate, which is the layer's own.
+    """
+    polygons: list[NDArray[np.float64]] = []
+    rows: list[dict[str, Any]] = []
+    colours: list[tuple[float, float, float, float]] = []
+    measurement_names: list[str] = []
+    for region in regions:
+        for key in region.measurements:
+            if key not in measurement_names and key != "rank":
+                measurement_names.append(key)
+    for region in regions:
+        for part in _exteriors(region.polygon):
+            polygons.append(
+                l0_polygon_to_napari_yx(np.asarray(part.exterior.coords), mpp_xy=mpp_xy)
+            )
+            row: dict[str, Any] = {
+                "name": str(region.name),
+                "rank": int(region.rank),
+                "class": region.class_name or "unclassified",
+                "attention": float(region.measurements.get("attention_max", math.nan)),
+            }
+            row.update({k: float(region.measurements.get(k, math.nan)) for k in measurement_names})
+            rows.append(row)
+            colours.append((*(c / 255.0 for c in region.colour), 1.0))
+    columns = ["name", "rank", "class", "attention", *measurement_names]
+    features = {c: np.asarray([r[c] for r in rows]) for c in columns}
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "shape_type": "polygon",
+        "translate": tuple(translate_yx),
+        "features": features,
+        "edge_color": np.asarray(colours, dtype=float).reshape(-1, 4) if rows else "white",
+        "face_color": "transparent",
+        "edge_width": _edge_width(mpp_xy, size_l0_wh),
+        "metadata": {
+            RESULT_KEY: "regions",
+            "mpp_xy": mpp_xy,
+            "slide_translate_yx": tuple(translate_yx),
+            "slide_path": None if slide_path is None else str(slide_path),
+            "provenance": dict(provenance or {}),
+        },
+        **_units_kwargs(mpp_xy is not None),
+    }
+    if rows:
+        kwargs["text"] = {
+            "string": "#{rank} {class} {attention:.3f}",
+            "size": 11,
+            "anchor": "upper_left",
+            "color": "white",
+        }
+    return (polygons, kwargs, "shapes")
+
+
+def samples_layer_data(
+    samples: SampledLocations, source: SlideSource, *, name: str
+) -> LayerDataTuple:
+    """Attention sampling's drawn locations as square outlines of the patches read.
+
+    Returns
+    -------
+    tuple
+        ``(points, kwargs, "points")``: patch centres in world ``(y, x)``, each
+        drawn as a square the size of its patch; features ``attention`` and
+        ``count`` (draws of that location).
+    """
+    unit_x, unit_y = source.mpp_xy if source.mpp_xy is not None else (1.0, 1.0)
+    centres = np.asarray(samples.centers_l0_xy, dtype=float).reshape(-1, 2)
+    points = np.stack([centres[:, 1] * unit_y, centres[:, 0] * unit_x], axis=1)
+    side = float(max(samples.patch_l0_wh)) * max(unit_x, unit_y)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "translate": source.translate_yx,
+        "symbol": "square",
+        "size": side,
+        "face_color": "transparent",
+        "border_color": np.asarray([SAMPLE_COLOR]),
+        "border_width": 0.12,
+        "border_width_is_relative": True,
+        "features": {
+            "attention": np.asarray(samples.attention, dtype=float),
+            "count": np.asarray(samples.counts, dtype=int),
+        },
+        "metadata": {RESULT_KEY: "samples", "mpp_xy": source.mpp_xy},
+        **_units_kwargs(source.mpp_xy is not None),
+    }
+    return (points, kwargs, "points")
+
+
+# --------------------------------------------------------------------------- Shapes -> regions
+
+
+def _colour_rgb(value: Any) -> tuple[int, int, int] | None:
+    rgba = np.asarray(value, dtype=float).reshape(-1)
+    if rgba.size < 3 or not np.isfinite(rgba[:3]).all():
+        return None
+    return (
+        int(round(rgba[0] * 255)),
+        int(round(rgba[1] * 255)),
+        int(round(rgba[2] * 255)),
+    )
+
+
+def _column(features: Any, name: str) -> list[Any] | None:
+    if features is None:
+        return None
+    try:
+        if name not in features:
+            return None
+        return list(features[name])
+    except TypeError:
+        return None
+
+
+def _feature_names(features: Any) -> list[str]:
+    if features is None:
+        return []
+    return [str(c) for c in (features.columns if hasattr(features, "columns") else features)]
+
+
+def _shape_polygon(vertices_l0_xy: NDArray[np.float64], shape_type: str) -> Polygon | None:
+    if shape_type in ("line", "path") or len(vertices_l0_xy) < 3:
+        return None  # not areas
+    if shape_type == "ellipse":
+        # napari stores an ellipse as the four corners of its bounding box.
+        centre = vertices_l0_xy.mean(axis=0)
+        half_x = (vertices_l0_xy[:, 0].max() - vertices_l0_xy[:, 0].min()) / 2.0
+        half_y = (vertices_l0_xy[:, 1].max() - vertices_l0_xy[:, 1].min()) / 2.0
+        angles = np.linspace(0.0, 2.0 * np.pi, 64, endpoint=False)
+        vertices_l0_xy = np.stack(
+            [centre[0] + half_x * np.cos(angles), centre[1] + half_y * np.sin(angles)], axis=1
+        )
+    return Polygon(vertices_l0_xy)
+
+
+def shapes_to_regions(
+    data: Sequence[Any],
+    attributes: Mapping[str, Any],
+    *,
+    path: str | os.PathLike[str] = "<layer>",
+) -> list[Region]:
+    """A Shapes layer (its data and ``as_layer_data_tuple`` attributes) as level-0 regions.
+
+    Vertices go from the layer's data ``(y, x)`` through its ``scale`` and
+    ``translate`` to world, less the slide layer's translate, divided by the
+    slide's mpp (both from the layer's metadata) into level-0 ``(x, y)``, rounded
+    to 1e-6 px. Shapes that share a ``name`` feature become one region (the parts
+    of a MultiPolygon); others one region each. Class from the ``class`` feature,
+    rank from ``rank`` (else the order), colour from the outline, numeric
+    features as measurements. Lines and paths are skipped; ellipses become
+    64-gons.
+
+    Raises
+    ------
+    ExportError
+        The layer's metadata does not say how its world relates to the slide
+        (no ``mpp_xy`` entry), or no shape is an area.
+    """
+    metadata = attributes.get("metadata") or {}
+    if "mpp_xy" not in metadata:
+        raise ExportError(
+            path,
+            "the Shapes layer does not record the slide's scale (metadata 'mpp_xy'), so its "
+            "coordinates cannot be converted to level-0 pixels; draw into the regions layer "
+            "that Classify made, or set layer.metadata['mpp_xy'] to the slide's (mpp_x, "
+            "mpp_y) (None when the slide is shown in pixels)",
+        )
+    mpp = metadata.get("mpp_xy")
+    mpp_xy = None if mpp is None else (float(mpp[0]), float(mpp[1]))
+    slide_t = np.asarray(metadata.get("slide_translate_yx") or (0.0, 0.0), dtype=float)
+    scale = np.asarray(attributes.get("scale", (1.0, 1.0)), dtype=float)[-2:]
+    translate = np.asarray(attributes.get("translate", (0.0, 0.0)), dtype=float)[-2:] - slide_t
+    shape_types = attributes.get("shape_type") or ["polygon"] * len(data)
+    if isinstance(shape_types, str):
+        shape_types = [shape_types] * len(data)
+    features = attributes.get("features")
+    names = _column(features, "name")
+    classes = _column(features, "class")
+    ranks = _column(features, "rank")
+    colours = np.asarray(attributes.get("edge_color", np.ones((len(data), 4))), dtype=float)
+    numeric = []
+    for column in _feature_names(features):
+        if column in ("name", "class", "rank"):
+            continue
+        values = _column(features, column) or []
+        if values and all(isinstance(v, int | float | np.number) for v in values):
+            numeric.append((column, values))
+
+    groups: dict[str, list[int]] = {}
+    polygons: dict[int, Polygon] = {}
+    for index, (vertices, shape_type) in enumerate(zip(data, shape_types, strict=False)):
+        l0_xy = napari_yx_to_l0_polygon(vertices, scale, translate, mpp_xy=mpp_xy)
+        polygon = _shape_polygon(np.round(l0_xy, 6), str(shape_type))
+        if polygon is None:
+            continue
+        polygons[index] = polygon
+        key = str(names[index]) if names is not None else f"shape {index}"
+        groups.setdefault(key, []).append(index)
+    if not polygons:
+        raise ExportError(path, "the Shapes layer has no polygon, rectangle or ellipse to export")
+
+    regions: list[Region] = []
+    for order, (key, members) in enumerate(groups.items(), start=1):
+        first = members[0]
+        parts = [polygons[i] for i in members]
+        geometry = make_valid_polygonal(parts[0] if len(parts) == 1 else MultiPolygon(parts))
+        if geometry is None:
+            continue
+        rank = int(ranks[first]) if ranks is not None and _finite(ranks[first]) else order
+        measurements = {
+            column: float(values[first]) for column, values in numeric if _finite(values[first])
+        }
+        measurements["rank"] = float(rank)
+        class_name = str(classes[first]) if classes is not None else None
+        regions.append(
+            Region(
+                polygon=geometry,
+                class_name=None if class_name in (None, "unclassified") else class_name,
+                color_rgb=_colour_rgb(colours[first]) if first < len(colours) else None,
+                rank=rank,
+                measurements=measurements,
+                name=key if names is not None else None,
+            )
+        )
+    return regions
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_paths(geojson_path: str | os.PathLike[str]) -> dict[str, Path]:
+    """Files of an export named after the GeoJSON: ``<stem>.geojson``, ``<stem>_patches.csv``, ``<stem>_crops/``."""
+    target = Path(geojson_path)
+    if target.suffix.lower() != ".geojson":
+        target = target.with_name(target.name + ".geojson")
+    return {
+        "geojson": target,
+        "csv": target.with_name(f"{target.stem}_patches.csv"),
+        "crops": target.with_name(f"{target.stem}_crops"),
+    }
+
+
+def export_result(
+    result: ClassificationResult,
+    slide: Slide,
+    geojson_path: str | os.PathLike[str],
+    *,
+    regions: Sequence[Region] | None = None,
+    threshold: float | None = None,
+    crops: bool = False,
+) -> dict[str, Path]:
+    """Write a result's regions as QuPath GeoJSON, its patches as CSV, optionally PNG crops.
+
+    Parameters
+    ----------
+    result
+        The classification.
+    slide
+        Its slide (mpp for the GeoJSON, pixels for the crops).
+    geojson_path
+        The GeoJSON file (its folder is created if missing); the CSV and the crop
+        folder are named after it (:func:`export_paths`).
+    regions, threshold
+        The regions to write and the threshold they were made with (the widget's
+        slider); default ``result.regions`` and ``result.threshold``.
+    crops
+        Also write full-resolution PNG crops of the regions.
+
+    Returns
+    -------
+    dict of str to Path
+        ``"geojson"``, ``"csv"`` and, with ``crops``, ``"crop_<rank>"``.
+
+    Raises
+    ------
+    ExportError
+        A file cannot be written; each file is atomic, so an earlier export of
+        the same name is left intact.
+    """
+    paths = export_paths(geojson_path)
+    try:
+        paths["geojson"].parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(paths["geojson"], describe_os_error(exc)) from exc
+    chosen = list(result.regions if regions is None else regions)
+    provenance = {
+        **result.provenance,
+        "predicted_class": result.predicted_class,
+        "probabilities": result.probabilities_by_class,
+        "threshold": result.threshold if threshold is None else float(threshold),
+    }
+    written = {
+        "geojson": write_geojson(
+            paths["geojson"], chosen, provenance=provenance, mpp_xy=slide.mpp_xy
+        ),
+        "csv": write_patches_csv(paths["csv"], result.patches, class_names=result.class_names),
+    }
+    if crops and chosen:
+        w, h = slide.level_dimensions[0]
+        files = write_region_crops(
+            paths["crops"], chosen, slide.read_region, top_k=len(chosen), slide_l0_wh=(w, h)
+        )
+        ranked = sorted(chosen, key=lambda r: r.rank)
+        written.update({f"crop_{r.rank}": f for r, f in zip(ranked, files, strict=False)})
+    return written
