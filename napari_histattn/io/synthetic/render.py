@@ -196,13 +196,20 @@ def _iso_envelope(scale_px: float) -> np.ndarray:
 
 
 def _pyramid(tex: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Block mean and variance of a (..., P, P) texture for blocks of 2, 4, ..., P."""
+    if tex.ndim == 3:
+        per = [_pyramid(t) for t in tex]
+        return tuple(
+            (np.stack([p[k][0] for p in per]), np.stack([p[k][1] for p in per]))
+            for k in range(len(per[0]))
+        )
     levels = []
     mean = tex.astype(np.float64)
     sq = mean**2
     while mean.shape[-1] > 1:
-        shape = (*mean.shape[:-2], mean.shape[-2] // 2, 2, mean.shape[-1] // 2, 2)
-        mean = mean.reshape(shape).mean(axis=(-3, -1))
-        sq = sq.reshape(shape).mean(axis=(-3, -1))
+        shape = (mean.shape[0] // 2, 2, mean.shape[1] // 2, 2)
+        mean = mean.reshape(shape).mean(axis=(1, 3))
+        sq = sq.reshape(shape).mean(axis=(1, 3))
         levels.append((mean.astype(np.float32), np.maximum(sq - mean**2, 0.0).astype(np.float32)))
     return tuple(levels)
 
@@ -372,6 +379,39 @@ class _Nuclei:
     nuc_dy: np.ndarray
     nuc_on: np.ndarray
     half: int  # stamp half-size, px
+
+
+_STAMP_BATCH_PX = 1 << 18  # stamp pixels per batch: bounds the temporaries to a few MB
+
+
+def _batches(nuc: _Nuclei, step: int = 1) -> list[_Nuclei]:
+    """Split nuclei into batches of about ``_STAMP_BATCH_PX`` stamp pixels."""
+    side = len(range(-nuc.half, nuc.half + 1, step))
+    per = max(1, _STAMP_BATCH_PX // (side * side))
+    n = nuc.cx.size
+    if n <= per:
+        return [nuc]
+    out = []
+    for i in range(0, n, per):
+        sl = slice(i, i + per)
+        out.append(
+            _Nuclei(
+                cls=nuc.cls,
+                cx=nuc.cx[sl],
+                cy=nuc.cy[sl],
+                a=nuc.a[sl],
+                q=nuc.q[sl],
+                phi=nuc.phi[sl],
+                od=nuc.od[sl],
+                harm_amp=nuc.harm_amp[sl],
+                harm_phase=nuc.harm_phase[sl],
+                nuc_dx=nuc.nuc_dx[sl],
+                nuc_dy=nuc.nuc_dy[sl],
+                nuc_on=nuc.nuc_on[sl],
+                half=nuc.half,
+            )
+        )
+    return out
 
 
 def _max_extent_px(cls: NucleusClass, mpp: float) -> int:
@@ -593,8 +633,10 @@ def _linear_index(t: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def _coarse(t: np.ndarray, spacing: float) -> np.ndarray:
-    n = max(2, int(np.ceil((t[-1] - t[0]) / spacing)) + 1)
-    return np.linspace(t[0], t[-1], n) if t.size > 1 else t.copy()
+    """Global grid (multiples of ``spacing``) covering ``t``: the same for every window."""
+    i0 = int(np.floor(t[0] / spacing))
+    i1 = int(np.ceil(t[-1] / spacing))
+    return np.arange(i0, max(i1, i0 + 1) + 1) * spacing
 
 
 def _eosin_fields(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -649,13 +691,14 @@ def _tissue_alpha(scene: Scene, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
 
 
 def _all_nuclei(
-    scene: Scene, x0: float, y0: float, x1: float, y1: float, regions: list[Region]
+    scene: Scene, x0: float, y0: float, x1: float, y1: float, regions: list[Region], step: int = 1
 ) -> list[_Nuclei]:
+    """Nuclei of every class that reach the box, in batches of bounded stamp size."""
     out = []
     for cls in nucleus_classes(scene):
         nuc = _nuclei(scene, cls, x0, y0, x1, y1, regions)
         if nuc is not None:
-            out.append(nuc)
+            out.extend(_batches(nuc, step))
     return out
 
 
@@ -686,8 +729,8 @@ def _render_full(scene: Scene, x0: int, y0: int, w: int, h: int, state: str) -> 
         od_e *= _tissue_alpha(scene, ys, xs)
 
     od_h = np.zeros(h * w, np.float32)
-    for nuc in _all_nuclei(scene, x0, y0, x0 + w, y0 + h, regions):
-        px, py, od = _stamps(nuc, tex, (ox, oy), scene.mpp)
+    for batch in _all_nuclei(scene, x0, y0, x0 + w, y0 + h, regions):
+        px, py, od = _stamps(batch, tex, (ox, oy), scene.mpp)
         ix, iy = px - x0, py - y0
         ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h) & (od > 1e-3)
         od_h += np.bincount((iy[ok] * w + ix[ok]), weights=od[ok], minlength=h * w).astype(
@@ -741,8 +784,8 @@ def _render_low(
     if d <= _EXACT_NUCLEI_MAX_DS:
         deficit = np.zeros((3, h * w), np.float64)
         step = int(np.clip(np.floor(d / 4.0), 1, 4))
-        for nuc in _all_nuclei(scene, x0, y0, x1, y1, regions):
-            px, py, od = _stamps(nuc, tex, (ox, oy), scene.mpp, step)
+        for batch in _all_nuclei(scene, x0, y0, x1, y1, regions, step):
+            px, py, od = _stamps(batch, tex, (ox, oy), scene.mpp, step)
             ix = np.floor((px + 0.5 - x0) / d).astype(np.int64)
             iy = np.floor((py + 0.5 - y0) / d).astype(np.int64)
             ok = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h) & (od > 1e-3)

@@ -76,6 +76,7 @@ def synthetic_sample_slide(
     seed: int = 0,
     n_lesions: int = 2,
     n_lookalikes: int = 2,
+    lesion_radius_px: float | None = None,
     mpp: float = 0.5,
     workers: int | None = None,
     callback: Callable[[Progress], None] | None = None,
@@ -91,8 +92,9 @@ def synthetic_sample_slide(
     ----------
     cache_dir
         Folder of cache entries; default :func:`default_cache_dir`.
-    width, height, seed, n_lesions, n_lookalikes, mpp
-        The slide (defaults: 12000 x 9000 px at 0.5 um/px, 2 lesions, 2 look-alikes).
+    width, height, seed, n_lesions, n_lookalikes, lesion_radius_px, mpp
+        The slide (defaults: 12000 x 9000 px at 0.5 um/px, 2 lesions and 2 look-alikes
+        of 200 um radius).
     workers
         Rendering processes; default: the number of CPUs, at most 4.
     callback
@@ -107,6 +109,7 @@ def synthetic_sample_slide(
         "seed": int(seed),
         "n_lesions": int(n_lesions),
         "n_lookalikes": int(n_lookalikes),
+        "lesion_radius_px": None if lesion_radius_px is None else float(lesion_radius_px),
         "mpp": float(mpp),
         "version": __version__,
         "render_version": RENDER_VERSION,
@@ -130,6 +133,7 @@ def synthetic_sample_slide(
             seed=seed,
             n_lesions=n_lesions,
             n_lookalikes=n_lookalikes,
+            lesion_radius_px=lesion_radius_px,
             mpp=mpp,
             workers=workers,
             callback=callback,

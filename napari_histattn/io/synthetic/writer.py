@@ -142,7 +142,7 @@ def label_mask(scene: Scene, downsample: float) -> np.ndarray:
     h, w = math.ceil(scene.height / d), math.ceil(scene.width / d)
     out = np.zeros((h, w), np.uint8)
     xs = (np.arange(w) + 0.5) * d
-    band = max(1, 2_000_000 // max(w, 1))
+    band = max(1, 262_144 // max(w, 1))  # rows per batch: bounds the temporaries
     for r0 in range(0, h, band):
         ys = (np.arange(r0, min(h, r0 + band)) + 0.5) * d
         out[r0 : r0 + ys.size][scene.tissue.rho(xs[None, :], ys[:, None]) < 1.0] = 1
