@@ -59,8 +59,9 @@ __all__ = [
 
 HEATMAP_COLORMAP = "magma"
 HEATMAP_OPACITY = 0.4
-#: Outline colour of sampled patches: cyan stands out on H&E and on magma.
-SAMPLE_COLOR = (0.0, 0.9, 1.0, 1.0)
+#: Outline colour of sampled patches: white stands out on H&E and on magma, and
+#: differs from the ground truth's yellow (lesion) and cyan (look-alike).
+SAMPLE_COLOR = (1.0, 1.0, 1.0, 1.0)
 #: Metadata key that marks layers made from a classification result.
 RESULT_KEY = "histattn_result"
 
@@ -202,8 +203,9 @@ def regions_layer_data(
 
     One polygon per exterior ring (napari shapes have no holes); the parts of a
     region share its features: ``name``, ``rank``, ``class``, ``attention``
-    (the region's maximum raw attention) and every other measurement. Outlines
-    in the class colour, no fill.
+    (the region's maximum on the heatmap's 0-1 scale, else its maximum raw
+    attention) and every other measurement. Outlines in the class colour, no
+    fill, labelled ``#rank class`` below the outline.
 
     Parameters
     ----------
@@ -243,7 +245,11 @@ def regions_layer_data(
                 "name": str(region.name),
                 "rank": int(region.rank),
                 "class": region.class_name or "unclassified",
-                "attention": float(region.measurements.get("attention_max", math.nan)),
+                "attention": float(
+                    region.measurements.get(
+                        "attention_norm_max", region.measurements.get("attention_max", math.nan)
+                    )
+                ),
             }
             row.update({k: float(region.measurements.get(k, math.nan)) for k in measurement_names})
             rows.append(row)
@@ -269,9 +275,10 @@ def regions_layer_data(
     }
     if rows:
         kwargs["text"] = {
-            "string": "#{rank} {class} {attention:.3f}",
+            "string": "#{rank} {class}",
             "size": 11,
-            "anchor": "upper_left",
+            # Below the outline: the ground truth's labels sit above theirs.
+            "anchor": "lower_left",
             "color": "white",
         }
     return (polygons, kwargs, "shapes")

@@ -1,9 +1,13 @@
-"""``histattn demo``: napari with the synthetic sample slide and its lesion outlines.
+"""``histattn demo``: napari with the sample slide, its lesion outlines and the classify widget.
 
 Without ``--slide`` the synthetic sample slide is generated on first use and
-cached. ``--screenshot PATH`` shows the viewer, waits until the canvas has
-drawn, saves a PNG and exits: on a machine without a display run it under
-``xvfb-run -a`` (``scripts/demo.sh`` does this for you).
+cached. The "Classify with attention" widget is docked with a demo checkpoint
+from ``sample_data/`` (or ``$HISTATTN_CHECKPOINTS``, or ``--checkpoint``)
+selected: click Classify. ``--classify`` clicks it for you and waits for the
+overlay. ``--screenshot PATH`` shows the viewer, waits until the canvas has
+drawn, saves a PNG and exits; ``--classify --screenshot PATH`` is the headless
+run that shows the attention overlay. On a machine without a display run it
+under ``xvfb-run -a`` (``scripts/demo.sh`` does this for you).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from napari_histattn.errors import HistattnError
 from napari_histattn.progress import Progress
 
 _WINDOW_WH = (1280, 860)
+_WINDOW_WITH_WIDGET_WH = (1560, 900)
 
 
 def register(subparsers: Any) -> None:
@@ -34,6 +39,23 @@ def register(subparsers: Any) -> None:
         type=Path,
         metavar="PATH",
         help="open this slide instead of the synthetic sample (no ground-truth overlay)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="PATH",
+        help="select this checkpoint in the classify widget instead of the bundled demo one",
+    )
+    parser.add_argument(
+        "--classify",
+        action="store_true",
+        help="run Classify on the slide at start (with --screenshot: wait for the overlay "
+        "and capture it)",
+    )
+    parser.add_argument(
+        "--no-widget",
+        action="store_true",
+        help="do not dock the classify widget",
     )
     parser.add_argument(
         "--screenshot",
@@ -131,6 +153,44 @@ def _settle(seconds: float) -> None:
         time.sleep(0.02)
 
 
+def _dock_classify_widget(viewer: Any, checkpoint: Path | None) -> Any:
+    """Dock the classify widget (through the manifest) with a checkpoint selected."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histattn", "Classify with attention")
+    if checkpoint is not None and not widget.add_checkpoint(checkpoint):
+        raise HistattnError(f"cannot use checkpoint {str(checkpoint)!r} (see the message above)")
+    return widget
+
+
+def _classify_and_wait(widget: Any, timeout_s: float = 600.0) -> None:
+    """Click Classify and run Qt's event loop until the run ends; raise if it showed nothing."""
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histattn._napari.checkpoints import checkpoint_dirs
+
+    if not widget.model.value:
+        places = ", ".join(str(p) for p in checkpoint_dirs())
+        raise HistattnError(
+            f"no demo checkpoint found (looked in {places}): pass --checkpoint PATH, or run "
+            "sample_data/make_demo_checkpoints.py"
+        )
+    print(f"histattn demo: classifying with {Path(widget.model.value).name}")
+    widget.run_classify()
+    app = QApplication.instance()
+    deadline = time.monotonic() + timeout_s
+    while not widget.is_idle:
+        if app is not None:
+            app.processEvents()
+        if time.monotonic() > deadline:
+            widget.cancel()
+            raise HistattnError(f"Classify did not finish within {timeout_s:g} s")
+        time.sleep(0.02)
+    if widget.result_for() is None:
+        raise HistattnError(f"Classify failed: {widget.status.value}")
+    result = widget.result_for()
+    probs = ", ".join(f"{k} {v:.3f}" for k, v in result.probabilities_by_class.items())
+    print(f"histattn demo: predicted {result.predicted_class} ({probs})")
+
+
 def run(args: argparse.Namespace) -> int:
     """Open the viewer; with ``--screenshot`` save a PNG and return 0."""
     if not _has_display():
@@ -161,6 +221,13 @@ def run(args: argparse.Namespace) -> int:
         if len(viewer.layers) > 1:
             viewer.layers.selection.active = viewer.layers[0]
         viewer.reset_view()
+        if not args.no_widget or args.classify:
+            viewer.window.resize(*_WINDOW_WITH_WIDGET_WH)
+            widget = _dock_classify_widget(viewer, args.checkpoint)
+            if args.classify:
+                _classify_and_wait(widget)
+            _settle(0.2)  # let the dock take its width before fitting the slide
+            viewer.reset_view()
 
         if args.screenshot is None:
             napari.run()

@@ -499,3 +499,61 @@ def test_an_unwritable_export_raises_our_error_and_keeps_the_earlier_file(
     blocker.write_text("not a folder")
     with pytest.raises(ExportError):
         widget.export_to(blocker / "regions.geojson")
+
+
+# --------------------------------------------------------------------------- histattn demo
+
+_DEMO_RUNNER = """
+import functools, sys
+import napari_histattn.io.synthetic as synthetic
+synthetic.synthetic_sample_slide = functools.partial(synthetic.synthetic_sample_slide, **{tiny!r})
+from napari_histattn.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+def test_demo_classify_saves_a_screenshot_with_the_overlay(
+    tiny_sample_env: Path, tiny_sample_kwargs: dict, tmp_path: Path, tiny_checkpoints
+) -> None:
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    out = tmp_path / "overlay.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DEMO_RUNNER.format(tiny=tiny_sample_kwargs),
+            "demo",
+            "--classify",
+            "--checkpoint",
+            str(tiny_checkpoints["attention_sampling"]),
+            "--screenshot",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "histattn demo: predicted " in proc.stdout
+    rgb = np.asarray(Image.open(out).convert("RGB")).astype(float)
+    assert rgb.shape[0] > 300 and rgb.std() > 20
+    # The docked widget is in the window: its research-use label is drawn in amber.
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    assert ((r > 200) & (g > 140) & (g < 190) & (b < 40)).sum() > 50
+
+
+def test_demo_without_a_checkpoint_says_where_it_looked() -> None:
+    from napari_histattn.cli.demo import _classify_and_wait
+    from napari_histattn.errors import HistattnError
+
+    class NoModel:
+        class model:  # noqa: N801 - mimics the widget's attribute
+            value = None
+
+    with pytest.raises(HistattnError, match="--checkpoint"):
+        _classify_and_wait(NoModel())
