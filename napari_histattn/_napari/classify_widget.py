@@ -369,6 +369,9 @@ class ClassifyWidget(Container):
             self._show_result(shown)
         elif not running:
             self.result_label.value = "—"
+        run = self._runs.get(layer) if running else None
+        if run is not None and run.last is not None:
+            self._on_progress(run, run.last)  # show the chosen layer's own progress
 
     def _show_result(self, shown: _Shown) -> None:
         result = shown.result
