@@ -461,8 +461,12 @@ class ClassifyWidget(Container):
     def _on_export_clicked(self, _value: Any = None) -> None:
         from qtpy.QtWidgets import QFileDialog
 
+        shown = self._shown.get(self.layer.value)
+        start = "regions.geojson"
+        if shown is not None:
+            start = str(shown.source.path.with_name(f"{shown.source.path.stem}_regions.geojson"))
         path, _ = QFileDialog.getSaveFileName(
-            self.native, "Export regions", "regions.geojson", "GeoJSON (*.geojson)"
+            self.native, "Export regions", start, "GeoJSON (*.geojson)"
         )
         if not path:
             return
