@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -89,16 +90,16 @@ class Region:
         bx0, by0, bx1, by1 = self.bbox_l0
         return not (bx1 < x0 or bx0 > x1 or by1 < y0 or by0 > y1)
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "center_xy": list(self.center_xy), "radii": list(self.radii)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> Region:
-        cx, cy = d["center_xy"]  # type: ignore[misc]
+    def from_dict(cls, d: dict[str, Any]) -> Region:
+        cx, cy = d["center_xy"]
         return cls(
             kind=str(d["kind"]),
             center_xy=(float(cx), float(cy)),
-            radii=tuple(float(r) for r in d["radii"]),  # type: ignore[union-attr]
+            radii=tuple(float(r) for r in d["radii"]),
         )
 
 

@@ -431,8 +431,8 @@ def _candidates(
     gy = np.arange(int(np.floor((y0 - reach) / g)), int(np.floor((y1 + reach) / g)) + 1)
     if gx.size == 0 or gy.size == 0:
         return None
-    gxx, gyy = np.meshgrid(gx, gy)
-    gxx, gyy = gxx.ravel(), gyy.ravel()
+    mesh_x, mesh_y = np.meshgrid(gx, gy)
+    gxx, gyy = mesh_x.ravel(), mesh_y.ravel()
     s = cls.stream
     cx = (gxx + 0.5 + cls.jitter * (hash_u01(scene.seed, s, gxx, gyy) - 0.5)) * g
     cy = (gyy + 0.5 + cls.jitter * (hash_u01(scene.seed, s + 1, gxx, gyy) - 0.5)) * g
@@ -736,9 +736,7 @@ def _render_full(scene: Scene, x0: int, y0: int, w: int, h: int, state: str) -> 
         od_h += np.bincount((iy[ok] * w + ix[ok]), weights=od[ok], minlength=h * w).astype(
             np.float32
         )
-    od_h = od_h.reshape(h, w)
-
-    total = _BG_OD + od_e[..., None] * E_VEC + od_h[..., None] * H_VEC
+    total = _BG_OD + od_e[..., None] * E_VEC + od_h.reshape(h, w)[..., None] * H_VEC
     return _to_uint8(np.exp(-total))
 
 

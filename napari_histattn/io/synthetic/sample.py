@@ -81,7 +81,7 @@ def synthetic_sample_slide(
     workers: int | None = None,
     callback: Callable[[Progress], None] | None = None,
 ) -> SyntheticSlide:
-    """The demo slide: generated on first use (about 10 s on 2 cores), then read from a cache.
+    """The demo slide: generated on first use (about 20 s on a busy 2-core machine), then cached.
 
     The cache entry is a folder named by a hash of the parameters, the package
     version and the renderer version. It is written under a temporary name and
