@@ -41,3 +41,21 @@ def test_cli_help_runs_without_gui() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "histattn" in result.stdout
+
+
+def test_building_the_cli_parser_imports_no_torch_or_gui() -> None:
+    # Every `histattn` command builds the full parser; a subcommand that imports
+    # torch at registration makes `histattn synth` pay ~600 MB and seconds for nothing.
+    loaded = set(_loaded_after_import("napari_histattn.cli"))
+    code = (
+        "import json, sys\n"
+        "from napari_histattn.cli import build_parser\n"
+        "build_parser()\n"
+        "print(json.dumps(sorted(m.split('.')[0] for m in sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    loaded |= set(json.loads(out.strip().splitlines()[-1]))
+    bad = sorted(loaded.intersection(FORBIDDEN))
+    assert not bad, f"building the CLI parser imported {bad}"

@@ -29,7 +29,7 @@ def parse_config(items: list[str] | None) -> dict[str, Any]:
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``train`` and ``evaluate`` that say where the data is."""
-    from napari_histattn.training.datasets import LAYOUTS
+    from napari_histattn.training.layouts import LAYOUTS
 
     parser.add_argument(
         "--data",

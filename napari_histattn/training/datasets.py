@@ -47,6 +47,7 @@ from napari_histattn.inference.patches import (
     read_view,
     target_downsample,
 )
+from napari_histattn.training.layouts import LAYOUTS
 from napari_histattn.training.transforms import (
     Augment,
     Normalise,
@@ -58,7 +59,6 @@ from napari_histattn.training.transforms import (
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 #: Names accepted by :func:`load_layout` (``csv`` is ``slides`` for any labelled files).
-LAYOUTS = ("imagefolder", "breakhis", "slides", "csv")
 
 
 class DatasetError(HistattnError):
