@@ -1,0 +1,349 @@
+"""Train the demo checkpoints in ``sample_data/`` from a fixed seed on generated data.
+
+Run from the repository root::
+
+    .venv/bin/python sample_data/make_demo_checkpoints.py            # ~10-15 min on 2 CPU cores
+    .venv/bin/python sample_data/make_demo_checkpoints.py --no-check  # skip the sample-slide check
+
+Writes ``demo_attention_sampling``, ``demo_amil`` and ``demo_dafl_cnn``
+(``.safetensors`` + ``.json`` sidecar each), trained two-stage as
+``benchmarks/_models/recipes.py`` describes: a patch network trained on patch
+labels that the generator provides (lesion / look-alike / normal tissue), then
+the attention part trained on image labels only with that network frozen.
+The DAFL checkpoint is a patch classifier (normal / look-alike / lesion).
+
+All models work at 1.0 um/px (``target_mpp``): level-0 of the demo slide
+(0.5 um/px) averaged over 2 x 2 pixels. With ``--check`` (the default) each
+attention checkpoint is run through the inference engine on the demo slide
+(:func:`napari_histattn.io.synthetic.synthetic_sample_slide`), and the script
+fails unless the slide is called "lesion" and the most attended cell lies
+inside a true lesion; the check's outcome is stored in the checkpoint's
+training summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from benchmarks._models import data as D  # noqa: E402
+from benchmarks._models import recipes as R  # noqa: E402
+from napari_histattn.models import checkpoint  # noqa: E402
+from napari_histattn.models.registry import create_model  # noqa: E402
+
+OUT_DIR = ROOT / "sample_data"
+SEED = 20241126
+MODEL_MPP = 1.0
+PATCH_SIZE = 32
+DOWNSCALE = 8  # attention view: 8 um/px, 1/16 of the demo slide's level 0
+N_PATCHES = 64
+TISSUE = {"saturation_min": 0.07, "brightness_max": 0.92, "min_fraction": 0.5}
+
+AS_CONFIG: dict[str, Any] = {
+    "n_classes": 2,
+    "n_patches": N_PATCHES,
+    "patch_size": PATCH_SIZE,
+    "downscale": DOWNSCALE,
+    "feature_dim": 32,
+    "feature_scale": 5.0,
+    "entropy_weight": 0.01,
+    "temperature": 1.0,
+    "replace": False,
+    "aggregation": "expectation",
+}
+AMIL_CONFIG: dict[str, Any] = {
+    "encoder": "small_cnn",
+    "patch_size": PATCH_SIZE,
+    "n_classes": 2,
+    "embed_dim": 128,
+    "attn_dim": 64,
+    "gated": True,
+}
+DAFL_CONFIG: dict[str, Any] = {
+    "backbone": "vgg_small",
+    "n_classes": 3,
+    "cattn_positions": [0, 1],
+    "sattn_positions": [1, 2],
+    "input_size": PATCH_SIZE,
+}
+# Training images: 24 per lesion radius 150, 125 and 100 um (the demo slide's lesions
+# are ~200 um); held out: the first 16 benchmark test images (100 um lesions).
+N_PER_RADIUS = 24
+N_HELD_OUT = 16
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _train_images(spec: D.DataSpec, cache: str, workers: int) -> D.ImageSet:
+    sets = [
+        D.build_images(
+            spec, range(start, start + N_PER_RADIUS), radius, cache_dir=cache, workers=workers
+        )
+        for radius, start in D.TRAIN_SEEDS_BY_RADIUS.items()
+    ]
+    return D.ImageSet.concat(sets)
+
+
+def _lesion_at(scene: Any, x: float, y: float) -> bool:
+    return any(float(r.rho(np.array(x), np.array(y))) < 1.0 for r in scene.lesions)
+
+
+def check_on_sample_slide(path: Path, seed: int = 0) -> dict[str, Any]:
+    """Classify the demo slide with the engine; where is the most attended cell?"""
+    from napari_histattn.inference.engine import classify
+    from napari_histattn.io.synthetic import synthetic_sample_slide
+    from napari_histattn.progress import run_to_completion
+
+    slide = synthetic_sample_slide()
+    t0 = time.perf_counter()
+    result = run_to_completion(classify(slide.path, path, device="cpu", seed=seed))
+    seconds = time.perf_counter() - t0
+    att = np.where(np.isfinite(result.attention), result.attention, -np.inf)
+    r, c = np.unravel_index(int(np.argmax(att)), att.shape)
+    g = result.geometry
+    x = g.origin_l0_xy[0] + c * g.stride_l0_xy[0] + g.patch_l0_wh[0] / 2
+    y = g.origin_l0_xy[1] + r * g.stride_l0_xy[1] + g.patch_l0_wh[1] / 2
+    probs = dict(
+        zip(result.class_names, [round(float(p), 4) for p in result.probabilities], strict=True)
+    )
+    return {
+        "slide": "synthetic_sample_slide() (12000 x 9000 px at 0.5 um/px, 2 lesions, 2 look-alikes)",
+        "probabilities": probs,
+        "predicted": result.class_names[int(np.argmax(result.probabilities))],
+        "max_attention_cell_l0_xy": [round(float(x), 1), round(float(y), 1)],
+        "max_attention_in_lesion": bool(_lesion_at(slide.scene, x, y)),
+        "seconds_cpu": round(seconds, 1),
+    }
+
+
+def _preprocessing(mean: list[float], std: list[float], **extra: Any) -> dict[str, Any]:
+    return {
+        "target_mpp": MODEL_MPP,
+        "patch_size": PATCH_SIZE,
+        "mean": mean,
+        "std": std,
+        "tissue": TISSUE,
+        **extra,
+    }
+
+
+def _save(
+    name: str,
+    model: nn.Module,
+    class_names: list[str],
+    pre: dict[str, Any],
+    training: dict[str, Any],
+    check: bool,
+) -> Path:
+    target = OUT_DIR / f"{name}.safetensors"
+    if check and training["family"] in ("attention_sampling", "amil"):
+        with tempfile.TemporaryDirectory() as tmp:
+            probe = checkpoint.save(
+                Path(tmp) / f"{name}.safetensors",
+                model,
+                class_names=class_names,
+                preprocessing=pre,
+                training=training,
+            )
+            result = check_on_sample_slide(probe)
+        _log(f"  sample-slide check: {result}")
+        training["sample_slide_check"] = result
+        if result["predicted"] != "lesion" or not result["max_attention_in_lesion"]:
+            raise SystemExit(f"{name}: the sample-slide check failed: {result}")
+    checkpoint.save(target, model, class_names=class_names, preprocessing=pre, training=training)
+    _log(f"  wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-check", action="store_true", help="skip the sample-slide check")
+    parser.add_argument("--cache", default=str(ROOT / "benchmarks" / "_work" / "images"))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", choices=("attention_sampling", "amil", "dafl_cnn"), nargs="*")
+    args = parser.parse_args(argv)
+    only = set(args.only or ("attention_sampling", "amil", "dafl_cnn"))
+    check = not args.no_check
+    torch.manual_seed(SEED)
+    torch.set_num_threads(2)
+    spec = D.DataSpec(model_mpp=MODEL_MPP)
+
+    t0 = time.perf_counter()
+    train = _train_images(spec, args.cache, args.workers)
+    held = D.build_images(
+        spec,
+        range(D.TEST_SEED_START, D.TEST_SEED_START + N_HELD_OUT),
+        100.0,
+        cache_dir=args.cache,
+        workers=args.workers,
+    )
+    render_s = time.perf_counter() - t0
+    _log(f"rendered {len(train)} + {len(held)} images in {render_s:.0f} s")
+    mean, std = D.mean_std(train)
+    patches, classes = D.sample_patches(train, PATCH_SIZE, per_class=48, seed=SEED)
+    test_patches, test_classes = D.sample_patches(held, PATCH_SIZE, per_class=24, seed=SEED + 1)
+    _log(f"stage-1 patches: {np.bincount(classes).tolist()} (normal, look-alike, lesion)")
+    data_summary = {
+        "generator": "napari_histattn.io.synthetic (make_scene + render_region)",
+        "image": f"{spec.size_l0} x {spec.size_l0} px scenes at {spec.scene_mpp} um/px, "
+        f"seen at {MODEL_MPP} um/px ({spec.size} x {spec.size} px)",
+        "classes": "lesion images: 1 lesion + 2 benign look-alikes; benign images: 3 look-alikes",
+        "lesion_radius_um": sorted(D.TRAIN_SEEDS_BY_RADIUS),
+        "train": train.summary(),
+        "held_out": held.summary(),
+        "stage1_patches": {
+            "n": int(classes.size),
+            "per_class": np.bincount(classes).tolist(),
+            "classes": list(D.PATCH_CLASSES),
+        },
+    }
+
+    if "attention_sampling" in only:
+        _log("attention sampling: stage 1 (feature network on patch labels)")
+        torch.manual_seed(SEED)
+        model = create_model("attention_sampling", **AS_CONFIG)
+        head3 = nn.Linear(AS_CONFIG["feature_dim"], 3)
+        net = nn.Sequential(R.FeatureTrunk(model.feature_net), head3)
+        params = [p for p in net.parameters() if p.requires_grad]
+        h1 = R.train_patch_classifier(
+            net, params, patches, classes, mean=mean, std=std, epochs=6, seed=SEED, name="as-stage1"
+        )
+        stage1 = R.patch_metrics(test_classes, R.predict_patches(net, test_patches, mean, std))
+        _log(f"  held-out patches: {stage1}")
+        R.binary_head_from(head3, model.classifier)
+        _log("attention sampling: stage 2 (attention network + classifier on image labels)")
+        h2 = R.train_attention_sampling(
+            model,
+            [(train, 20)],
+            mean=mean,
+            std=std,
+            lr=3e-3,
+            freeze_features=True,
+            seed=SEED,
+            name="as-stage2",
+        )
+        ev = R.evaluate_attention_sampling(model, held, mean=mean, std=std, seed=SEED)
+        metrics = R.image_metrics(held, ev["probs"], ev["attention"])
+        _log(f"  held-out images: {metrics}")
+        training = {
+            "family": "attention_sampling",
+            "recipe": "two-stage: (1) the feature network (before its L2 normalisation) plus a "
+            "3-class head trained on generated patch labels (normal / look-alike / lesion; "
+            "supervision a real slide dataset would not have); (2) feature network frozen, the attention network and "
+            "the classifier (started from the stage-1 head) trained on image labels only with "
+            "the expectation estimator",
+            "seed": SEED,
+            "data": data_summary,
+            "stage1": {**h1.to_dict(), "held_out_patches": stage1},
+            "stage2": h2.to_dict(),
+            "held_out_images": metrics,
+        }
+        _save(
+            "demo_attention_sampling",
+            model,
+            list(D.SLIDE_CLASSES),
+            _preprocessing(mean, std, downscale=DOWNSCALE, n_patches=N_PATCHES),
+            training,
+            check,
+        )
+
+    if "amil" in only:
+        _log("A-MIL: stage 1 (small_cnn encoder on patch labels)")
+        torch.manual_seed(SEED)
+        model = create_model("amil", **AMIL_CONFIG)
+        head3 = nn.Linear(AMIL_CONFIG["embed_dim"], 3)
+        net = nn.Sequential(model.encoder, head3)
+        h1 = R.train_patch_classifier(
+            net,
+            list(net.parameters()),
+            patches,
+            classes,
+            mean=mean,
+            std=std,
+            epochs=4,
+            seed=SEED,
+            name="amil-stage1",
+        )
+        stage1 = R.patch_metrics(test_classes, R.predict_patches(net, test_patches, mean, std))
+        _log(f"  held-out patches: {stage1}")
+        R.binary_head_from(head3, model.head[-1])
+        _log("A-MIL: stage 2 (attention pooling + head on image labels, encoder frozen)")
+        feats, _ = R.bag_features(model, train, mean, std)
+        h2 = R.train_amil_head(model, feats, train.y, epochs=40, seed=SEED, name="amil-stage2")
+        ev = R.evaluate_amil(model, held, mean=mean, std=std)
+        metrics = R.image_metrics(held, ev["probs"], ev["attention"])
+        _log(f"  held-out images: {metrics}")
+        training = {
+            "family": "amil",
+            "recipe": "two-stage: (1) the small_cnn encoder plus a 3-class head trained on "
+            "generated patch labels (normal / look-alike / lesion; supervision a real slide "
+            "dataset would not have); (2) encoder frozen, gated attention pooling and the head "
+            "(started from the stage-1 head) trained on image labels only, bags = all tissue "
+            "tiles of an image",
+            "seed": SEED,
+            "data": data_summary,
+            "stage1": {**h1.to_dict(), "held_out_patches": stage1},
+            "stage2": h2.to_dict(),
+            "held_out_images": metrics,
+        }
+        _save("demo_amil", model, list(D.SLIDE_CLASSES), _preprocessing(mean, std), training, check)
+
+    if "dafl_cnn" in only:
+        _log("DAFL channel/spatial attention CNN: patch classifier")
+        torch.manual_seed(SEED)
+        model = create_model("dafl_cnn", **DAFL_CONFIG)
+        h1 = R.train_patch_classifier(
+            lambda x: model(x).logits,
+            list(model.parameters()),
+            patches,
+            classes,
+            mean=mean,
+            std=std,
+            epochs=4,
+            seed=SEED,
+            lr=1e-3,
+            name="dafl",
+            modules=[model],
+        )
+        model.eval()
+        metrics = R.patch_metrics(
+            test_classes, R.predict_patches(lambda x: model(x).logits, test_patches, mean, std)
+        )
+        _log(f"  held-out patches: {metrics}")
+        training = {
+            "family": "dafl_cnn",
+            "recipe": "supervised patch classification on generated patch labels "
+            "(normal / look-alike / lesion), 32 x 32 px patches at 1.0 um/px",
+            "seed": SEED,
+            "data": data_summary,
+            "training": h1.to_dict(),
+            "held_out_patches": metrics,
+        }
+        _save(
+            "demo_dafl_cnn",
+            model,
+            list(D.PATCH_CLASSES),
+            _preprocessing(mean, std, image_size=PATCH_SIZE),
+            training,
+            check,
+        )
+    _log(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
