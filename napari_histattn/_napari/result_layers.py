@@ -57,8 +57,11 @@ __all__ = [
     "slide_source",
 ]
 
-HEATMAP_COLORMAP = "magma"
-HEATMAP_OPACITY = 0.4
+HEATMAP_COLORMAP = "magma (fading)"
+HEATMAP_OPACITY = 0.5
+#: Below this normalised attention the heatmap fades to transparent, so that
+#: tissue the model ignored keeps its H&E colours instead of being darkened.
+HEATMAP_FADE_BELOW = 0.35
 #: Outline colour of sampled patches: white stands out on H&E and on magma, and
 #: differs from the ground truth's yellow (lesion) and cyan (look-alike).
 SAMPLE_COLOR = (1.0, 1.0, 1.0, 1.0)
@@ -137,12 +140,29 @@ def _model_label(result: ClassificationResult) -> str:
     return Path(str(path)).stem if path else str(result.provenance.get("model_name", "model"))
 
 
+def heatmap_colormap(n: int = 64) -> dict[str, Any]:
+    """matplotlib's magma with an alpha ramp: transparent at 0, opaque from :data:`HEATMAP_FADE_BELOW`.
+
+    Returns
+    -------
+    dict
+        ``{"name", "colors", "controls"}``, which napari turns into a Colormap.
+    """
+    from matplotlib import colormaps
+
+    controls = np.linspace(0.0, 1.0, n)
+    colors = np.asarray(colormaps["magma"](controls), dtype=float)
+    colors[:, 3] = np.clip(controls / HEATMAP_FADE_BELOW, 0.0, 1.0)
+    return {"name": HEATMAP_COLORMAP, "colors": colors, "controls": controls}
+
+
 def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> LayerDataTuple:
     """The attention map as an Image layer aligned with the slide layer.
 
     Values are the percentile-normalised attention (1st-99th percentile to
-    0-1, contrast limits 0-1); NaN outside tissue, which napari draws
-    transparent with translucent blending. Each pixel sits on the centre of its
+    0-1, contrast limits 0-1) in magma that fades out below
+    :data:`HEATMAP_FADE_BELOW` (:func:`heatmap_colormap`); NaN outside tissue,
+    which napari draws transparent. Each pixel sits on the centre of its
     patch (:func:`~napari_histattn.inference.outputs.heatmap_napari_geometry`),
     shifted by the slide layer's translate.
 
@@ -162,11 +182,11 @@ def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> Lay
             translate_yx[0] + source.translate_yx[0],
             translate_yx[1] + source.translate_yx[1],
         ),
-        "colormap": HEATMAP_COLORMAP,
+        "colormap": heatmap_colormap(),
         "contrast_limits": (0.0, 1.0),
         "opacity": HEATMAP_OPACITY,
         "blending": "translucent",
-        "interpolation2d": "nearest",
+        "interpolation2d": "linear",
         "metadata": {
             RESULT_KEY: "heatmap",
             "normalisation": "percentiles 1-99 of the finite attention",
@@ -186,7 +206,8 @@ def _exteriors(polygon: Polygon | MultiPolygon) -> list[Polygon]:
 
 def _edge_width(mpp_xy: tuple[float, float] | None, size_l0_wh: tuple[int, int]) -> float:
     unit = mpp_xy[0] if mpp_xy is not None else 1.0
-    return max(max(size_l0_wh) * unit / 400.0, 1e-6)
+    # Thin: cell-union outlines are jagged, and a heavy line hides the tissue under it.
+    return max(max(size_l0_wh) * unit / 1500.0, 1e-6)
 
 
 def regions_layer_data(
@@ -205,7 +226,8 @@ def regions_layer_data(
     region share its features: ``name``, ``rank``, ``class``, ``attention``
     (the region's maximum on the heatmap's 0-1 scale, else its maximum raw
     attention) and every other measurement. Outlines in the class colour, no
-    fill, labelled ``#rank class`` below the outline.
+    fill, labelled below the outline with ``#rank`` and, when the region has
+    its own class probabilities, its class.
 
     Parameters
     ----------
@@ -216,7 +238,7 @@ def regions_layer_data(
     mpp_xy
         The slide's mpp, or None when the slide layer is in pixels.
     size_l0_wh
-        The slide's level-0 size (outline width is 1/400 of it).
+        The slide's level-0 size (outline width is 1/1500 of it).
     translate_yx
         The slide layer's translate.
     slide_path, provenance
@@ -241,7 +263,12 @@ def regions_layer_data(
             polygons.append(
                 l0_polygon_to_napari_yx(np.asarray(part.exterior.coords), mpp_xy=mpp_xy)
             )
+            # A class is shown only with region-level evidence (prob_<class>); without
+            # it (attention sampling) every region carries the slide's class, and a
+            # look-alike that drew attention would read "lesion".
+            own_class = any(k.startswith("prob_") for k in region.measurements)
             row: dict[str, Any] = {
+                "label": f"#{region.rank} {region.class_name}" if own_class else f"#{region.rank}",
                 "name": str(region.name),
                 "rank": int(region.rank),
                 "class": region.class_name or "unclassified",
@@ -254,7 +281,7 @@ def regions_layer_data(
             row.update({k: float(region.measurements.get(k, math.nan)) for k in measurement_names})
             rows.append(row)
             colours.append((*(c / 255.0 for c in region.colour), 1.0))
-    columns = ["name", "rank", "class", "attention", *measurement_names]
+    columns = ["label", "name", "rank", "class", "attention", *measurement_names]
     features = {c: np.asarray([r[c] for r in rows]) for c in columns}
     kwargs: dict[str, Any] = {
         "name": name,
@@ -275,11 +302,11 @@ def regions_layer_data(
     }
     if rows:
         kwargs["text"] = {
-            "string": "#{rank} {class}",
-            "size": 11,
+            "string": "{label}",
+            "size": 12,
             # Below the outline: the ground truth's labels sit above theirs.
             "anchor": "lower_left",
-            "color": "white",
+            "color": {"array": kwargs["edge_color"], "default": "white"},
         }
     return (polygons, kwargs, "shapes")
 
@@ -307,8 +334,9 @@ def samples_layer_data(
         "size": side,
         "face_color": "transparent",
         "border_color": np.asarray([SAMPLE_COLOR]),
-        "border_width": 0.12,
+        "border_width": 0.05,
         "border_width_is_relative": True,
+        "opacity": 0.7,
         "features": {
             "attention": np.asarray(samples.attention, dtype=float),
             "count": np.asarray(samples.counts, dtype=int),
@@ -412,7 +440,7 @@ def shapes_to_regions(
     colours = np.asarray(attributes.get("edge_color", np.ones((len(data), 4))), dtype=float)
     numeric = []
     for column in _feature_names(features):
-        if column in ("name", "class", "rank"):
+        if column in ("label", "name", "class", "rank"):
             continue
         values = _column(features, column) or []
         if values and all(isinstance(v, int | float | np.number) for v in values):

@@ -191,6 +191,25 @@ def _classify_and_wait(widget: Any, timeout_s: float = 600.0) -> None:
     print(f"histattn demo: predicted {result.predicted_class} ({probs})")
 
 
+def _zoom_to_regions(viewer: Any, widget: Any, fill: float = 0.7) -> None:
+    """Centre the view on the attended regions, zoomed so that they fill ``fill`` of it.
+
+    Called right after ``reset_view`` (which fits the whole slide), so the zoom is
+    scaled by the ratio of the slide's extent to the regions'.
+    """
+    import numpy as np
+
+    regions = widget.result_layers().get("regions")
+    if regions is None or regions.nshapes == 0:
+        return
+    slide_lo, slide_hi = (np.asarray(v)[-2:] for v in widget.layer.value.extent.world)
+    lo, hi = (np.asarray(v)[-2:] for v in regions.extent.world)
+    span = np.maximum(hi - lo, 1e-9)
+    factor = float(np.min((slide_hi - slide_lo) / span)) * fill
+    viewer.camera.center = tuple((lo + hi) / 2.0)
+    viewer.camera.zoom = viewer.camera.zoom * max(factor, 1.0)
+
+
 def run(args: argparse.Namespace) -> int:
     """Open the viewer; with ``--screenshot`` save a PNG and return 0."""
     if not _has_display():
@@ -228,6 +247,8 @@ def run(args: argparse.Namespace) -> int:
                 _classify_and_wait(widget)
             _settle(0.2)  # let the dock take its width before fitting the slide
             viewer.reset_view()
+            if args.classify:
+                _zoom_to_regions(viewer, widget)
 
         if args.screenshot is None:
             napari.run()
