@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import napari_histattn._napari  # noqa: F401  (installs the triton guard before any GL canvas)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
