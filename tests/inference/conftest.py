@@ -1,77 +1,17 @@
 """Fixtures for the inference tests: a small generated slide and tiny checkpoints.
 
-The slide is a 2048 x 2048 synthetic H&E slide at 0.5 um/px with one lesion
-(two pyramid levels). The checkpoints are untrained tiny models of each family,
-built from the registry's example configurations and saved through
-``models.checkpoint.save`` with preprocessing like training writes, at
-resolutions that keep every run to a fraction of a second on a CPU.
+Plain helpers live in ``inference_helpers.py`` (tests import them from there).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import tifffile
-import torch
+from inference_helpers import FAMILIES, LesionSlide, make_checkpoint, write_flat_tiff
 
-from napari_histattn.models.checkpoint import LoadedCheckpoint, load, save
-from napari_histattn.models.registry import create_model, model_example
-
-FAMILIES = ("attention_sampling", "amil", "dafl_cnn")
-
-# Mean/std of H&E-ish pixels; any fixed values exercise the normalisation path.
-_MEAN = [0.8, 0.6, 0.75]
-_STD = [0.15, 0.2, 0.15]
-
-#: Per model: config overrides over the registry example, and preprocessing.
-CHECKPOINT_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "attention_sampling": (
-        {"n_classes": 2, "n_patches": 8, "patch_size": 32, "downscale": 8},
-        {
-            "input": "sampling",
-            "patch_size": 32,
-            "downsample": 2.0,
-            "downscale": 8,
-            "mean": _MEAN,
-            "std": _STD,
-        },
-    ),
-    "amil": (
-        {"n_classes": 2, "patch_size": 32},
-        {
-            "input": "mil",
-            "patch_size": 32,
-            "target_mpp": 2.0,
-            "mean": _MEAN,
-            "std": _STD,
-            "tissue": {"thumbnail_size": 512},
-        },
-    ),
-    "dafl_cnn": (
-        {"n_classes": 2, "input_size": 32},
-        {
-            "input": "image",
-            "image_size": 32,
-            "downsample": 16.0,
-            "mean": _MEAN,
-            "std": _STD,
-            "tissue": {"thumbnail_size": 512},
-        },
-    ),
-}
-
-CLASS_NAMES = ["benign", "lesion"]
-
-
-@dataclass(frozen=True)
-class LesionSlide:
-    path: Path
-    lesion_polygons_l0: list[np.ndarray]
-    size_wh: tuple[int, int]
+from napari_histattn.models.checkpoint import LoadedCheckpoint, load
 
 
 @pytest.fixture(scope="session")
@@ -94,17 +34,6 @@ def lesion_slide(tmp_path_factory: pytest.TempPathFactory) -> LesionSlide:
     return LesionSlide(made.path, polygons, (2048, 2048))
 
 
-def write_flat_tiff(path: Path, rgb: tuple[int, int, int], size_wh: tuple[int, int]) -> Path:
-    """A one-level TIFF of one colour at 0.5 um/px (so target_mpp checkpoints apply)."""
-    w, h = size_wh
-    pixels = np.empty((h, w, 3), dtype=np.uint8)
-    pixels[:] = rgb
-    tifffile.imwrite(
-        path, pixels, photometric="rgb", resolution=(2e4, 2e4), resolutionunit="CENTIMETER"
-    )
-    return path
-
-
 @pytest.fixture(scope="session")
 def blank_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A white (glass only) 1024 x 1024 slide: no tissue."""
@@ -117,20 +46,6 @@ def blank_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_slide(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pink 40 x 40 slide: smaller than one patch of any test checkpoint."""
     return write_flat_tiff(tmp_path_factory.mktemp("tiny") / "tiny.tiff", (200, 100, 160), (40, 40))
-
-
-def make_checkpoint(folder: Path, name: str, seed: int = 0, **preprocessing_overrides: Any) -> Path:
-    """Save an untrained tiny ``name`` checkpoint into ``folder``; returns the weights path."""
-    overrides, preprocessing = CHECKPOINT_SPECS[name]
-    torch.manual_seed(seed)
-    model = create_model(name, **{**model_example(name).config, **overrides})
-    return save(
-        folder / f"{name}.safetensors",
-        model,
-        class_names=CLASS_NAMES,
-        preprocessing={**preprocessing, **preprocessing_overrides},
-        training={"seed": seed, "note": "untrained test checkpoint"},
-    )
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import CLASS_NAMES, FAMILIES, make_checkpoint
+from inference_helpers import CLASS_NAMES, FAMILIES, make_checkpoint
 
 from napari_histattn.errors import CheckpointError, HistattnError, SlideError
 from napari_histattn.inference.engine import classify, select_device

@@ -127,7 +127,7 @@ def test_rewriting_replaces_files_and_an_unwritable_folder_is_our_error(
 
 
 def test_outputs_refuse_another_slide(results, tmp_path) -> None:
-    from conftest import write_flat_tiff
+    from inference_helpers import write_flat_tiff
 
     other = write_flat_tiff(tmp_path / "other.tiff", (200, 100, 160), (300, 200))
     with open_slide(other) as slide, pytest.raises(HistattnError, match="another|300x200"):
