@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from shapely.geometry import Point
 
 from napari_histattn.io.regions import (
+    DEFAULT_CLASS_NAME,
     GridGeometry,
     Patch,
     Region,
@@ -100,7 +102,8 @@ class ClassificationResult:
         one per attention cell otherwise.
     regions
         The top-k attended regions (thresholded connected components of the
-        percentile-normalised map), best first.
+        percentile-normalised map), best first, classified by their own
+        evidence (see :func:`make_regions`), else ``"Attention"``.
     provenance
         Package version, model, checkpoint path and SHA-256, seed, device, slide
         path and quickhash, mpp and level used, timings, UTC time...
@@ -223,17 +226,62 @@ def geometry_dict(geometry: GridGeometry, shape: Sequence[int]) -> dict[str, Any
 def make_regions(result: ClassificationResult, threshold: float, top_k: int | None) -> list[Region]:
     """Threshold ``result``'s percentile-normalised attention into ranked regions.
 
-    Regions are classified by their attention-weighted per-cell probabilities
-    when the model gives them, else as the slide's predicted class.
+    A region is where the model looked, not a diagnosis, so its class comes from
+    evidence about that region only:
+
+    - A-MIL and the attention CNN: the attention-weighted mean of the per-cell
+      class probabilities (:func:`~napari_histattn.io.regions.threshold_regions`);
+    - attention sampling: the mean of the per-patch classifier probabilities
+      of the samples drawn inside the region (each weighted by its number of
+      draws), with measurement ``n_samples``;
+    - otherwise (no sample inside the region, or no per-patch probabilities):
+      the neutral class ``"Attention"`` and no ``prob_<class>`` measurement.
+
+    The slide's predicted class is never copied onto a region.
     """
     has_probs = result.cell_probs is not None
-    return threshold_regions(
+    regions = threshold_regions(
         result.attention,
         result.geometry,
         threshold,
-        class_name=None if has_probs else result.predicted_class,
+        class_name=None if has_probs else DEFAULT_CLASS_NAME,
         class_names=result.class_names if has_probs else None,
         cell_probs=result.cell_probs,
         mpp_xy=result.mpp_xy,
         top_k=top_k,
+    )
+    if has_probs or result.samples is None:
+        return regions
+    return [_classified_by_samples(result, region) for region in regions]
+
+
+def _classified_by_samples(result: ClassificationResult, region: Region) -> Region:
+    """``region`` classified by the sampled patches whose attention cell lies inside it."""
+    samples = result.samples
+    assert samples is not None
+    probs = np.full((len(samples), len(result.class_names)), np.nan)
+    for j, patch in enumerate(result.patches[: len(samples)]):
+        if set(patch.probs) == set(result.class_names):
+            probs[j] = [patch.probs[name] for name in result.class_names]
+    inside = np.asarray(
+        [
+            region.polygon.contains(Point(*result.cell_center_l0_xy(int(r), int(c))))
+            for r, c in samples.grid_rc
+        ],
+        dtype=bool,
+    ).reshape(-1)
+    inside &= np.isfinite(probs).all(axis=1)
+    weights = samples.counts[inside].astype(np.float64)
+    if weights.sum() <= 0:
+        return region
+    mean_probs = (weights[:, None] * probs[inside]).sum(axis=0) / weights.sum()
+    measurements = dict(region.measurements)
+    measurements["n_samples"] = float(weights.sum())
+    for name, p in zip(result.class_names, mean_probs, strict=True):
+        measurements[f"prob_{name}"] = float(p)
+    return replace(
+        region,
+        class_name=str(result.class_names[int(np.argmax(mean_probs))]),
+        color_rgb=None,
+        measurements=measurements,
     )
