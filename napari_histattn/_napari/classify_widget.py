@@ -378,6 +378,9 @@ class ClassifyWidget(Container):
         lines = [f"predicted: {result.predicted_class}"]
         lines += [f"  {name}: {p:.3f}" for name, p in result.probabilities_by_class.items()]
         lines.append(f"({result.provenance.get('device')}, seed {result.provenance.get('seed')})")
+        if shown.regions:
+            lines.append("attended regions (green outlines):")
+            lines += [f"  {line}" for line in rl.region_lines(shown.regions)]
         self.result_label.value = "\n".join(lines)
         self.export_button.enabled = True
 
@@ -393,6 +396,7 @@ class ClassifyWidget(Container):
             translate_yx=source.translate_yx,
             slide_path=source.path,
             provenance=shown.result.provenance,
+            edge_color=rl.REGION_COLOR,
         )
 
     def result_layers(self, layer: Any = None) -> dict[str, Any]:
@@ -422,6 +426,8 @@ class ClassifyWidget(Container):
             old = shown.layers.get("regions")
             if old is None or old not in self._viewer.layers:
                 continue
+            if self.layer.value is not None and self._shown.get(self.layer.value) is shown:
+                self._show_result(shown)
             data, kwargs, _ = self._regions_tuple(shown)
             index = list(self._viewer.layers).index(old)
             self._viewer.layers.remove(old)

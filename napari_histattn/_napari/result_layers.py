@@ -48,20 +48,33 @@ if TYPE_CHECKING:
 __all__ = [
     "HEATMAP_COLORMAP",
     "HEATMAP_OPACITY",
+    "REGION_COLOR",
     "SlideSource",
     "export_result",
     "heatmap_layer_data",
+    "region_lines",
     "regions_layer_data",
     "samples_layer_data",
     "shapes_to_regions",
     "slide_source",
 ]
 
-HEATMAP_COLORMAP = "magma (fading)"
-HEATMAP_OPACITY = 0.5
-#: Below this normalised attention the heatmap fades to transparent, so that
-#: tissue the model ignored keeps its H&E colours instead of being darkened.
-HEATMAP_FADE_BELOW = 0.35
+HEATMAP_COLORMAP = "attention (inferno, fading)"
+#: Layer opacity of the heatmap: the H&E under the most attended cells stays
+#: faintly visible, and the heat reads clearly at whole-slide zoom.
+HEATMAP_OPACITY = 0.8
+#: The colour ramp: the warm upper part of matplotlib's inferno (dark red to
+#: pale yellow), which stands out on pink and purple H&E.
+HEATMAP_INFERNO_RANGE = (0.35, 1.0)
+#: Normalised attention below which the heatmap is fully transparent (tissue the
+#: model ignored keeps its H&E colours) ...
+HEATMAP_TRANSPARENT_BELOW = 0.02
+#: ... and from which it is fully opaque; between the two, alpha rises linearly.
+HEATMAP_OPAQUE_FROM = 0.25
+#: Outline colour of attended regions on screen: bright green, unlike the ground
+#: truth's yellow (lesion) and cyan (look-alike), the heatmap's reds and yellows
+#: and the sampled patches' white. Exports keep each region's class colour.
+REGION_COLOR = (0.2, 1.0, 0.2, 1.0)
 #: Outline colour of sampled patches: white stands out on H&E and on magma, and
 #: differs from the ground truth's yellow (lesion) and cyan (look-alike).
 SAMPLE_COLOR = (1.0, 1.0, 1.0, 1.0)
@@ -141,7 +154,12 @@ def _model_label(result: ClassificationResult) -> str:
 
 
 def heatmap_colormap(n: int = 64) -> dict[str, Any]:
-    """matplotlib's magma with an alpha ramp: transparent at 0, opaque from :data:`HEATMAP_FADE_BELOW`.
+    """The heatmap's colours: warm inferno, transparent near 0, opaque from moderate values.
+
+    Colour follows the value over :data:`HEATMAP_INFERNO_RANGE` of inferno;
+    alpha is 0 up to :data:`HEATMAP_TRANSPARENT_BELOW` and rises linearly to 1
+    at :data:`HEATMAP_OPAQUE_FROM`, so that only tissue the model (almost)
+    ignored stays uncovered, and moderate attention is as visible as the top.
 
     Returns
     -------
@@ -151,8 +169,10 @@ def heatmap_colormap(n: int = 64) -> dict[str, Any]:
     from matplotlib import colormaps
 
     controls = np.linspace(0.0, 1.0, n)
-    colors = np.asarray(colormaps["magma"](controls), dtype=float)
-    colors[:, 3] = np.clip(controls / HEATMAP_FADE_BELOW, 0.0, 1.0)
+    lo, hi = HEATMAP_INFERNO_RANGE
+    colors = np.asarray(colormaps["inferno"](lo + (hi - lo) * controls), dtype=float)
+    ramp = HEATMAP_OPAQUE_FROM - HEATMAP_TRANSPARENT_BELOW
+    colors[:, 3] = np.clip((controls - HEATMAP_TRANSPARENT_BELOW) / ramp, 0.0, 1.0)
     return {"name": HEATMAP_COLORMAP, "colors": colors, "controls": controls}
 
 
@@ -160,9 +180,9 @@ def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> Lay
     """The attention map as an Image layer aligned with the slide layer.
 
     Values are the percentile-normalised attention (1st-99th percentile to
-    0-1, contrast limits 0-1) in magma that fades out below
-    :data:`HEATMAP_FADE_BELOW` (:func:`heatmap_colormap`); NaN outside tissue,
-    which napari draws transparent. Each pixel sits on the centre of its
+    0-1, contrast limits 0-1), one pixel per attention cell, drawn with linear
+    interpolation in :func:`heatmap_colormap` (transparent near 0) at
+    :data:`HEATMAP_OPACITY`; NaN outside tissue, which napari draws transparent. Each pixel sits on the centre of its
     patch (:func:`~napari_histattn.inference.outputs.heatmap_napari_geometry`),
     shifted by the slide layer's translate.
 
@@ -206,8 +226,9 @@ def _exteriors(polygon: Polygon | MultiPolygon) -> list[Polygon]:
 
 def _edge_width(mpp_xy: tuple[float, float] | None, size_l0_wh: tuple[int, int]) -> float:
     unit = mpp_xy[0] if mpp_xy is not None else 1.0
-    # Thin: cell-union outlines are jagged, and a heavy line hides the tissue under it.
-    return max(max(size_l0_wh) * unit / 1500.0, 1e-6)
+    # About 1.5 screen pixels when the whole slide fills the canvas, where the
+    # layer first appears (napari's edge width is in world units).
+    return max(max(size_l0_wh) * unit / 350.0, 1e-6)
 
 
 def regions_layer_data(
@@ -219,15 +240,18 @@ def regions_layer_data(
     translate_yx: tuple[float, float] = (0.0, 0.0),
     slide_path: str | os.PathLike[str] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    edge_color: tuple[float, float, float, float] | None = None,
 ) -> LayerDataTuple:
     """Regions in level-0 pixels as a Shapes layer over the slide layer.
 
     One polygon per exterior ring (napari shapes have no holes); the parts of a
     region share its features: ``name``, ``rank``, ``class``, ``attention``
     (the region's maximum on the heatmap's 0-1 scale, else its maximum raw
-    attention) and every other measurement. Outlines in the class colour, no
-    fill, labelled below the outline with ``#rank`` and, when the region has
-    its own class probabilities, its class.
+    attention) and every other measurement. Outlines (no fill) labelled below
+    the outline with ``#rank`` and, when the region has its own class
+    probabilities (``prob_<class>``), its class.
+    Each region's class colour is kept in ``metadata["class_colours"]`` for the
+    GeoJSON writer whatever colour the outline is drawn in.
 
     Parameters
     ----------
@@ -238,11 +262,14 @@ def regions_layer_data(
     mpp_xy
         The slide's mpp, or None when the slide layer is in pixels.
     size_l0_wh
-        The slide's level-0 size (outline width is 1/1500 of it).
+        The slide's level-0 size (outline width is 1/350 of it).
     translate_yx
         The slide layer's translate.
     slide_path, provenance
         Recorded in the layer's metadata (and written by the GeoJSON writer).
+    edge_color
+        One RGBA outline colour for every region (the classify widget uses
+        :data:`REGION_COLOR`); ``None`` draws each in its class colour.
 
     Returns
     -------
@@ -252,7 +279,8 @@ def regions_layer_data(
     """
     polygons: list[NDArray[np.float64]] = []
     rows: list[dict[str, Any]] = []
-    colours: list[tuple[float, float, float, float]] = []
+    colours: list[tuple[float, ...]] = []
+    class_colours: dict[str, tuple[int, int, int]] = {}
     measurement_names: list[str] = []
     for region in regions:
         for key in region.measurements:
@@ -263,12 +291,8 @@ def regions_layer_data(
             polygons.append(
                 l0_polygon_to_napari_yx(np.asarray(part.exterior.coords), mpp_xy=mpp_xy)
             )
-            # A class is shown only with region-level evidence (prob_<class>); without
-            # it (attention sampling) every region carries the slide's class, and a
-            # look-alike that drew attention would read "lesion".
-            own_class = any(k.startswith("prob_") for k in region.measurements)
             row: dict[str, Any] = {
-                "label": f"#{region.rank} {region.class_name}" if own_class else f"#{region.rank}",
+                "label": _region_label(region),
                 "name": str(region.name),
                 "rank": int(region.rank),
                 "class": region.class_name or "unclassified",
@@ -280,7 +304,11 @@ def regions_layer_data(
             }
             row.update({k: float(region.measurements.get(k, math.nan)) for k in measurement_names})
             rows.append(row)
-            colours.append((*(c / 255.0 for c in region.colour), 1.0))
+            colours.append(
+                tuple(edge_color) if edge_color else (*(c / 255.0 for c in region.colour), 1.0)
+            )
+            if region.class_name is not None:
+                class_colours[region.class_name] = tuple(region.colour)
     columns = ["label", "name", "rank", "class", "attention", *measurement_names]
     features = {c: np.asarray([r[c] for r in rows]) for c in columns}
     kwargs: dict[str, Any] = {
@@ -295,6 +323,7 @@ def regions_layer_data(
             RESULT_KEY: "regions",
             "mpp_xy": mpp_xy,
             "slide_translate_yx": tuple(translate_yx),
+            "class_colours": class_colours,
             "slide_path": None if slide_path is None else str(slide_path),
             "provenance": dict(provenance or {}),
         },
@@ -309,6 +338,34 @@ def regions_layer_data(
             "color": {"array": kwargs["edge_color"], "default": "white"},
         }
     return (polygons, kwargs, "shapes")
+
+
+def _region_label(region: Region) -> str:
+    """``#rank``, plus the class when the region has its own evidence.
+
+    Without region-level probabilities (``prob_<class>``) no class is shown:
+    an attended region is where the model looked, not a diagnosis.
+    """
+    probability = region.measurements.get(f"prob_{region.class_name}")
+    if probability is None or not math.isfinite(float(probability)):
+        return f"#{region.rank}"
+    return f"#{region.rank} {region.class_name}"
+
+
+def region_lines(regions: Sequence[Region]) -> list[str]:
+    """One line per region for a result panel: ``#rank class p=<probability>``.
+
+    A region without its own class probabilities reads ``#rank attended (no
+    region-level class)``: where the model looked, not a diagnosis.
+    """
+    lines = []
+    for region in sorted(regions, key=lambda r: r.rank):
+        probability = region.measurements.get(f"prob_{region.class_name}")
+        if probability is None or not math.isfinite(float(probability)):
+            lines.append(f"#{region.rank} attended (no region-level class)")
+        else:
+            lines.append(f"#{region.rank} {region.class_name} p={float(probability):.2f}")
+    return lines
 
 
 def samples_layer_data(
@@ -406,7 +463,8 @@ def shapes_to_regions(
     slide's mpp (both from the layer's metadata) into level-0 ``(x, y)``, rounded
     to 1e-6 px. Shapes that share a ``name`` feature become one region (the parts
     of a MultiPolygon); others one region each. Class from the ``class`` feature,
-    rank from ``rank`` (else the order), colour from the outline, numeric
+    rank from ``rank`` (else the order), colour the class's from the metadata's
+    ``class_colours`` (else the outline's), numeric
     features as measurements. Lines and paths are skipped; ellipses become
     64-gons.
 
@@ -438,6 +496,7 @@ def shapes_to_regions(
     classes = _column(features, "class")
     ranks = _column(features, "rank")
     colours = np.asarray(attributes.get("edge_color", np.ones((len(data), 4))), dtype=float)
+    class_colours = metadata.get("class_colours") or {}
     numeric = []
     for column in _feature_names(features):
         if column in ("label", "name", "class", "rank"):
@@ -472,11 +531,17 @@ def shapes_to_regions(
         }
         measurements["rank"] = float(rank)
         class_name = str(classes[first]) if classes is not None else None
+        known = class_colours.get(class_name) if class_name is not None else None
+        colour = (
+            tuple(int(v) for v in known)
+            if known is not None
+            else (_colour_rgb(colours[first]) if first < len(colours) else None)
+        )
         regions.append(
             Region(
                 polygon=geometry,
                 class_name=None if class_name in (None, "unclassified") else class_name,
-                color_rgb=_colour_rgb(colours[first]) if first < len(colours) else None,
+                color_rgb=colour,
                 rank=rank,
                 measurements=measurements,
                 name=key if names is not None else None,

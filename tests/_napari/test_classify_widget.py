@@ -178,6 +178,12 @@ def test_a_plain_image_layer_is_refused_with_a_clear_message(
     assert len(viewer.layers) == 1
 
 
+def widget_slide_size_um(layer) -> tuple[float, float]:
+    """World extent (y, x) of a slide layer."""
+    lo, hi = (np.asarray(v)[-2:] for v in layer.extent.world)
+    return tuple(float(v) for v in hi - lo)
+
+
 def test_classify_adds_an_aligned_heatmap_regions_and_samples(
     make_napari_viewer, qtbot, widget_slide: WidgetSlide, as_checkpoint: Path, errors
 ) -> None:
@@ -192,12 +198,15 @@ def test_classify_adds_an_aligned_heatmap_regions_and_samples(
 
     # Display settings of the heatmap.
     assert heatmap.name == f"{slide_layer.name} attention ({as_checkpoint.stem})"
-    # magma, fading to transparent at low attention so that ignored tissue keeps its colours.
-    colours = heatmap.colormap.map(np.array([0.0, 0.1, 1.0]))
-    assert colours[0, 3] == 0.0 and 0.0 < colours[1, 3] < 1.0 and colours[2, 3] == 1.0
-    assert colours[2, 0] > 0.9 and colours[2, 1] > 0.9  # magma's pale yellow top
+    # Warm inferno, transparent only near 0 (ignored tissue keeps its colours) and
+    # fully opaque from moderate attention, so that the heat shows at whole-slide zoom.
+    colours = heatmap.colormap.map(np.array([0.0, 0.1, 0.3, 1.0]))
+    assert colours[0, 3] == 0.0 and 0.0 < colours[1, 3] < 1.0
+    assert colours[2, 3] == 1.0 and colours[3, 3] == 1.0
+    assert colours[3, 0] > 0.9 and colours[3, 1] > 0.9  # inferno's pale yellow top
+    assert colours[2, 0] > colours[2, 2]  # warm, not the blue of the low end
     assert tuple(heatmap.contrast_limits) == (0.0, 1.0)
-    assert 0.3 <= heatmap.opacity <= 0.5
+    assert 0.6 <= heatmap.opacity <= 0.9
     assert heatmap.blending == "translucent"
     data = np.asarray(heatmap.data)
     assert np.nanmin(data) == 0.0 and np.nanmax(data) == 1.0
@@ -229,7 +238,13 @@ def test_classify_adds_an_aligned_heatmap_regions_and_samples(
     )
     assert regions.nshapes >= 1
     assert {"name", "rank", "class", "attention"} <= set(regions.features.columns)
-    assert set(regions.features["class"]) <= set(result.class_names)
+    # Each region's own class, or the neutral "Attention" (never the slide's by default).
+    assert set(regions.features["class"]) <= {*result.class_names, "Attention"}
+    # Outlines in one bright colour unlike the ground truth's yellow and cyan, wide
+    # enough to see with the whole slide on screen (about 1/350 of its extent).
+    np.testing.assert_allclose(regions.edge_color, [[0.2, 1.0, 0.2, 1.0]] * regions.nshapes)
+    extent_um = max(widget_slide_size_um(slide_layer))
+    assert min(regions.edge_width) >= extent_um / 400
     assert regions.metadata["mpp_xy"] == (MPP, MPP)
     assert regions.metadata["slide_path"] == str(widget_slide.path)
     top = result.regions[0].polygon
@@ -247,6 +262,9 @@ def test_classify_adds_an_aligned_heatmap_regions_and_samples(
     assert f"predicted: {result.predicted_class}" in text
     for name, p in result.probabilities_by_class.items():
         assert f"{name}: {p:.3f}" in text
+    # ...and each attended region with its own evidence, or none.
+    for region in widget.regions_for():
+        assert f"#{region.rank} " in text
 
     # Show attention overlay hides and shows every result layer.
     widget.show_overlay.value = False
@@ -316,7 +334,7 @@ def test_export_follows_qupath_conventions_and_the_csv_agrees(
     for feature in doc["features"]:
         props = feature["properties"]
         assert props["objectType"] == "annotation"
-        assert props["classification"]["name"] in result.class_names
+        assert props["classification"]["name"] in {*result.class_names, "Attention"}
         colour = props["classification"]["color"]
         assert len(colour) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in colour)
         assert {"attention_max", "attention_mass", "rank"} <= set(props["measurements"])
