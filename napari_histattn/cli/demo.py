@@ -6,7 +6,8 @@ from ``sample_data/`` (or ``$HISTATTN_CHECKPOINTS``, or ``--checkpoint``)
 selected: click Classify. ``--classify`` clicks it for you and waits for the
 overlay. ``--screenshot PATH`` shows the viewer, waits until the canvas has
 drawn, saves a PNG and exits; ``--classify --screenshot PATH`` is the headless
-run that shows the attention overlay. On a machine without a display run it
+run that shows the attention overlay over the whole slide, and
+``--zoom-to-top`` zooms onto the most attended region. On a machine without a display run it
 under ``xvfb-run -a`` (``scripts/demo.sh`` does this for you).
 """
 
@@ -51,6 +52,11 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="run Classify on the slide at start (with --screenshot: wait for the overlay "
         "and capture it)",
+    )
+    parser.add_argument(
+        "--zoom-to-top",
+        action="store_true",
+        help="with --classify: zoom onto the most attended region (default: the whole slide)",
     )
     parser.add_argument(
         "--no-widget",
@@ -191,23 +197,34 @@ def _classify_and_wait(widget: Any, timeout_s: float = 600.0) -> None:
     print(f"histattn demo: predicted {result.predicted_class} ({probs})")
 
 
-def _zoom_to_regions(viewer: Any, widget: Any, fill: float = 0.7) -> None:
-    """Centre the view on the attended regions, zoomed so that they fill ``fill`` of it.
+def _zoom_to_top_region(viewer: Any, widget: Any, fill: float = 0.45) -> None:
+    """Centre the view on the most attended region, zoomed so that it fills ``fill`` of it.
 
     Called right after ``reset_view`` (which fits the whole slide), so the zoom is
-    scaled by the ratio of the slide's extent to the regions'.
+    scaled by the ratio of the slide's extent to the region's. Outlines (world
+    units, sized for the whole slide) are thinned to a few screen pixels, so that
+    the attention under them stays visible.
     """
     import numpy as np
 
     regions = widget.result_layers().get("regions")
     if regions is None or regions.nshapes == 0:
         return
+    ranks = np.asarray(regions.features["rank"])
+    top = [np.asarray(regions.data[i])[:, -2:] for i in np.flatnonzero(ranks == ranks.min())]
+    translate = np.asarray(regions.translate)[-2:]
+    lo = np.min([t.min(axis=0) for t in top], axis=0) + translate
+    hi = np.max([t.max(axis=0) for t in top], axis=0) + translate
     slide_lo, slide_hi = (np.asarray(v)[-2:] for v in widget.layer.value.extent.world)
-    lo, hi = (np.asarray(v)[-2:] for v in regions.extent.world)
     span = np.maximum(hi - lo, 1e-9)
-    factor = float(np.min((slide_hi - slide_lo) / span)) * fill
+    factor = max(float(np.min((slide_hi - slide_lo) / span)) * fill, 1.0)
     viewer.camera.center = tuple((lo + hi) / 2.0)
-    viewer.camera.zoom = viewer.camera.zoom * max(factor, 1.0)
+    viewer.camera.zoom = viewer.camera.zoom * factor
+    for layer in viewer.layers:
+        if layer._type_string == "shapes" and layer.nshapes:
+            pixels = 1.5 if layer is regions else 2.5
+            layer.edge_width = pixels / float(viewer.camera.zoom)
+            layer.refresh()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -247,8 +264,8 @@ def run(args: argparse.Namespace) -> int:
                 _classify_and_wait(widget)
             _settle(0.2)  # let the dock take its width before fitting the slide
             viewer.reset_view()
-            if args.classify:
-                _zoom_to_regions(viewer, widget)
+            if args.classify and args.zoom_to_top:
+                _zoom_to_top_region(viewer, widget)
 
         if args.screenshot is None:
             napari.run()
