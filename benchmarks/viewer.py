@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -617,9 +618,22 @@ def load_snapshot() -> dict[str, Any]:
         with contextlib.suppress(psutil.Error):
             pct = p.cpu_percent(None)
             if p.pid != me and pct >= 20:
-                cmd = " ".join(p.info.get("cmdline") or [p.info.get("name") or "?"])
-                busy.append(f"{pct:.0f}% {cmd[:80]}")
+                busy.append(
+                    f"{pct:.0f}% {_short_command(p.info.get('cmdline'), p.info.get('name'))}"
+                )
     return {"loadavg": list(os.getloadavg()), "busy_processes": busy}
+
+
+def _short_command(cmdline: Sequence[str] | None, name: str | None) -> str:
+    """``python -m pytest tests/x.py ...`` -> ``pytest tests/x.py``: enough to say what it is."""
+    args = list(cmdline or [name or "?"])
+    if "-c" in args:
+        return f"{Path(args[0]).name} -c …"
+    words = [w for w in args if not w.startswith("-")]
+    if words and Path(words[0]).name.startswith("python") and len(words) > 1:
+        words = words[1:]
+    words[0] = Path(words[0]).name
+    return " ".join(" ".join(words[:2]).split())[:50]
 
 
 def _fmt_stat(value: Stat | None, digits: int, pct: bool = False) -> str:
@@ -633,6 +647,8 @@ def render_size(record: dict[str, Any]) -> str:
     lines = [
         f"<!-- viewer:size={size}:start -->",
         f"### {size:,} × {size:,} px".replace(",", " ") + f" ({_mpx(slide)})",
+        "",
+        f"Command: `{record['command']}`.",
         "",
         f"Measured {record['date']} on commit `{record['machine']['commit']}`; "
         f"{record['repeats']} fresh processes per tool for open/first frame/tiles, "
@@ -802,7 +818,8 @@ def render_header(record: dict[str, Any], command: str) -> str:
         ),
         None,
     )
-    busy = record.get("load", {}).get("busy_processes") or ["none above 20% CPU"]
+    busy = [" ".join(b.split())[:60] for b in record.get("load", {}).get("busy_processes", [])]
+    busy = busy or ["none above 20% CPU"]
     return "\n".join(
         [
             "## Viewer",
@@ -811,7 +828,7 @@ def render_header(record: dict[str, Any], command: str) -> str:
             "use, side by side in the same run. Regenerate with:",
             "",
             "```",
-            command,
+            ".venv/bin/python benchmarks/viewer.py",
             "```",
             "",
             f"Machine (latest run, {record['date']}): {m['cpu']}, {m['logical_cores']} logical "
@@ -830,8 +847,8 @@ def render_header(record: dict[str, Any], command: str) -> str:
             f"{los.get('zarr', '?')}.",
             "",
             "The machine was shared with other work while measuring (busy processes at the "
-            f"start: {'; '.join(busy[:4])}), so wall times are inflated and noisy; compare the "
-            "columns, which were measured interleaved in the same run.",
+            f"start of the latest run: {'; '.join(busy[:6])}), so wall times are inflated and "
+            "noisy; compare the columns, which were measured interleaved in the same run.",
             "",
             METHOD,
         ]
@@ -876,7 +893,8 @@ def write_results(records: list[dict[str, Any]], command: str, path: Path, notes
         r"<!-- viewer:notes:start -->.*?<!-- viewer:notes:end -->", section, re.S
     )
     notes_block = notes or (notes_match.group(0) if notes_match else "")
-    body = [render_header(records[-1], command), ""]
+    latest = max(records, key=lambda r: r["date"])
+    body = [render_header(latest, command), ""]
     body += [blocks[size] + "\n" for size in sorted(blocks)]
     if notes_block:
         body.append(notes_block)
@@ -910,7 +928,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--setup", action="store_true", help="(re)install the peer venvs and exit")
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per tool (3)")
-    parser.add_argument("--tour-repeats", type=int, default=1, help="tours per tool (1)")
+    parser.add_argument("--tour-repeats", type=int, default=3, help="tours per tool (3)")
     parser.add_argument("--tiles", type=int, default=200, help="tiles per level (200)")
     parser.add_argument("--viewports", type=int, default=100, help="viewports per tour (100)")
     parser.add_argument(
@@ -946,6 +964,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A plain `kill` still stops Xvfb and records nothing half-written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args = parse_args(argv)
     command = ".venv/bin/python benchmarks/viewer.py" + (
         ""
