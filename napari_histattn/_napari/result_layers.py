@@ -31,6 +31,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from napari_histattn._napari.layers import LayerDataTuple, _units_kwargs
 from napari_histattn.errors import ExportError, HistattnError
+from napari_histattn.inference.outputs import ATTENTION_OPACITY, attention_ramp
 from napari_histattn.io.atomic import describe_os_error
 from napari_histattn.io.export import (
     l0_polygon_to_napari_yx,
@@ -60,17 +61,8 @@ __all__ = [
 ]
 
 HEATMAP_COLORMAP = "attention (inferno, fading)"
-#: Layer opacity of the heatmap: the H&E under the most attended cells stays
-#: faintly visible, and the heat reads clearly at whole-slide zoom.
-HEATMAP_OPACITY = 0.8
-#: The colour ramp: the warm upper part of matplotlib's inferno (dark red to
-#: pale yellow), which stands out on pink and purple H&E.
-HEATMAP_INFERNO_RANGE = (0.35, 1.0)
-#: Normalised attention below which the heatmap is fully transparent (tissue the
-#: model ignored keeps its H&E colours) ...
-HEATMAP_TRANSPARENT_BELOW = 0.02
-#: ... and from which it is fully opaque; between the two, alpha rises linearly.
-HEATMAP_OPAQUE_FROM = 0.25
+#: Layer opacity of the heatmap (the same as the CLI's ``heatmap.png``).
+HEATMAP_OPACITY = ATTENTION_OPACITY
 #: Outline colour of attended regions on screen: bright green, unlike the ground
 #: truth's yellow (lesion) and cyan (look-alike), the heatmap's reds and yellows
 #: and the sampled patches' white. Exports keep each region's class colour.
@@ -154,26 +146,16 @@ def _model_label(result: ClassificationResult) -> str:
 
 
 def heatmap_colormap(n: int = 64) -> dict[str, Any]:
-    """The heatmap's colours: warm inferno, transparent near 0, opaque from moderate values.
-
-    Colour follows the value over :data:`HEATMAP_INFERNO_RANGE` of inferno;
-    alpha is 0 up to :data:`HEATMAP_TRANSPARENT_BELOW` and rises linearly to 1
-    at :data:`HEATMAP_OPAQUE_FROM`, so that only tissue the model (almost)
-    ignored stays uncovered, and moderate attention is as visible as the top.
+    """The heatmap's colours: :func:`~napari_histattn.inference.outputs.attention_ramp`
+    (warm inferno, transparent near 0, opaque from moderate values), as in ``heatmap.png``.
 
     Returns
     -------
     dict
         ``{"name", "colors", "controls"}``, which napari turns into a Colormap.
     """
-    from matplotlib import colormaps
-
     controls = np.linspace(0.0, 1.0, n)
-    lo, hi = HEATMAP_INFERNO_RANGE
-    colors = np.asarray(colormaps["inferno"](lo + (hi - lo) * controls), dtype=float)
-    ramp = HEATMAP_OPAQUE_FROM - HEATMAP_TRANSPARENT_BELOW
-    colors[:, 3] = np.clip((controls - HEATMAP_TRANSPARENT_BELOW) / ramp, 0.0, 1.0)
-    return {"name": HEATMAP_COLORMAP, "colors": colors, "controls": controls}
+    return {"name": HEATMAP_COLORMAP, "colors": attention_ramp(controls), "controls": controls}
 
 
 def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> LayerDataTuple:

@@ -3,10 +3,11 @@
 :func:`write_outputs` writes, into one folder, every file a run produces:
 
 ``heatmap.png``
-    The percentile-normalised attention (colormap ``magma``, opacity 0.4) over
-    a thumbnail of the slide; cells without attention (NaN) leave the slide
-    visible. A clean image without a colour bar; text chunks record the
-    colormap, the normalisation and the grid geometry.
+    The percentile-normalised attention in the same colour ramp as the napari
+    heatmap (:func:`attention_ramp`: warm inferno, transparent near 0) over a
+    thumbnail of the slide; ignored tissue and cells without attention (NaN)
+    leave the slide visible. A clean image without a colour bar; text chunks
+    record the ramp, the normalisation and the grid geometry.
 ``attention.npy``
     The raw ``(rows, cols)`` float32 attention map (NaN outside tissue); its
     geometry is in ``summary.json``.
@@ -101,23 +102,56 @@ def heatmap_napari_geometry(
     )
 
 
+#: The attention colour ramp, shared by the napari heatmap and ``heatmap.png``:
+#: the warm upper part of matplotlib's inferno (dark red to pale yellow), which
+#: stands out on pink and purple H&E ...
+ATTENTION_INFERNO_RANGE = (0.35, 1.0)
+#: ... fully transparent below this normalised attention (tissue the model
+#: ignored keeps its H&E colours) ...
+ATTENTION_TRANSPARENT_BELOW = 0.02
+#: ... and fully opaque from this one; between the two, alpha rises linearly.
+ATTENTION_OPAQUE_FROM = 0.25
+#: Opacity of the whole overlay: the H&E under the most attended cells stays
+#: faintly visible.
+ATTENTION_OPACITY = 0.8
+RAMP_DESCRIPTION = (
+    f"inferno {ATTENTION_INFERNO_RANGE[0]}-{ATTENTION_INFERNO_RANGE[1]}, transparent below "
+    f"{ATTENTION_TRANSPARENT_BELOW}, opaque from {ATTENTION_OPAQUE_FROM}"
+)
+
+
+def attention_ramp(values: NDArray[Any]) -> NDArray[np.float64]:
+    """RGBA in [0, 1] of normalised attention ``values`` in [0, 1] (any shape).
+
+    Colour follows the value over :data:`ATTENTION_INFERNO_RANGE` of inferno;
+    alpha is 0 up to :data:`ATTENTION_TRANSPARENT_BELOW` and rises linearly to 1
+    at :data:`ATTENTION_OPAQUE_FROM`.
+    """
+    from matplotlib import colormaps
+
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    lo, hi = ATTENTION_INFERNO_RANGE
+    rgba = np.asarray(colormaps["inferno"](lo + (hi - lo) * v), dtype=np.float64)
+    ramp = ATTENTION_OPAQUE_FROM - ATTENTION_TRANSPARENT_BELOW
+    rgba[..., 3] = np.clip((v - ATTENTION_TRANSPARENT_BELOW) / ramp, 0.0, 1.0)
+    return rgba
+
+
 def attention_rgba(
-    attention: NDArray[Any], *, colormap: str = "magma", lo: float = 1.0, hi: float = 99.0
+    attention: NDArray[Any], *, lo: float = 1.0, hi: float = 99.0
 ) -> NDArray[np.uint8]:
-    """Colour a map: percentile-normalise, apply ``colormap``; NaN cells are transparent.
+    """Colour a map: percentile-normalise, apply :func:`attention_ramp`; NaN is transparent.
 
     Returns
     -------
     numpy.ndarray
         ``(rows, cols, 4)`` uint8 RGBA.
     """
-    from matplotlib import colormaps
-
     values = percentile_normalise(attention, lo, hi)
     finite = np.isfinite(values)
-    rgba = np.asarray(colormaps[colormap](np.where(finite, values, 0.0)), dtype=np.float64)
+    rgba = attention_ramp(np.where(finite, values, 0.0))
     out = np.round(rgba * 255.0).astype(np.uint8)
-    out[..., 3] = np.where(finite, 255, 0).astype(np.uint8)
+    out[..., 3] = np.where(finite, out[..., 3], 0).astype(np.uint8)
     return out
 
 
@@ -136,8 +170,7 @@ def render_overlay(
     thumbnail: NDArray[np.uint8],
     slide_l0_wh: tuple[int, int],
     *,
-    colormap: str = "magma",
-    alpha: float = 0.4,
+    alpha: float = ATTENTION_OPACITY,
     lo: float = 1.0,
     hi: float = 99.0,
 ) -> NDArray[np.uint8]:
@@ -163,10 +196,10 @@ def render_overlay(
     ys = (np.arange(th) + 0.5) * (h0 / th)
     col_of = _cell_index(xs, g.origin_l0_xy[0], g.stride_l0_xy[0], g.patch_l0_wh[0], cols)
     row_of = _cell_index(ys, g.origin_l0_xy[1], g.stride_l0_xy[1], g.patch_l0_wh[1], rows)
-    rgba = attention_rgba(result.attention, colormap=colormap, lo=lo, hi=hi)
+    rgba = attention_rgba(result.attention, lo=lo, hi=hi)
     pixel_rgba = rgba[np.clip(row_of, 0, None)[:, None], np.clip(col_of, 0, None)[None, :]]
     covered = (row_of >= 0)[:, None] & (col_of >= 0)[None, :] & (pixel_rgba[..., 3] > 0)
-    weight = np.where(covered, alpha, 0.0)[..., None]
+    weight = np.where(covered, alpha * pixel_rgba[..., 3] / 255.0, 0.0)[..., None]
     out = thumb * (1.0 - weight) + pixel_rgba[..., :3].astype(np.float64) * weight
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
@@ -213,8 +246,7 @@ def write_outputs(
     crops: bool = False,
     crop_max_size: int = 2048,
     thumbnail_size: int = 1024,
-    colormap: str = "magma",
-    alpha: float = 0.4,
+    alpha: float = ATTENTION_OPACITY,
 ) -> dict[str, Path]:
     """Write a run's heatmap, raw attention, GeoJSON, CSV, optional crops and summary.
 
@@ -234,8 +266,8 @@ def write_outputs(
         around its centre).
     thumbnail_size
         Longer side of the heatmap overlay image.
-    colormap, alpha
-        Colormap and opacity of the overlay.
+    alpha
+        Opacity of the overlay (colours: :func:`attention_ramp`).
 
     Returns
     -------
@@ -264,14 +296,12 @@ def write_outputs(
     slide_wh = (int(slide.level_dimensions[0][0]), int(slide.level_dimensions[0][1]))
     geometry = geometry_dict(result.geometry, result.grid_shape)
 
-    overlay = render_overlay(
-        result, slide.thumbnail(thumbnail_size), slide_wh, colormap=colormap, alpha=alpha
-    )
+    overlay = render_overlay(result, slide.thumbnail(thumbnail_size), slide_wh, alpha=alpha)
     written["heatmap"] = _write_png(
         paths["heatmap"],
         overlay,
         {
-            "histattn:colormap": colormap,
+            "histattn:colormap": RAMP_DESCRIPTION,
             "histattn:alpha": repr(alpha),
             "histattn:normalisation": "percentiles 1-99 of the finite attention",
             "histattn:geometry": json.dumps(geometry),
@@ -310,7 +340,11 @@ def write_outputs(
             "units": "micrometres" if mpp is not None else "level-0 pixels",
         },
     }
-    summary["heatmap"] = {"colormap": colormap, "alpha": alpha, "normalisation": [1.0, 99.0]}
+    summary["heatmap"] = {
+        "colormap": RAMP_DESCRIPTION,
+        "alpha": alpha,
+        "normalisation": [1.0, 99.0],
+    }
     summary["files"] = {
         key: os.path.relpath(path, folder)
         for key, path in {**written, "summary": paths["summary"]}.items()
