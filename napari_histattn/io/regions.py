@@ -61,6 +61,12 @@ _QUPATH_COLOURS: dict[str, tuple[int, int, int]] = {
     "positive": (200, 50, 50),
     "negative": (112, 112, 225),
     "attention": (255, 128, 0),
+    # This project's own class names, so that QuPath shows each in its own colour
+    # (hashing put "lesion" and "benign" on the same palette entry).
+    "lesion": (200, 0, 0),
+    "benign": (0, 158, 115),
+    "lookalike": (0, 230, 255),
+    "normal": (150, 200, 150),
 }
 
 # Colour-blind-friendly palette (Okabe-Ito, without black) for every other class name.

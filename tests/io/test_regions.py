@@ -258,3 +258,11 @@ def test_make_valid_polygonal_repairs_bow_tie_keeping_both_lobes() -> None:
     assert fixed.area == pytest.approx(50.0)  # buffer(0) would keep only 25
     assert all(p.exterior.is_ccw for p in fixed.geoms)
     assert make_valid_polygonal(Polygon([(0, 0), (1, 1), (2, 2)])) is None
+
+
+def test_project_classes_have_distinct_colours() -> None:
+    from napari_histattn.io.regions import DEFAULT_CLASS_NAME, class_colour
+
+    names = ["lesion", "benign", "lookalike", "normal", DEFAULT_CLASS_NAME]
+    colours = [class_colour(n) for n in names]
+    assert len(set(colours)) == len(names), dict(zip(names, colours, strict=True))
