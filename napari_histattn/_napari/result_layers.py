@@ -30,9 +30,9 @@ from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_histattn._napari.layers import LayerDataTuple, _units_kwargs
+from napari_histattn.atomic import describe_os_error
 from napari_histattn.errors import ExportError, HistattnError
 from napari_histattn.inference.outputs import ATTENTION_OPACITY, attention_ramp
-from napari_histattn.io.atomic import describe_os_error
 from napari_histattn.io.export import (
     l0_polygon_to_napari_yx,
     napari_yx_to_l0_polygon,

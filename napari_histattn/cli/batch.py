@@ -104,7 +104,7 @@ def _folder_names(slides: list[Path]) -> list[str]:
 
 
 def _write_summary(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -> None:
-    from napari_histattn.io.atomic import atomic_write
+    from napari_histattn.atomic import atomic_write
 
     columns = [
         "slide",

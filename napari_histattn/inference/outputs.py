@@ -23,7 +23,7 @@
     Predicted class, probabilities, geometry (with napari scale and translate),
     regions, samples, provenance and the names of the other files. Written last.
 
-Every file is written atomically (:mod:`napari_histattn.io.atomic`): it appears
+Every file is written atomically (:mod:`napari_histattn.atomic`): it appears
 complete or not at all, and a failure raises
 :class:`~napari_histattn.errors.ExportError`.
 
@@ -43,9 +43,9 @@ from numpy.typing import NDArray
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from napari_histattn.atomic import atomic_write, describe_os_error
 from napari_histattn.errors import ExportError, HistattnError
 from napari_histattn.inference.result import ClassificationResult, geometry_dict
-from napari_histattn.io.atomic import atomic_write, describe_os_error
 from napari_histattn.io.export import (
     json_safe,
     write_geojson,

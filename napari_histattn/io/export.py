@@ -1,6 +1,6 @@
 """Export of attended regions and patches: GeoJSON (QuPath), CSV, PNG crops.
 
-Every file is written through :func:`~napari_histattn.io.atomic.atomic_write`: it
+Every file is written through :func:`~napari_histattn.atomic.atomic_write`: it
 appears complete or not at all, and a failed write raises
 :class:`~napari_histattn.errors.ExportError` and leaves an earlier file untouched.
 
@@ -56,8 +56,8 @@ from shapely.errors import GEOSException
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_histattn import __version__
+from napari_histattn.atomic import atomic_write, describe_os_error
 from napari_histattn.errors import AnnotationError, ExportError, HistattnError
-from napari_histattn.io.atomic import atomic_write, describe_os_error
 from napari_histattn.io.frames import napari_scale_yx
 from napari_histattn.io.regions import Patch, Region, make_valid_polygonal
 

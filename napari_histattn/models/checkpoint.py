@@ -36,7 +36,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from napari_histattn.atomic import atomic_write
 from napari_histattn.errors import CheckpointError, ExportError
 
 FORMAT_NAME = "napari-histattn"
@@ -135,14 +135,9 @@ def _json_dumps(value: Any, what: str) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Complete or absent, never partial; usual permission bits (0o666 & ~umask).
+    with atomic_write(path, "wb") as fh:
+        fh.write(data)
 
 
 def save(

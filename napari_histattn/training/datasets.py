@@ -47,7 +47,6 @@ from napari_histattn.inference.patches import (
     read_view,
     target_downsample,
 )
-from napari_histattn.training.layouts import LAYOUTS
 from napari_histattn.training.transforms import (
     Augment,
     Normalise,

@@ -15,9 +15,8 @@ import shapely
 from PIL import Image
 from shapely.geometry import MultiPolygon, Polygon, box
 
-from napari_histattn import __version__
+from napari_histattn import __version__, atomic
 from napari_histattn.errors import AnnotationError, ExportError
-from napari_histattn.io import atomic
 from napari_histattn.io.export import (
     json_safe,
     l0_polygon_to_napari_yx,

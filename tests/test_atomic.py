@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from napari_histattn import atomic
+from napari_histattn.atomic import atomic_write, current_umask
 from napari_histattn.errors import ExportError
-from napari_histattn.io import atomic
-from napari_histattn.io.atomic import atomic_write, current_umask
 
 
 def leftovers(directory: Path) -> list[str]:
