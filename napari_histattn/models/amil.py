@@ -289,33 +289,11 @@ def _example_input(
     return (patches,), {"mask": mask, "chunk_size": 3}
 
 
-@register_model(
+# The class is its own builder: create_model reads the defaults from __init__.
+register_model(
     "amil",
     example=ModelExample(
         config={"encoder": "tiny", "patch_size": 12, "embed_dim": 8, "attn_dim": 6, "n_classes": 3},
         make_input=_example_input,
     ),
-)
-def build_amil(
-    encoder: str = "small_cnn",
-    in_channels: int = 3,
-    patch_size: int = 28,
-    n_classes: int = 2,
-    embed_dim: int | None = None,
-    attn_dim: int = 128,
-    n_branches: int = 1,
-    gated: bool = True,
-    dropout: float = 0.0,
-) -> AttentionMIL:
-    """A-MIL with the given patch encoder; see :class:`AttentionMIL` for the parameters."""
-    return AttentionMIL(
-        encoder=encoder,
-        in_channels=in_channels,
-        patch_size=patch_size,
-        n_classes=n_classes,
-        embed_dim=embed_dim,
-        attn_dim=attn_dim,
-        n_branches=n_branches,
-        gated=gated,
-        dropout=dropout,
-    )
+)(AttentionMIL)

@@ -383,7 +383,8 @@ def _example_input(
     return (low_res, TensorPatchSource(high_res)), {"generator": sampling_gen}
 
 
-@register_model(
+# The class is its own builder: create_model reads the defaults from __init__.
+register_model(
     "attention_sampling",
     example=ModelExample(
         config={
@@ -397,39 +398,4 @@ def _example_input(
         },
         make_input=_example_input,
     ),
-)
-def build_attention_sampling(
-    n_classes: int = 2,
-    n_patches: int = 50,
-    patch_size: int = 50,
-    downscale: int = 8,
-    in_channels: int = 3,
-    attention_channels: int = 8,
-    attention_blocks: int = 3,
-    feature_channels: int = 16,
-    feature_dim: int = 32,
-    feature_scale: float = 1.0,
-    learn_feature_scale: bool = False,
-    replace: bool = False,
-    aggregation: str = "expectation",
-    entropy_weight: float = 0.01,
-    temperature: float = 1.0,
-) -> AttentionSampling:
-    """Attention sampling; see :class:`AttentionSampling` for the parameters."""
-    return AttentionSampling(
-        n_classes=n_classes,
-        n_patches=n_patches,
-        patch_size=patch_size,
-        downscale=downscale,
-        in_channels=in_channels,
-        attention_channels=attention_channels,
-        attention_blocks=attention_blocks,
-        feature_channels=feature_channels,
-        feature_dim=feature_dim,
-        feature_scale=feature_scale,
-        learn_feature_scale=learn_feature_scale,
-        replace=replace,
-        aggregation=aggregation,
-        entropy_weight=entropy_weight,
-        temperature=temperature,
-    )
+)(AttentionSampling)

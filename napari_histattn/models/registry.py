@@ -1,8 +1,8 @@
 """The model registry: one ``create_model(name, **config)`` for every family.
 
-A family registers a builder with :func:`register_model`. The builder takes
-keyword configuration (JSON-serialisable values only) and returns an
-``nn.Module``. :func:`create_model` records the name and the full configuration
+A family registers a builder (a function, or the model class itself) with
+:func:`register_model`. The builder takes keyword configuration
+(JSON-serialisable values only) and returns an ``nn.Module``. :func:`create_model` records the name and the full configuration
 on the model (``model.model_name``, ``model.model_config``) so that
 :mod:`napari_histattn.models.checkpoint` can save and rebuild it.
 
