@@ -7,14 +7,7 @@
 # Extra arguments go to `histattn demo` (for example --slide PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/system-deps.sh
-PY="${PYTHON:-python3.11}"
-command -v "$PY" >/dev/null || PY=python3
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
-# torch and torchvision first, as scripts/test.sh does.
-.venv/bin/python -m pip install -q "torch>=2.10" "torchvision>=0.25"
-.venv/bin/python -m pip install -q -e ".[all]"
+bash scripts/install.sh all
 if [ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]; then
   exec .venv/bin/histattn demo "$@"
 fi
