@@ -16,10 +16,13 @@ Nuclear classes (sizes in micrometres, so the slide scales with ``mpp``):
 * ``normal``: sparse spindle and oval stromal nuclei, aligned with the fibres.
 * ``lesion``: crowded, enlarged, pleomorphic nuclei (irregular outline, coarse
   clumped chromatin, accentuated membrane, nucleoli).
-* ``lymph`` (benign look-alike, a lymphoid aggregate): many small, round,
-  uniform, densely stained nuclei. Their count, size and stain are tuned so that
-  the region matches a lesion in mean colour and texture at 1/16 resolution,
-  and differs only in nuclear morphology at full resolution.
+* ``lymph`` (benign look-alike, a lymphoid aggregate): small, round, uniform
+  nuclei. They sit in tight clumps on the lesion's own site grid: every site
+  draws a nuclear area and stain from the lesion's distributions and fills that
+  area with 1-5 small round cells instead of one large pleomorphic nucleus. The
+  sites, their density and their stain budget are the lesion's, so at 8-16 um/px
+  (where a site is one or two pixels) the two kinds have the same statistics;
+  only at full resolution do size, shape, chromatin and nucleoli tell them apart.
 
 Fine textures (collagen fibres, clefts, cytoplasm granularity, chromatin) are
 periodic tables (1024 px) shared by all scenes and offset per seed; slowly
@@ -71,8 +74,9 @@ class NucleusClass:
     rim: float  # membrane accentuation
     nucleolus: float  # probability of a visible nucleolus
     align: bool  # long axis follows the fibre orientation
-    cluster: float = 0.0  # amplitude of density clustering (value noise, mean-preserving)
-    cluster_um: float = 20.0  # size of the clusters
+    # Clumped class: each site fills the area of one drawn nucleus (radius_um, aspect)
+    # with 1-5 small round cells of this radius range, in a ring.
+    clump_um: tuple[float, float] | None = None
 
     def scaled(self, size: float, od: float, keep: float) -> NucleusClass:
         return replace(
@@ -115,30 +119,44 @@ LESION = NucleusClass(
     nucleolus=0.6,
     align=False,
 )
+# The constants of the look-alike below were tuned by measurement (mean colour, and the
+# power spectrum of region interiors in bands from 8 to 128 um, lesion vs look-alike,
+# within a few per cent), not derived: lesion nuclei overlap and saturate, clumps do not.
+_LYMPH_OD_GAIN = 1.22  # stain of a site: the lesion's times this
 LYMPH = NucleusClass(
     name="lymph",
     stream=300,
-    grid_um=8.0,
-    keep=0.92,
-    jitter=0.75,
-    radius_um=(2.9, 3.4),
-    aspect=(0.86, 1.0),
+    # Sites, site area and stain drawn as the lesion's, so that low resolution cannot tell
+    # them apart; each site then becomes a clump (_draw_clumps).
+    grid_um=LESION.grid_um,
+    keep=LESION.keep,
+    jitter=LESION.jitter,
+    radius_um=LESION.radius_um,
+    aspect=LESION.aspect,
     harmonics=(0.0, 0.025),
-    od=(1.6, 1.9),
+    od=(LESION.od[0] * _LYMPH_OD_GAIN, LESION.od[1] * _LYMPH_OD_GAIN),
     chromatin=0.12,
     coarse=False,
     rim=0.15,
     nucleolus=0.0,
     align=False,
-    cluster=1.0,
-    cluster_um=16.0,
+    clump_um=(2.5, 3.1),
 )
+_CLUMP_MAX = 5  # cells per clump
+_CLUMP_GAP_UM = 1.0  # gap between neighbouring cells of a clump (they stay separable)
+_CLUMP_ASPECT = (0.86, 1.0)
+# Ring size: at 0.5 the clump's ink spreads as far as the nucleus' would (second moment
+# about the site); 0.6 matches the spectrum at 12-32 um wavelengths.
+_CLUMP_SPREAD = 0.6
+# Extra site-to-site stain variation (uniform, relative): saturation in the dark small
+# cells compresses the variation of a site's ink, which sets the power at 32-128 um.
+_CLUMP_OD_SPREAD = 0.9
 _HYPERCHROMATIC = (1.22, 1.3, 1.15)  # size, od, density factors of the diffuse variant
 
 # Eosin optical density of stroma (before fibre texture) and of the cellular
 # background (cytoplasm) inside lesions and look-alikes.
 _STROMA_OD = 0.50
-_CELL_OD = 0.36
+_CELL_OD = 0.48
 # Fade of region density at the outline, as a fraction of the normalised radius.
 _EDGE_FADE = 0.15
 
@@ -414,10 +432,20 @@ def _batches(nuc: _Nuclei, step: int = 1) -> list[_Nuclei]:
     return out
 
 
-def _max_extent_px(cls: NucleusClass, mpp: float) -> int:
-    # Largest outline radius: long semi-axis times (1 + sum of the harmonic amplitudes).
+def _stamp_half_px(cls: NucleusClass, mpp: float) -> int:
+    """Half-size of one nucleus' stamp: its largest outline radius plus a margin."""
     harm = sum(cls.harmonics[1] / (1.0 + 0.3 * m) for m in range(4))
-    return int(np.ceil(cls.radius_um[1] / mpp * (1.0 + harm) + 1.5))
+    radius_um = cls.radius_um[1] if cls.clump_um is None else cls.clump_um[1] * 1.05
+    return int(np.ceil(radius_um / mpp * (1.0 + harm) + 1.5))
+
+
+def _max_extent_px(cls: NucleusClass, mpp: float) -> int:
+    """How far from its site a class draws ink, px (a clump's ring included)."""
+    ring_um = 0.0
+    if cls.clump_um is not None:
+        # The ring's long semi-axis is at most sqrt(_CLUMP_SPREAD) times the site's.
+        ring_um = np.sqrt(_CLUMP_SPREAD) * cls.radius_um[1]
+    return _stamp_half_px(cls, mpp) + int(np.ceil(ring_um / mpp))
 
 
 def _candidates(
@@ -441,6 +469,28 @@ def _candidates(
     return gxx[inside], gyy[inside], cx[inside], cy[inside], keep_u[inside]
 
 
+# Lesions and look-alikes vary in cellularity and staining from region to region, with
+# the same spread for both kinds: small differences that remain between the kinds at low
+# resolution are then well inside the variation within each kind.
+_REGION_CELLULARITY = (0.85, 1.1)
+_REGION_STAIN = (0.9, 1.1)
+
+
+def _region_character(scene: Scene, region: Region) -> tuple[float, float]:
+    """``(cellularity, stain)`` factors of a lesion or look-alike, hashed from its centre."""
+    cx = np.array([int(round(region.center_xy[0]))])
+    cy = np.array([int(round(region.center_xy[1]))])
+    u_c = float(hash_u01(scene.seed, 400, cx, cy)[0])
+    u_s = float(hash_u01(scene.seed, 401, cx, cy)[0])
+    lo_c, hi_c = _REGION_CELLULARITY
+    lo_s, hi_s = _REGION_STAIN
+    return lo_c + (hi_c - lo_c) * u_c, lo_s + (hi_s - lo_s) * u_s
+
+
+def _region_kind(cls: NucleusClass) -> str | None:
+    return {"lesion": "lesion", "lymph": "lookalike"}.get(cls.name)
+
+
 def _density_weight(
     scene: Scene, cls: NucleusClass, cx: np.ndarray, cy: np.ndarray, regions: list[Region]
 ) -> np.ndarray:
@@ -449,17 +499,33 @@ def _density_weight(
         "lesion": np.zeros(cx.shape, np.float32),
         "lookalike": np.zeros(cx.shape, np.float32),
     }
+    kind = _region_kind(cls)
     for r in regions:
-        region_w[r.kind] = np.maximum(region_w[r.kind], _fade(r.rho(cx, cy)))
-    if cls.name == "lesion":
-        return region_w["lesion"]
-    if cls.name == "lymph":
-        return region_w["lookalike"]
+        w = _fade(r.rho(cx, cy))
+        if kind is not None and r.kind == kind:
+            w = w * np.float32(_region_character(scene, r)[0])
+        region_w[r.kind] = np.maximum(region_w[r.kind], w)
+    if kind is not None:
+        return region_w[kind]
+    # Normal nuclei give way to a region by its outline's fade alone, whatever its cellularity.
     rho_t = scene.tissue.rho(cx, cy)
     tissue_w = np.clip((1.0 - rho_t) * scene.tissue.mean_radius / 6.0, 0.0, 1.0)
     return (tissue_w * (1.0 - np.maximum(region_w["lesion"], region_w["lookalike"]))).astype(
         np.float32
     )
+
+
+def _region_stain(
+    scene: Scene, cls: NucleusClass, cx: np.ndarray, cy: np.ndarray, regions: list[Region]
+) -> np.ndarray:
+    """Hematoxylin factor at nucleus centres: the slide's, times the region's own."""
+    out = np.full(cx.shape, scene.stain[1], np.float32)
+    kind = _region_kind(cls)
+    for r in regions:
+        if r.kind == kind:
+            inside = r.rho(cx, cy) < 1.0
+            out[inside] = scene.stain[1] * _region_character(scene, r)[1]
+    return out
 
 
 def _nuclei(
@@ -478,29 +544,48 @@ def _nuclei(
     if cls.name != "normal" and not regions:
         return None
     prob = cls.keep * _density_weight(scene, cls, cx, cy, regions)
-    if cls.cluster > 0:
-        v = _value_noise_points(scene.seed, cls.stream + 50, cy, cx, cls.cluster_um / scene.mpp)
-        prob = prob * (1.0 + cls.cluster * (2.0 * v - 1.0))
     sel = keep_u < prob
-    gx, gy, cx, cy = gx[sel], gy[sel], cx[sel], cy[sel]
-    if gx.size == 0:
+    if not sel.any():
         return None
+    psi = None
+    if cls.align:
+        psi = np.pi * _value_noise_points(
+            scene.seed, 11, cy[sel], cx[sel], _orientation_spacing(scene)
+        )
+    hema = _region_stain(scene, cls, cx[sel], cy[sel], regions)
+    return _draw_nuclei(scene.seed, cls, gx[sel], gy[sel], cx[sel], cy[sel], scene.mpp, hema, psi)
+
+
+def _draw_nuclei(
+    seed: int,
+    cls: NucleusClass,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    mpp: float,
+    hema: float | np.ndarray,
+    psi: np.ndarray | None = None,
+) -> _Nuclei:
+    """Shape, stain and chromatin of the nuclei at sites ``(gx, gy)`` centred at ``(cx, cy)`` px.
+
+    ``hema`` scales the hematoxylin stain (per site or for all); ``psi`` is the local
+    fibre orientation for classes aligned with the fibres.
+    """
     s = cls.stream
 
     def u(k: int) -> np.ndarray:
-        return hash_u01(scene.seed, s + k, gx, gy)
+        return hash_u01(seed, s + k, gx, gy)
 
     def rng_range(k: int, lo_hi: tuple[float, float]) -> np.ndarray:
         return lo_hi[0] + (lo_hi[1] - lo_hi[0]) * u(k)
 
-    a = rng_range(3, cls.radius_um) / scene.mpp
+    a = rng_range(3, cls.radius_um) / mpp
     q = rng_range(4, cls.aspect)
-    if cls.align:
-        psi = np.pi * _value_noise_points(scene.seed, 11, cy, cx, _orientation_spacing(scene))
-        phi = psi + 0.35 * (u(5) - 0.5)
-    else:
-        phi = np.pi * u(5)
-    od = rng_range(6, cls.od) * np.float32(scene.stain[1])
+    phi = np.pi * u(5) if psi is None else psi + 0.35 * (u(5) - 0.5)
+    od = rng_range(6, cls.od) * np.asarray(hema, np.float32)
+    if cls.clump_um is not None:
+        return _draw_clumps(seed, cls, gx, gy, cx, cy, mpp, a, q, phi, od)
     amp = np.stack([rng_range(7 + m, cls.harmonics) / (1.0 + 0.3 * m) for m in range(4)], axis=1)
     phase = np.stack([2.0 * np.pi * u(11 + m) for m in range(4)], axis=1)
     nr = 0.45 * np.sqrt(u(15))
@@ -518,7 +603,98 @@ def _nuclei(
         nuc_dx=(nr * np.cos(na)).astype(np.float32),
         nuc_dy=(nr * np.sin(na)).astype(np.float32),
         nuc_on=u(17) < cls.nucleolus,
-        half=_max_extent_px(cls, scene.mpp),
+        half=_stamp_half_px(cls, mpp),
+    )
+
+
+def _draw_clumps(
+    seed: int,
+    cls: NucleusClass,
+    gx: np.ndarray,
+    gy: np.ndarray,
+    cx: np.ndarray,
+    cy: np.ndarray,
+    mpp: float,
+    a: np.ndarray,
+    q: np.ndarray,
+    phi: np.ndarray,
+    od: np.ndarray,
+) -> _Nuclei:
+    """Replace each site's nucleus (semi-axes ``a``, ``a q`` px, angle ``phi``) by a clump.
+
+    The clump is a ring of small round cells inside the nucleus' outline, sized so
+    that the clump's ink has the nucleus' spread (second moment about the site)
+    and stained so that it removes the same light: at a resolution where a site
+    is a pixel or two, a clump and a nucleus look alike.
+    """
+    assert cls.clump_um is not None
+    s = cls.stream
+    r_lo, r_hi = cls.clump_um[0] / mpp, cls.clump_um[1] / mpp
+    gap = _CLUMP_GAP_UM / mpp
+    q_cell = 0.5 * (_CLUMP_ASPECT[0] + _CLUMP_ASPECT[1])
+    r = r_lo + (r_hi - r_lo) * hash_u01(seed, s + 20, gx, gy)
+    # Second moment of a uniform ellipse: a^2 (1 + q^2) / 4; of a ring of semi-axes
+    # (R, R q) with cells of radius r: R^2 (1 + q^2) / 2 + r^2 / 2.
+    ring_a = np.sqrt(np.maximum(_CLUMP_SPREAD * a * a - r * r / (1.0 + q * q), 0.0))
+    # Ramanujan's approximation of the perimeter of the ellipse (ring_a, ring_a q).
+    h_e = ((1.0 - q) / (1.0 + q)) ** 2
+    perimeter = np.pi * ring_a * (1.0 + q) * (1.0 + 3.0 * h_e / (10.0 + np.sqrt(4.0 - 3.0 * h_e)))
+    n = np.clip(np.floor(perimeter / (2.0 * r + gap)), 1, _CLUMP_MAX).astype(np.int64)
+    ring_a = np.where(n > 1, ring_a, 0.0)
+    # Stain: the cells cover less area than the nucleus, so they are darker.
+    area_ratio = (a * a * q) / (n * r * r * q_cell)
+    od_cell = od * area_ratio * (1.0 + _CLUMP_OD_SPREAD * (hash_u01(seed, s + 22, gx, gy) - 0.5))
+    theta0 = 2.0 * np.pi * hash_u01(seed, s + 21, gx, gy)
+    site = np.repeat(np.arange(n.size), n)
+    j = np.arange(site.size) - np.repeat(np.cumsum(n) - n, n)
+    cgx = gx[site] * _CLUMP_MAX + j
+    cgy = gy[site]
+
+    def u(k: int) -> np.ndarray:
+        return hash_u01(seed, s + 30 + k, cgx, cgy)
+
+    # Cells evenly spaced by arc length along the elliptical ring (even spacing of the
+    # ellipse's parameter would crowd them at the ends of the long axis).
+    t_grid = np.linspace(0.0, 2.0 * np.pi, 65)
+    arc = np.concatenate(
+        [
+            np.zeros((n.size, 1)),
+            np.cumsum(
+                np.hypot(np.diff(np.cos(t_grid))[None, :], q[:, None] * np.diff(np.sin(t_grid))),
+                axis=1,
+            ),
+        ],
+        axis=1,
+    )
+    frac = (theta0[site] / (2.0 * np.pi) + j / n[site] + 0.02 * (u(0) - 0.5)) % 1.0
+    target = frac * arc[site, -1]
+    k = np.clip(np.sum(arc[site] <= target[:, None], axis=1) - 1, 0, t_grid.size - 2)
+    seg = arc[site, k + 1] - arc[site, k]
+    t = t_grid[k] + (target - arc[site, k]) / np.maximum(seg, 1e-12) * (t_grid[1] - t_grid[0])
+    ex, ey = ring_a[site] * np.cos(t), ring_a[site] * q[site] * np.sin(t)
+    c, sn = np.cos(phi[site]), np.sin(phi[site])
+    cell_a = r[site] * (1.0 + 0.08 * (u(2) - 0.5))
+    cell_q = _CLUMP_ASPECT[0] + (_CLUMP_ASPECT[1] - _CLUMP_ASPECT[0]) * u(3)
+    amp = np.stack(
+        [cls.harmonics[0] + (cls.harmonics[1] - cls.harmonics[0]) * u(4 + m) for m in range(4)],
+        axis=1,
+    ) / (1.0 + 0.3 * np.arange(4))
+    phase = np.stack([2.0 * np.pi * u(8 + m) for m in range(4)], axis=1)
+    m = site.size
+    return _Nuclei(
+        cls=cls,
+        cx=cx[site] + ex * c - ey * sn,
+        cy=cy[site] + ex * sn + ey * c,
+        a=cell_a.astype(np.float32),
+        q=cell_q.astype(np.float32),
+        phi=(np.pi * u(12)).astype(np.float32),
+        od=(od_cell[site] * (1.0 + 0.1 * (u(13) - 0.5))).astype(np.float32),
+        harm_amp=amp.astype(np.float32),
+        harm_phase=phase.astype(np.float32),
+        nuc_dx=np.zeros(m, np.float32),
+        nuc_dy=np.zeros(m, np.float32),
+        nuc_on=np.zeros(m, bool),
+        half=_stamp_half_px(cls, mpp),
     )
 
 
@@ -816,45 +992,17 @@ def _tissue_coverage(scene: Scene, ys: np.ndarray, xs: np.ndarray, d: float) -> 
 
 @lru_cache(maxsize=32)
 def _mean_deficit(cls: NucleusClass, mpp: float, hema: float) -> np.ndarray:
-    """Mean per-nucleus sum over pixels of ``1 - exp(-OD_H h)`` (3,), by rendering a sample."""
-    tex = _textures()
-    probe = Scene(
-        width=1 << 20,
-        height=1 << 20,
-        mpp=mpp,
-        seed=12345,
-        tissue=Region("tissue", (0.0, 0.0), (1.0, 1.0, 1.0)),
-        stain=(1.0, hema),
-    )
+    """Mean per-site sum over pixels of ``1 - exp(-OD_H h)`` (3,), by rendering a sample.
+
+    A site is one nucleus, or one clump for a clumped class.
+    """
     n = 256
     g = np.arange(n)
-    s = cls.stream
-    rng_u = [hash_u01(probe.seed, s + k, g, g * 0 + 7) for k in range(18)]
-
-    def rr(k: int, lo_hi: tuple[float, float]) -> np.ndarray:
-        return lo_hi[0] + (lo_hi[1] - lo_hi[0]) * rng_u[k]
-
-    a = rr(3, cls.radius_um) / mpp
-    nuc = _Nuclei(
-        cls=cls,
-        cx=(g * 64.0 + 32.0),
-        cy=np.full(n, 32.0),
-        a=a.astype(np.float32),
-        q=rr(4, cls.aspect).astype(np.float32),
-        phi=(np.pi * rng_u[5]).astype(np.float32),
-        od=(rr(6, cls.od) * hema).astype(np.float32),
-        harm_amp=np.stack(
-            [rr(7 + m, cls.harmonics) / (1.0 + 0.3 * m) for m in range(4)], axis=1
-        ).astype(np.float32),
-        harm_phase=np.stack([2 * np.pi * rng_u[11 + m] for m in range(4)], axis=1).astype(
-            np.float32
-        ),
-        nuc_dx=np.zeros(n, np.float32),
-        nuc_dy=np.zeros(n, np.float32),
-        nuc_on=rng_u[17] < cls.nucleolus,
-        half=_max_extent_px(cls, mpp),
+    # Sites far apart on one row; a fixed seed, so the value is the same for every scene.
+    nuc = _draw_nuclei(
+        12345, cls, g, np.full(n, 7), g * 256.0 + 128.0, np.full(n, 128.0), mpp, hema
     )
-    _, _, od = _stamps(nuc, tex, (0, 0), mpp)
+    _, _, od = _stamps(nuc, _textures(), (0, 0), mpp)
     return np.array([np.sum(1.0 - np.exp(-od * H_VEC[c])) / n for c in range(3)])
 
 
@@ -867,6 +1015,8 @@ def _expected_deficit(
         if cls.name != "normal" and not regions:
             continue
         density = cls.keep * _density_weight(scene, cls, xx.ravel(), yy.ravel(), regions)
+        # Regional stain factors scale the deficit about linearly (thumbnails only).
+        stain = _region_stain(scene, cls, xx.ravel(), yy.ravel(), regions) / scene.stain[1]
         per_px = _mean_deficit(cls, scene.mpp, scene.stain[1]) / (cls.grid_um / scene.mpp) ** 2
-        frac += density.reshape(ys.size, xs.size)[..., None] * per_px.astype(np.float32)
+        frac += (density * stain).reshape(ys.size, xs.size)[..., None] * per_px.astype(np.float32)
     return frac

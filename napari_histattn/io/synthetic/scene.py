@@ -16,7 +16,7 @@ import numpy as np
 from napari_histattn.errors import HistattnError
 from napari_histattn.io.synthetic._geometry import Region, polygon_area, star_radii
 
-RENDER_VERSION = 1
+RENDER_VERSION = 2
 DIFFUSE_KINDS = ("hyperchromatic",)
 REGION_KINDS = ("lesion", "lookalike")
 
