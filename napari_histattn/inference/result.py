@@ -231,9 +231,12 @@ def make_regions(result: ClassificationResult, threshold: float, top_k: int | No
 
     - A-MIL and the attention CNN: the attention-weighted mean of the per-cell
       class probabilities (:func:`~napari_histattn.io.regions.threshold_regions`);
-    - attention sampling: the mean of the per-patch classifier probabilities
-      of the samples drawn inside the region (each weighted by its number of
-      draws), with measurement ``n_samples``;
+    - attention sampling: the classifier applied to the mean feature of the
+      samples drawn inside the region (each weighted by its number of draws),
+      with measurement ``n_samples``: the model's own pooling, restricted to the
+      region. The model was trained to classify pooled features, never single
+      patches, so this is the question it can answer. The classifier is linear,
+      so it is the softmax of the mean per-patch log-probabilities;
     - otherwise (no sample inside the region, or no per-patch probabilities):
       the neutral class ``"Attention"`` and no ``prob_<class>`` measurement.
 
@@ -274,7 +277,10 @@ def _classified_by_samples(result: ClassificationResult, region: Region) -> Regi
     weights = samples.counts[inside].astype(np.float64)
     if weights.sum() <= 0:
         return region
-    mean_probs = (weights[:, None] * probs[inside]).sum(axis=0) / weights.sum()
+    log_p = np.log(np.clip(probs[inside], 1e-300, None))
+    mean_log = (weights[:, None] * log_p).sum(axis=0) / weights.sum()
+    mean_probs = np.exp(mean_log - mean_log.max())
+    mean_probs /= mean_probs.sum()
     measurements = dict(region.measurements)
     measurements["n_samples"] = float(weights.sum())
     for name, p in zip(result.class_names, mean_probs, strict=True):

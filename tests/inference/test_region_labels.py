@@ -44,7 +44,7 @@ def _sampling_result(sample_rc, sample_probs, counts) -> ClassificationResult:
     )
 
 
-def test_sampling_regions_take_the_mean_probability_of_their_samples() -> None:
+def test_sampling_regions_classify_the_mean_feature_of_their_samples() -> None:
     # Left blob: two draws of a benign-looking patch and one lesion-looking one;
     # right blob: no sample at all; one sample outside both blobs.
     result = _sampling_result(
@@ -56,9 +56,12 @@ def test_sampling_regions_take_the_mean_probability_of_their_samples() -> None:
     assert len(regions) == 2
     left = next(r for r in regions if r.polygon.bounds[0] == 16.0)
     right = next(r for r in regions if r.polygon.bounds[0] == 96.0)
-    # Draw-weighted mean over the samples inside: (2 * 0.9 + 0.3) / 3 = 0.7 benign.
-    assert left.measurements["prob_benign"] == pytest.approx(0.7)
-    assert left.measurements["prob_lesion"] == pytest.approx(0.3)
+    # The classifier is linear, so classifying the draw-weighted mean feature is the
+    # softmax of the draw-weighted mean log-probability: ((2 ln .9 + ln .3) / 3, ...).
+    mean_log = np.array([(2 * np.log(0.9) + np.log(0.3)) / 3, (2 * np.log(0.1) + np.log(0.7)) / 3])
+    expected = np.exp(mean_log) / np.exp(mean_log).sum()
+    assert left.measurements["prob_benign"] == pytest.approx(expected[0])
+    assert left.measurements["prob_lesion"] == pytest.approx(expected[1])
     assert left.measurements["n_samples"] == 3
     assert left.class_name == "benign"  # although the slide is "lesion"
     # No evidence inside: a neutral class, no probabilities, and still a colour.
@@ -78,3 +81,28 @@ def test_regions_with_per_cell_probabilities_use_them() -> None:
     result.cell_probs = cell_probs
     classes = {r.polygon.bounds[0]: r.class_name for r in make_regions(result, 0.5, None)}
     assert classes == {16.0: "benign", 96.0: "lesion"}
+
+
+def test_sampling_region_class_equals_the_classifier_on_the_pooled_feature() -> None:
+    # A linear classifier on random features: the region's label must be what the
+    # classifier says about the region's mean feature, the pooling the model trained on.
+    rng = np.random.default_rng(0)
+    weight, bias = rng.normal(size=(2, 6)), rng.normal(size=2)
+    features = rng.normal(size=(5, 6))
+    logits = features @ weight.T + bias
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    counts = [1, 3, 2, 1, 1]
+    result = _sampling_result(
+        sample_rc=[(2, 1), (3, 1), (4, 2), (2, 2), (8, 8)],
+        sample_probs=[tuple(p) for p in probs],
+        counts=counts,
+    )
+    (left,) = [r for r in make_regions(result, 0.5, None) if r.polygon.bounds[0] == 16.0]
+    w = np.asarray(counts[:4], dtype=float)
+    pooled = (w[:, None] * features[:4]).sum(0) / w.sum()
+    z = pooled @ weight.T + bias
+    expected = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    assert left.measurements["prob_benign"] == pytest.approx(expected[0])
+    assert left.measurements["prob_lesion"] == pytest.approx(expected[1])
+    assert left.class_name == NAMES[int(np.argmax(expected))]
