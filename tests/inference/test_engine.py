@@ -184,6 +184,26 @@ def test_same_seed_same_result(name, lesion_slide, loaded) -> None:
         assert np.array_equal(a.samples.centers_l0_xy, b.samples.centers_l0_xy)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", FAMILIES)
+def test_cuda_gives_the_cpu_result(name, lesion_slide, loaded) -> None:
+    with open_slide(lesion_slide.path) as slide:
+        cpu, _ = run(slide, loaded[name], device="cpu", seed=7)
+        gpu, reports = run(slide, loaded[name], device="auto", seed=7)
+    assert gpu.provenance["device"].startswith("cuda")
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(gpu.attention, cpu.attention, rtol=1e-3, atol=1e-6)
+    assert gpu.top_cell() == cpu.top_cell()
+    if cpu.samples is not None:
+        # Draws come from a CPU generator, so the device does not change them.
+        assert gpu.samples is not None
+        assert np.array_equal(gpu.samples.grid_rc, cpu.samples.grid_rc)
+    # The checkpoint's model went to the GPU; a CPU run afterwards brings it back.
+    again, _ = run(lesion_slide.path, loaded[name], device="cpu", seed=7)
+    assert np.array_equal(again.probabilities, cpu.probabilities)
+
+
 def test_different_seed_draws_different_samples(lesion_slide, loaded) -> None:
     with open_slide(lesion_slide.path) as slide:
         a, _ = run(slide, loaded["attention_sampling"], device="cpu", seed=1)
