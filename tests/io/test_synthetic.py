@@ -77,7 +77,8 @@ def _nuclei_stats(img: np.ndarray) -> dict[str, float]:
     dist = ndimage.distance_transform_edt(mask)
     markers, _ = ndimage.label(h_maxima(ndimage.gaussian_filter(dist, 1.0), 1.0))
     labels = watershed(-dist, markers, mask=mask)
-    idx = np.arange(1, labels.max() + 1)
+    # Labels whose marker fell outside the mask are empty; keep them out of the stats.
+    idx = np.unique(labels[labels > 0])
     area = ndimage.sum_labels(np.ones_like(h), labels, idx)
     core = labels * (ndimage.distance_transform_edt(mask) > 2)
     core_n = ndimage.sum_labels(np.ones_like(h), core, idx)
@@ -92,7 +93,8 @@ def _nuclei_stats(img: np.ndarray) -> dict[str, float]:
     l2 = tr / 2 - np.sqrt(np.maximum(tr**2 / 4 - det, 0))
     ecc = np.sqrt(1 - np.clip(l2 / np.maximum(l1, 1e-9), 0, 1))
     safe = idx[keep]
-    chromatin = ndimage.standard_deviation(raw, core, safe) / ndimage.mean(raw, core, safe)
+    with np.errstate(invalid="ignore"):  # scipy warns inside its per-label variance
+        chromatin = ndimage.standard_deviation(raw, core, safe) / ndimage.mean(raw, core, safe)
     return {
         "n": float(keep.sum()),
         "area": float(np.median(area[keep])),

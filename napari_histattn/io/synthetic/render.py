@@ -119,9 +119,10 @@ LESION = NucleusClass(
     nucleolus=0.6,
     align=False,
 )
-# The constants of the look-alike below were tuned by measurement (mean colour, and the
-# power spectrum of region interiors in bands from 8 to 128 um, lesion vs look-alike,
-# within a few per cent), not derived: lesion nuclei overlap and saturate, clumps do not.
+# The constants of the look-alike below were tuned by measurement, not derived (lesion
+# nuclei overlap and saturate, clumps do not): lesion vs look-alike mean colour within
+# 2 grey levels, and power spectra of region interiors within 14 % in every band from
+# 12 to 128 um wavelength, the scales an 8-16 um/px view can see.
 _LYMPH_OD_GAIN = 1.22  # stain of a site: the lesion's times this
 LYMPH = NucleusClass(
     name="lymph",
@@ -154,7 +155,8 @@ _CLUMP_OD_SPREAD = 0.9
 _HYPERCHROMATIC = (1.22, 1.3, 1.15)  # size, od, density factors of the diffuse variant
 
 # Eosin optical density of stroma (before fibre texture) and of the cellular
-# background (cytoplasm) inside lesions and look-alikes.
+# background (cytoplasm) inside lesions and look-alikes; the cytoplasm is denser than
+# stroma so that a region of either kind stands out from the stroma by ~25 grey levels.
 _STROMA_OD = 0.50
 _CELL_OD = 0.48
 # Fade of region density at the outline, as a fraction of the normalised radius.
@@ -435,6 +437,7 @@ def _batches(nuc: _Nuclei, step: int = 1) -> list[_Nuclei]:
 def _stamp_half_px(cls: NucleusClass, mpp: float) -> int:
     """Half-size of one nucleus' stamp: its largest outline radius plus a margin."""
     harm = sum(cls.harmonics[1] / (1.0 + 0.3 * m) for m in range(4))
+    # A clump's cells are its class's radius range, give or take 4 %.
     radius_um = cls.radius_um[1] if cls.clump_um is None else cls.clump_um[1] * 1.05
     return int(np.ceil(radius_um / mpp * (1.0 + harm) + 1.5))
 
