@@ -20,8 +20,11 @@ from napari_histattn.errors import CheckpointError
 
 ENV_VAR = "HISTATTN_CHECKPOINTS"
 
-#: The demo checkpoint a fresh widget selects, when present.
-PREFERRED_DEMO = "demo_attention_sampling"
+#: The demo checkpoint a fresh widget selects, when present. A-MIL's attention comes from
+#: full-resolution tiles, so its overlay singles out the lesions; attention sampling's
+#: attention network sees 8 um/px, where the generated look-alikes match the lesions, so
+#: it attends to both kinds (the patches it reads decide), reading only 64 patches.
+PREFERRED_DEMO = "demo_amil"
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The "Classify with attention" dock widget, opened through the manifest, end to end.
 
-Runs use the demo checkpoint (``sample_data/demo_attention_sampling.safetensors``)
-when it is there, else a tiny untrained attention-sampling checkpoint made here;
-the assertions that need a trained model (the heatmap's maximum and the top
-region on the true lesion) skip without the demo checkpoint. The slide is a
+Runs use the demo checkpoints (``sample_data/demo_*.safetensors``) when they are
+there, else tiny untrained checkpoints made here; the assertions that need a
+trained model (A-MIL's heatmap maximum and top region on the true lesion,
+attention sampling's lesion call) skip without the demo checkpoints. The slide is a
 2048 x 2048 generated slide at 0.5 um/px with one lesion and one look-alike.
 """
 
@@ -294,11 +294,15 @@ def _assert_idle_after_success(widget: Any) -> None:
     assert widget.status.value == "done"
 
 
-@pytest.mark.skipif(not DEMO_AS.is_file(), reason="demo checkpoint not trained yet (sample_data/)")
-def test_demo_checkpoint_puts_the_heatmap_maximum_and_top_region_on_the_lesion(
+@pytest.mark.skipif(
+    not DEMO_AMIL.is_file(), reason="demo checkpoint not trained yet (sample_data/)"
+)
+def test_demo_amil_puts_the_heatmap_maximum_and_top_region_on_the_lesion(
     make_napari_viewer, qtbot, widget_slide: WidgetSlide, tmp_path: Path
 ) -> None:
-    viewer, widget = _open(make_napari_viewer, widget_slide.path, DEMO_AS)
+    # A-MIL's attention comes from the full-resolution tiles, so it can single out the
+    # lesion against the look-alike.
+    viewer, widget = _open(make_napari_viewer, widget_slide.path, DEMO_AMIL)
     _classify(qtbot, widget)
     heatmap = widget.result_layers()["heatmap"]
     y, x = _world_yx_of_cell(heatmap, widget.result_for().top_cell())
@@ -311,6 +315,31 @@ def test_demo_checkpoint_puts_the_heatmap_maximum_and_top_region_on_the_lesion(
     top = min(doc["features"], key=lambda f: f["properties"]["measurements"]["rank"])
     assert shape(top["geometry"]).intersects(widget_slide.lesion_l0)
     assert not shape(top["geometry"]).intersects(widget_slide.lookalike_l0)
+
+
+@pytest.mark.skipif(not DEMO_AS.is_file(), reason="demo checkpoint not trained yet (sample_data/)")
+def test_demo_attention_sampling_calls_the_lesion_by_the_patches_it_read(
+    make_napari_viewer, qtbot, widget_slide: WidgetSlide, tmp_path: Path
+) -> None:
+    # Attention sampling's attention network sees the 8 um/px view, where lesions and
+    # look-alikes look alike by design, so it attends to both; the patches it reads at
+    # full resolution decide the slide's class and each region's class.
+    viewer, widget = _open(make_napari_viewer, widget_slide.path, DEMO_AS)
+    _classify(qtbot, widget)
+    result = widget.result_for()
+    assert result.class_names[int(np.argmax(result.probabilities))] == "lesion"
+
+    written = widget.export_to(tmp_path / "regions.geojson")
+    doc = json.loads(written["geojson"].read_text())
+    called = [
+        shape(f["geometry"])
+        for f in doc["features"]
+        if f["properties"].get("classification", {}).get("name") == "lesion"
+    ]
+    assert called, [f["properties"].get("classification") for f in doc["features"]]
+    for geometry in called:
+        assert geometry.intersects(widget_slide.lesion_l0)
+        assert not geometry.intersects(widget_slide.lookalike_l0)
 
 
 def test_export_follows_qupath_conventions_and_the_csv_agrees(
