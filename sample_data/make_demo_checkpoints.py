@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    .venv/bin/python sample_data/make_demo_checkpoints.py            # ~27 min on 2 busy CPU cores
+    .venv/bin/python sample_data/make_demo_checkpoints.py            # ~5-7 min on 2 CPU cores
     .venv/bin/python sample_data/make_demo_checkpoints.py --no-check  # skip the sample-slide check
 
 Writes ``demo_attention_sampling``, ``demo_amil`` and ``demo_dafl_cnn``
