@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from benchmarks.models import machine  # noqa: E402
 from napari_histattn.inference.engine import classify  # noqa: E402
 from napari_histattn.io.synthetic import synthetic_sample_slide  # noqa: E402
 from napari_histattn.models import checkpoint  # noqa: E402
@@ -72,25 +72,6 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[f
         _sync(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times), out
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
 
 
 def inference(devices: list[torch.device], repeats: int, workers: int) -> dict[str, Any]:
