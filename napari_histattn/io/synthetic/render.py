@@ -625,10 +625,11 @@ def _draw_clumps(
 ) -> _Nuclei:
     """Replace each site's nucleus (semi-axes ``a``, ``a q`` px, angle ``phi``) by a clump.
 
-    The clump is a ring of small round cells inside the nucleus' outline, sized so
-    that the clump's ink has the nucleus' spread (second moment about the site)
-    and stained so that it removes the same light: at a resolution where a site
-    is a pixel or two, a clump and a nucleus look alike.
+    The clump is a ring of small round cells around the site, sized so that the
+    clump's ink spreads about as far as the nucleus' would (second moment about the
+    site, scaled by ``_CLUMP_SPREAD``) and stained so that it removes about as much
+    light: at a resolution where a site is a pixel or two, a clump and a nucleus look
+    alike.
     """
     assert cls.clump_um is not None
     s = cls.stream
