@@ -106,3 +106,33 @@ def test_target_downsample_ways_and_errors(cmu):
 
     with pytest.raises(HistattnError, match="no mpp"):
         target_downsample(NoMpp(), target_mpp=0.5)
+
+
+@pytest.mark.parametrize(("downsample", "strips"), [(2.0, True), (1.3, False)])
+def test_read_tiles_reads_row_neighbours_as_one_strip_with_the_same_pixels(
+    lesion_slide, downsample: float, strips: bool
+) -> None:
+    with open_slide(lesion_slide.path) as slide:
+        plan = plan_tiles(slide, 32, downsample)
+        calls: list[tuple[int, int]] = []
+        inner = slide.read_region
+
+        def counted(l0_xy, level, size_wh):
+            calls.append(tuple(size_wh))
+            return inner(l0_xy, level, size_wh)
+
+        slide.read_region = counted
+        indices = np.arange(min(len(plan), 200))
+        tiles = read_tiles(slide, plan, indices)
+        one_by_one = np.stack(
+            [
+                read_scaled(slide, tuple(int(v) for v in plan.l0_xy[i]), (32, 32), downsample)
+                for i in indices
+            ]
+        )
+    n_calls_strips = len(calls) - len(indices)
+    assert np.array_equal(tiles, one_by_one)
+    if strips:  # exact: fewer calls, each at most MAX_TILES_PER_READ tiles wide
+        assert n_calls_strips < len(indices) // 4
+    else:  # a resampled strip could differ at tile borders: one call per tile
+        assert n_calls_strips == len(indices)
