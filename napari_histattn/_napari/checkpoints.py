@@ -61,22 +61,17 @@ class RunDefaults:
     Attributes
     ----------
     family
-        ``"sampling"``, ``"mil"`` or ``"image"``.
-    n_patches
-        Patches drawn (attention sampling) or a cap on tiles (0: all tiles).
-    patch_size
-        Patch (tile) side in model pixels.
+        The :class:`~napari_histattn.models.family.Family` that runs it; its
+        ``params`` say which controls the widget shows, with labels and bounds.
+    values
+        Each declared parameter's default for this checkpoint, by name.
     batch_size
         Patches or tiles per model call.
-    seed
-        Seed of the sampling draws (the checkpoint's training seed is not reused).
     """
 
-    family: str
-    n_patches: int
-    patch_size: int
+    family: Any
+    values: dict[str, Any]
     batch_size: int
-    seed: int = 0
 
 
 def checkpoint_dirs() -> list[Path]:
@@ -135,28 +130,24 @@ def checkpoint_defaults(choice: CheckpointChoice) -> RunDefaults:
     CheckpointError
         The checkpoint's model has no inference path.
     """
-    from napari_histattn.inference.engine import DEFAULT_BATCH_SIZE
-    from napari_histattn.training.tasks import FAMILY_OF_MODEL
+    from napari_histattn.models.family import family_for_model, runnable_models
 
-    family = FAMILY_OF_MODEL.get(choice.model_name)
+    family = family_for_model(choice.model_name)
     if family is None:
         raise CheckpointError(
             choice.path,
             f"model {choice.model_name!r} cannot classify slides; "
-            f"use one of {', '.join(sorted(FAMILY_OF_MODEL))}",
+            f"use one of {', '.join(runnable_models())}",
         )
     config = dict(choice.metadata.get("model_config") or {})
     pre = dict(choice.metadata.get("preprocessing") or {})
-    if family == "sampling":
-        n_patches = int(pre.get("n_patches") or config.get("n_patches") or 1)
-        patch_size = int(config.get("patch_size") or pre.get("patch_size") or 1)
-    elif family == "mil":
-        n_patches = 0
-        patch_size = int(pre.get("patch_size") or config.get("patch_size") or 1)
-    else:
-        n_patches = 0
-        patch_size = int(pre.get("image_size") or config.get("input_size") or 224)
-    return RunDefaults(family, n_patches, patch_size, int(DEFAULT_BATCH_SIZE[family]))
+    try:
+        values = family.defaults(config, pre)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CheckpointError(
+            choice.path, f"unusable run parameters in its metadata: {exc}"
+        ) from exc
+    return RunDefaults(family, values, int(family.default_batch_size))
 
 
 def device_choices() -> list[str]:

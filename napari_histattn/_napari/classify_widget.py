@@ -21,6 +21,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSlider,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -86,10 +87,15 @@ class ClassifyWidget(Container):
         self.model = ComboBox(label="model", choices=self._model_choices, nullable=True)
         self.open_checkpoint = PushButton(label="", text="Open checkpoint file...")
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
-        self.n_patches = SpinBox(label="patches drawn", min=0, max=1_000_000)
-        self.patch_size = SpinBox(label="patch size (px)", min=1, max=16384)
-        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        # One control per run parameter any family declares; the chosen model's family
+        # says which are shown, with its labels, bounds and defaults.
+        self.params = _param_controls()
+        for name, control in self.params.items():
+            if hasattr(self, name):
+                raise HistattnError(f"a model family declares parameter {name!r}, a widget name")
+            setattr(self, name, control)
         self.batch_size = SpinBox(label="batch size", min=1, max=65536)
+        self._family: Any = None
         self.classify_button = PushButton(label="", text="Classify")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=_BAR_MAX, value=0)
@@ -110,9 +116,7 @@ class ClassifyWidget(Container):
                 self.model,
                 self.open_checkpoint,
                 self.device,
-                self.n_patches,
-                self.patch_size,
-                self.seed,
+                *self.params.values(),
                 self.batch_size,
                 self.classify_button,
                 self.cancel_button,
@@ -186,13 +190,17 @@ class ClassifyWidget(Container):
         except HistattnError as exc:
             show_error(str(exc))
             return
-        sampling = defaults.family == "sampling"
-        self.n_patches.label = "patches drawn" if sampling else "max tiles (0 = all)"
-        self.n_patches.min = 1 if sampling else 0
-        self.n_patches.value = defaults.n_patches
-        self.patch_size.value = defaults.patch_size
+        self._family = defaults.family
+        for name, control in self.params.items():
+            param = defaults.family.param(name)
+            control.visible = param is not None
+            if param is None:
+                continue
+            control.label = param.label
+            control.tooltip = param.help
+            control.range = (param.minimum, param.maximum)
+            control.value = defaults.values[name]
         self.batch_size.value = defaults.batch_size
-        self.seed.value = defaults.seed
 
     def add_checkpoint(self, path: str | Path) -> bool:
         """Add a checkpoint file to the model picker and select it.
@@ -219,6 +227,12 @@ class ClassifyWidget(Container):
         )
         if path:
             self.add_checkpoint(path)
+
+    def param_values(self) -> dict[str, Any]:
+        """The chosen model family's run parameters, as the controls show them."""
+        if self._family is None:
+            return {}
+        return {p.name: p.kind(self.params[p.name].value) for p in self._family.params}
 
     # ------------------------------------------------------------------ runs
 
@@ -254,10 +268,8 @@ class ClassifyWidget(Container):
             source.slide,
             Path(key),
             device=self.device.value,
-            seed=int(self.seed.value),
             batch_size=int(self.batch_size.value),
-            n_patches=int(self.n_patches.value) or None,
-            patch_size=int(self.patch_size.value),
+            params=self.param_values(),
             threshold=float(self.threshold.value),
             cancel=run.cancel,
         )
@@ -482,3 +494,19 @@ class ClassifyWidget(Container):
             show_error(str(exc))
             return
         show_info("Exported " + ", ".join(str(p) for p in written.values()))
+
+
+def _param_controls() -> dict[str, Any]:
+    """A hidden spin box for every run parameter that a registered family declares."""
+    from napari_histattn.models.family import list_families
+
+    controls: dict[str, Any] = {}
+    for family in list_families():
+        for param in family.params:
+            if param.name not in controls:
+                kind = FloatSpinBox if param.kind is float else SpinBox
+                controls[param.name] = kind(
+                    name=param.name, label=param.label, min=param.minimum, max=param.maximum
+                )
+                controls[param.name].visible = False
+    return controls

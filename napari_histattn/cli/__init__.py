@@ -17,7 +17,7 @@ from napari_histattn.errors import HistattnError
 
 # Subcommand modules, in the order `histattn --help` lists them. A module that
 # is missing is skipped so that a partial install still runs the rest.
-_SUBCOMMANDS = ("demo", "synth", "train", "evaluate", "classify", "batch")
+_SUBCOMMANDS = ("demo", "synth", "train", "evaluate", "classify", "batch", "families")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,6 +43,14 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-size", type=int, metavar="B", help="patches per model call (default by family)"
     )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a run parameter the checkpoint's model family declares (repeatable); "
+        "`histattn families` lists them",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="regions to export (default 5)")
     parser.add_argument(
         "--threshold",
@@ -95,6 +103,7 @@ def classify_to_folder(
                 patch_size=args.patch_size,
                 top_k=args.top_k,
                 threshold=args.threshold,
+                params=parse_params(getattr(args, "param", [])),
             ),
             disable=args.quiet,
         )
@@ -102,6 +111,19 @@ def classify_to_folder(
             print(f"note: {message}", file=sys.stderr)
         files = write_outputs(result, slide, out_dir, crops=args.crops)
     return result, files
+
+
+def parse_params(items: list[str]) -> dict[str, str]:
+    """``["name=value", ...]`` as a dict; the engine checks each against the family's declaration."""
+    from napari_histattn.errors import HistattnError
+
+    params: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise HistattnError(f"--param takes NAME=VALUE, got {item!r}")
+        params[name.strip()] = value.strip()
+    return params
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -115,6 +137,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise HistattnError(f"--top-k must be at least 0, got {args.top_k}")
     if not 0.0 <= args.threshold <= 1.0:
         raise HistattnError(f"--threshold must be within 0-1, got {args.threshold}")
+    parse_params(getattr(args, "param", []))
 
 
 def run(args: argparse.Namespace) -> int:

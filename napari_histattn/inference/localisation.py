@@ -6,7 +6,7 @@ onto a result's attention grid and measures, against that mask:
 - whether the cell with the highest attention lies inside a lesion;
 - the fraction of the attention mass that falls inside lesions;
 - the localisation ROC AUC of the attention as a per-cell lesion detector
-  (:func:`napari_histattn.training.metrics.roc_auc_binary`).
+  (:func:`napari_histattn.stats.roc_auc_binary`).
 
 A cell is "lesion" when the centre of its patch lies inside a lesion polygon.
 Cells without attention (NaN: no tissue, no tile) count as attention 0, the
@@ -28,7 +28,7 @@ from shapely.geometry.base import BaseGeometry
 
 from napari_histattn.inference.result import ClassificationResult
 from napari_histattn.io.regions import GridGeometry
-from napari_histattn.training.metrics import roc_auc_binary
+from napari_histattn.stats import roc_auc_binary
 
 __all__ = [
     "LesionStats",

@@ -30,53 +30,7 @@ from napari_histattn.io.regions import (
     percentile_normalise,
     threshold_regions,
 )
-
-
-@dataclass(frozen=True)
-class SampledLocations:
-    """The locations attention sampling drew, one row per distinct location.
-
-    Attributes
-    ----------
-    centers_l0_xy
-        ``(m, 2)`` float64 patch centres in level-0 pixels.
-    origins_l0_xy
-        ``(m, 2)`` int64 top-left corners of the patches that were read.
-    grid_rc
-        ``(m, 2)`` int64 cell (row, col) on the attention grid.
-    attention
-        ``(m,)`` float64 attention of each location's cell.
-    counts
-        ``(m,)`` int64 number of draws of each location (1 without replacement).
-    patch_l0_wh
-        Size of every patch in level-0 pixels.
-    """
-
-    centers_l0_xy: NDArray[np.float64]
-    origins_l0_xy: NDArray[np.int64]
-    grid_rc: NDArray[np.int64]
-    attention: NDArray[np.float64]
-    counts: NDArray[np.int64]
-    patch_l0_wh: tuple[float, float]
-
-    def __len__(self) -> int:
-        return int(self.centers_l0_xy.shape[0])
-
-    @property
-    def n_draws(self) -> int:
-        """Total number of draws (the model's N)."""
-        return int(self.counts.sum())
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready lists."""
-        return {
-            "centers_l0_xy": self.centers_l0_xy.tolist(),
-            "origins_l0_xy": self.origins_l0_xy.tolist(),
-            "grid_rc": self.grid_rc.tolist(),
-            "attention": self.attention.tolist(),
-            "counts": self.counts.tolist(),
-            "patch_l0_wh": list(self.patch_l0_wh),
-        }
+from napari_histattn.models.family import SampledLocations
 
 
 @dataclass

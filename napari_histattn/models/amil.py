@@ -25,20 +25,34 @@ they are the unmasked raw scores, meaningless). With K > 1 branches both are the
 mean over branches, so ``attention`` still sums to 1; the per-branch values are
 available from :meth:`AttentionMIL.attention_scores`.
 
-Registered name: ``"amil"``.
+Registered name: ``"amil"``; family ``"mil"`` (its plug-in declaration is at the end).
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator, Mapping, Sequence
+from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from napari_histattn.models.encoders import MIN_PATCH_SIZE, build_encoder
-from napari_histattn.models.outputs import MILOutput
+from napari_histattn.models.family import (
+    MAX_TILES_PARAM,
+    Family,
+    FamilyParam,
+    SlideOutput,
+    register_family,
+    softmax64,
+    subset,
+)
+from napari_histattn.models.outputs import AttentionOutput, MILOutput
 from napari_histattn.models.registry import ModelExample, register_model
+from napari_histattn.models.tasks import Batch, Task, targets_of
+from napari_histattn.progress import Progress
 
 #: Default number of patches encoded at once by :meth:`AttentionMIL.encode`.
 DEFAULT_CHUNK_SIZE = 512
@@ -297,3 +311,125 @@ register_model(
         make_input=_example_input,
     ),
 )(AttentionMIL)
+
+
+# --------------------------------------------------------------------------- the family plug-in
+
+
+class MILTask(Task):
+    """Training adapter: ragged bags padded to the largest, with a ``(B, N)`` mask.
+
+    Items are ``(patches (n, 3, p, p), label)``; the call is
+    ``model(patches (B, N, 3, p, p), mask=mask, chunk_size=...)``.
+
+    Parameters
+    ----------
+    chunk_size
+        Patches encoded at once (bounds activation memory).
+    """
+
+    family = "mil"
+
+    def __init__(self, chunk_size: int | None = 256) -> None:
+        self.chunk_size = chunk_size
+
+    def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
+        bags = [item[0] for item in items]
+        longest = max(int(b.shape[0]) for b in bags)
+        patches = bags[0].new_zeros((len(bags), longest, *bags[0].shape[1:]))
+        mask = torch.zeros(len(bags), longest, dtype=torch.bool)
+        for i, bag in enumerate(bags):
+            patches[i, : bag.shape[0]] = bag
+            mask[i, : bag.shape[0]] = True
+        return Batch((patches,), {"mask": mask}, targets_of(items))
+
+    def call(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> AttentionOutput:
+        mask = batch.kwargs["mask"].to(device)
+        # The model moves each chunk to its device itself, so patches may stay on the CPU.
+        output: AttentionOutput = model(batch.inputs[0], mask=mask, chunk_size=self.chunk_size)
+        return output
+
+
+def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
+    """A-MIL over a slide (stages ``tissue``, ``encode``, ``aggregate``).
+
+    Tissue tiles of ``patch_size`` at the checkpoint's resolution are read and
+    encoded ``batch_size`` at a time under ``torch.inference_mode``, so at most
+    one batch of pixels is in memory; ``forward_features`` then pools all
+    features. Per-patch attention is the heatmap (one cell per tile, NaN where
+    no tile was kept); per-patch class probabilities are the head applied to
+    that patch's embedding alone. ``n_patches`` (optional, 0: all) caps the bag
+    at an evenly spaced subset of tiles.
+    """
+    model = ctx.model
+    ds = ctx.downsample()
+    patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
+    plan = yield from ctx.plan(patch_size, ds)
+    chosen = subset(len(plan), ctx.param("n_patches"))
+    n = int(chosen.size)
+    chunks: list[Tensor] = []
+    bs = ctx.batch_size
+    for start in range(0, n, bs):
+        stop = min(start + bs, n)
+        with torch.inference_mode():
+            images = ctx.read_tiles(plan, chosen[start:stop])
+            chunks.append(ctx.call(partial(model.encode, images, chunk_size=None), "the tiles"))
+        yield from ctx.report("encode", stop, n)
+
+    with torch.inference_mode():
+        features = torch.cat(chunks).unsqueeze(0)  # (1, n, D)
+        out = ctx.call(partial(model.forward_features, features), "the bag")
+        probs = softmax64(out.logits)[0]
+        weights = out.attention[0].float().cpu().numpy()
+        # The head on one embedding repeated over the K branches: the bag made of that patch.
+        branches = int(getattr(model.pooling, "n_branches", 1))
+        per_patch = softmax64(model.head(features[0].repeat(1, branches)))
+
+    rows, cols = plan.grid_shape
+    att_map = np.full((rows, cols), np.nan, dtype=np.float32)
+    cell_probs = np.full((rows, cols, len(ctx.class_names)), np.nan, dtype=np.float64)
+    rc = plan.grid_rc[chosen]
+    att_map[rc[:, 0], rc[:, 1]] = weights
+    cell_probs[rc[:, 0], rc[:, 1]] = per_patch
+    yield from ctx.report("aggregate", 1, 1)
+    return SlideOutput(
+        probabilities=probs,
+        attention=att_map,
+        cell_l0=plan.tile_l0,
+        cell_probs=cell_probs,
+        info={
+            "downsample": ds,
+            "patch_size": patch_size,
+            "n_patches": n,
+            "n_tissue_tiles": len(plan),
+        },
+    )
+
+
+def _patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+    return int(pre.get("patch_size") or config.get("patch_size") or 1)
+
+
+FAMILY = register_family(
+    Family(
+        name="mil",
+        models=("amil",),
+        run=run_on_slide,
+        task=lambda options: MILTask(chunk_size=options.chunk_size),
+        input="mil",
+        default_batch_size=128,
+        params=(
+            MAX_TILES_PARAM,
+            FamilyParam(
+                "patch_size", "patch size (px)", "tile side in model pixels", _patch_size, 1, 16384
+            ),
+        ),
+        description="attention MIL (Ilse et al. 2018): attention pooling over every tissue tile",
+    )
+)

@@ -85,6 +85,12 @@ def register_model(name: str, *, example: ModelExample | None = None) -> Callabl
     return decorator
 
 
+def unregister_model(name: str) -> None:
+    """Remove ``name`` (tests that register a model of their own clean up with this)."""
+    _REGISTRY.pop(name, None)
+    _EXAMPLES.pop(name, None)
+
+
 def model_example(name: str) -> ModelExample:
     """The :class:`ModelExample` registered with ``name``.
 

@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from napari_histattn.models.family import Family, TaskOptions, family_for_model, runnable_models
+from napari_histattn.models.tasks import Task
 from napari_histattn.progress import Progress
 from napari_histattn.training.datasets import (
     DatasetError,
@@ -49,7 +51,6 @@ from napari_histattn.training.loop import (
 from napari_histattn.training.metrics import classification_metrics, write_metrics_json
 from napari_histattn.training.plots import plot_confusion_matrix, plot_roc
 from napari_histattn.training.splits import cross_validation_folds
-from napari_histattn.training.tasks import FAMILY_OF_MODEL, Task, task_for_model
 from napari_histattn.training.transforms import Augment, Normalise, as_triple
 
 #: Metrics averaged over folds in ``metrics.json``.
@@ -115,15 +116,15 @@ class ExperimentResult:
     out_dir: Path
 
 
-def family_of(model_name: str) -> str:
-    """``"image"``, ``"mil"`` or ``"sampling"`` for a trainable model name."""
-    try:
-        return FAMILY_OF_MODEL[model_name]
-    except KeyError:
-        known = ", ".join(sorted(FAMILY_OF_MODEL))
+def family_of(model_name: str) -> Family:
+    """The family plug-in of a trainable model name."""
+    family = family_for_model(model_name)
+    if family is None:
+        known = ", ".join(runnable_models())
         raise DatasetError(
             model_name, f"model {model_name!r} cannot be trained here; use one of {known}"
-        ) from None
+        )
+    return family
 
 
 def _full_config(spec: ExperimentSpec, n_classes: int) -> dict[str, Any]:
@@ -143,7 +144,7 @@ def _slide_options(options: SlideOptions, config: dict[str, Any]) -> SlideOption
 
 
 def make_dataset(
-    family: str,
+    input_kind: str,
     data: LabelledData,
     config: dict[str, Any],
     options: SlideOptions,
@@ -152,35 +153,33 @@ def make_dataset(
     normalise: Normalise | None,
     seed: int,
 ) -> Dataset[Any]:
-    """The dataset of ``family`` over ``data`` (see :mod:`napari_histattn.training.tasks`)."""
-    if family == "image":
+    """The dataset for a family's ``input`` kind over ``data``.
+
+    ``"image"``: fixed-size images; ``"mil"``: bags of tissue tiles;
+    ``"sampling"``: a low-resolution view plus a high-resolution patch source.
+    """
+    if input_kind == "image":
         return ImageDataset(data, int(config["input_size"]), augment, normalise, seed)
-    if family == "mil":
+    if input_kind == "mil":
         return SlideBagDataset(data, _slide_options(options, config), augment, normalise, seed)
-    if family == "sampling":
+    if input_kind == "sampling":
         return SlideSamplingDataset(data, _slide_options(options, config), normalise)
-    raise ValueError(f"unknown family {family!r}")
+    raise ValueError(f"no dataset for training input {input_kind!r}")
 
 
-def make_task(family: str, normalise: Normalise, chunk_size: int | None = 256) -> Task:
-    """The adapter; attention-sampling views are padded with normalised white (glass)."""
-    name = {v: k for k, v in FAMILY_OF_MODEL.items()}[family]
-    if family == "mil":
-        return task_for_model(name, chunk_size=chunk_size)
-    if family == "sampling":
-        if normalise.mean is None or normalise.std is None:
-            return task_for_model(name, pad_value=1.0)
-        white = [(1.0 - m) / s for m, s in zip(normalise.mean, normalise.std, strict=True)]
-        return task_for_model(name, pad_value=white)
-    return task_for_model(name)
+def make_task(family: Family, normalise: Normalise, chunk_size: int | None = 256) -> Task:
+    """The family's training adapter for data normalised by ``normalise``."""
+    mean = None if normalise.mean is None else list(normalise.mean)
+    std = None if normalise.std is None else list(normalise.std)
+    return family.task(TaskOptions(mean=mean, std=std, chunk_size=chunk_size))
 
 
 def preprocessing_of(
-    family: str, config: dict[str, Any], options: SlideOptions, normalise: Normalise
+    input_kind: str, config: dict[str, Any], options: SlideOptions, normalise: Normalise
 ) -> dict[str, Any]:
     """The checkpoint's ``preprocessing``: everything needed to rebuild the inputs."""
-    out: dict[str, Any] = {"input": family, **normalise.as_dict()}
-    if family == "image":
+    out: dict[str, Any] = {"input": input_kind, **normalise.as_dict()}
+    if input_kind == "image":
         out["image_size"] = int(config["input_size"])
     else:
         out.update(_slide_options(options, config).preprocessing())
@@ -303,7 +302,7 @@ def cross_validate(
             data.subset(fold.test),
         )
         train_set = make_dataset(
-            family,
+            family.input,
             train_data,
             config,
             spec.slide_options,
@@ -315,7 +314,7 @@ def cross_validate(
         train_set.normalise = normalise  # type: ignore[attr-defined]
         val_set, test_set = (
             make_dataset(
-                family,
+                family.input,
                 part,
                 config,
                 spec.slide_options,
@@ -326,7 +325,7 @@ def cross_validate(
             for part in (val_data, test_data)
         )
         task = make_task(family, normalise, spec.chunk_size)
-        preprocessing = preprocessing_of(family, config, spec.slide_options, normalise)
+        preprocessing = preprocessing_of(family.input, config, spec.slide_options, normalise)
         seed_everything(seed)
         from napari_histattn.models.registry import create_model
 
@@ -468,7 +467,8 @@ def evaluate_checkpoint(
 
     loaded = checkpoint.load(checkpoint_path, device=device)
     pre = loaded.preprocessing
-    family = pre.get("input") or family_of(loaded.model_name)
+    family = family_of(loaded.model_name)
+    input_kind = str(pre.get("input") or family.input)
     data = relabel(data, loaded.class_names)
     mean, std = pre.get("mean"), pre.get("std")
     normalise = (
@@ -477,10 +477,12 @@ def evaluate_checkpoint(
         else Normalise()
     )
     config = dict(loaded.config)
-    if family == "image" and pre.get("image_size") is not None:
+    if input_kind == "image" and pre.get("image_size") is not None:
         config["input_size"] = int(pre["image_size"])
     options = _options_from_preprocessing(pre)
-    dataset = make_dataset(family, data, config, options, augment=None, normalise=normalise, seed=0)
+    dataset = make_dataset(
+        input_kind, data, config, options, augment=None, normalise=normalise, seed=0
+    )
     training = loaded.metadata.get("training") or {}
     eval_seed = int(
         seed if seed is not None else training.get("eval_seed", training.get("seed", 0))

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from napari_histattn.stats import roc_auc_binary
+
 
 def _labels(y: ArrayLike) -> NDArray[np.int64]:
     arr = np.asarray(y)
@@ -72,39 +74,6 @@ def balanced_accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
         return math.nan
     recalls = [float(np.mean(p[t == c] == c)) for c in np.unique(t)]
     return float(np.mean(recalls))
-
-
-def _average_ranks(values: NDArray[np.float64]) -> NDArray[np.float64]:
-    """1-based ranks with tied values sharing their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_values = values[order]
-    # Boundaries of runs of equal values in the sorted order.
-    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-    ends = np.r_[starts[1:], sorted_values.size]
-    run_ranks = (starts + ends + 1) / 2.0  # mean of the 1-based ranks start+1 .. end
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(run_ranks, ends - starts)
-    return ranks
-
-
-def roc_auc_binary(y_true: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve for binary labels (1 = positive).
-
-    Equals the probability that a random positive scores above a random
-    negative, ties counting one half (Mann-Whitney U / (n_pos * n_neg)).
-    Returns ``nan`` unless both classes are present.
-    """
-    t = np.asarray(y_true).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    if t.shape != s.shape:
-        raise ValueError(f"labels {t.shape} and scores {s.shape} differ in shape")
-    n_pos = int(t.sum())
-    n_neg = t.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = _average_ranks(s)
-    u = ranks[t].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def roc_auc(y_true: ArrayLike, probabilities: ArrayLike) -> float:

@@ -1,0 +1,250 @@
+"""What a model family sees of a slide while it runs: :class:`SlideRun`.
+
+A family's ``run(ctx)`` (see :mod:`napari_histattn.models.family`) gets one
+:class:`SlideRun` and reaches the slide, the checkpoint's preprocessing, the
+device and the progress stream only through it. Tiling, tissue detection and
+patch reading are those of training (:mod:`napari_histattn.inference.patches`),
+so a model sees at inference the inputs it was trained on.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from napari_histattn.errors import HistattnError
+from napari_histattn.inference.errors import Cancelled, NoTissueError, SlideTooSmallError
+from napari_histattn.inference.patches import (
+    SlidePatchSource,
+    TilePlan,
+    TissueSettings,
+    plan_tiles,
+    read_tiles,
+    read_view,
+    rgb_to_tensor,
+    target_downsample,
+    tissue_mask,
+)
+from napari_histattn.io.slide import Slide
+from napari_histattn.models.checkpoint import LoadedCheckpoint
+from napari_histattn.models.family import Family
+from napari_histattn.progress import Progress
+
+__all__ = ["MIN_TILE_TISSUE", "OOM_ERRORS", "SlideRun"]
+
+#: A slide whose most tissue-covered tile holds less tissue than this has "no tissue".
+MIN_TILE_TISSUE = 0.01
+
+OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
+    {
+        getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
+        torch.cuda.OutOfMemoryError,
+    }
+)
+
+
+@dataclass
+class SlideRun:
+    """One classification's state, and the slide services a family runner uses.
+
+    Attributes
+    ----------
+    slide, checkpoint, family
+        What runs on what.
+    device, batch_size
+        Where, and patches per model call (the engine halves it on out-of-memory).
+    seed
+        Seed of any random draws (``torch.Generator().manual_seed(seed)``).
+    params
+        Run parameters given by the caller (``n_patches``, ``patch_size``, and any
+        the family declares); :meth:`param` falls back to the family's defaults.
+    cancel
+        Set to stop at the next progress report.
+    timings, messages
+        Seconds per stage, and notes for the user (kept in provenance).
+    """
+
+    slide: Slide
+    checkpoint: LoadedCheckpoint
+    family: Family
+    device: torch.device
+    batch_size: int
+    seed: int
+    params: dict[str, Any]
+    cancel: threading.Event | None
+    timings: dict[str, float] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+    _mark: float = field(default_factory=time.perf_counter)
+    # Tile plans survive an out-of-memory retry, so tissue is detected once.
+    plans: dict[tuple[int, float], TilePlan] = field(default_factory=dict)
+
+    @property
+    def model(self) -> Any:
+        return self.checkpoint.model
+
+    @property
+    def pre(self) -> dict[str, Any]:
+        return self.checkpoint.preprocessing
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.checkpoint.class_names)
+
+    @property
+    def slide_size_l0_wh(self) -> tuple[int, int]:
+        w0, h0 = self.slide.level_dimensions[0]
+        return int(w0), int(h0)
+
+    def param(self, name: str) -> Any:
+        """Run parameter ``name``: the caller's value, else the family's default for
+        this checkpoint (``None`` when neither gives one)."""
+        if self.params.get(name) is not None:
+            return self.params[name]
+        declared = self.family.param(name)
+        if declared is None:
+            return None
+        return declared.value_from(self.checkpoint.config, self.pre)
+
+    # -- progress and cancellation
+
+    def report(
+        self, stage: str, done: int, total: int | None, message: str = ""
+    ) -> Generator[Progress, None, None]:
+        """Yield one progress report; raise :class:`Cancelled` if cancel was set meanwhile.
+
+        Time since the previous report is charged to ``stage`` (the consumer's
+        time between reports is not).
+        """
+        now = time.perf_counter()
+        self.timings[stage] = self.timings.get(stage, 0.0) + (now - self._mark)
+        yield Progress(stage, done, total, message)
+        self._mark = time.perf_counter()
+        self.check_cancel(stage, done, total)
+
+    def check_cancel(self, stage: str, done: int = 0, total: int | None = None) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(stage, done, total)
+
+    def note(self, message: str) -> None:
+        """Tell the user something about this run (kept in ``provenance["messages"]``)."""
+        self.messages.append(message)
+
+    # -- preprocessing read from the checkpoint
+
+    def downsample(self) -> float:
+        """Level-0 pixels per model pixel, from the checkpoint's preprocessing."""
+        pre = self.pre
+        return target_downsample(
+            self.slide,
+            target_mpp=pre.get("target_mpp"),
+            level=pre.get("level"),
+            downsample=pre.get("downsample"),
+        )
+
+    def tissue_settings(self) -> TissueSettings:
+        given = self.pre.get("tissue")
+        if not isinstance(given, dict):
+            return TissueSettings()
+        known = {f.name for f in fields(TissueSettings)}
+        return TissueSettings(**{k: v for k, v in given.items() if k in known})
+
+    def mean_std(self) -> tuple[list[float] | None, list[float] | None]:
+        mean, std = self.pre.get("mean"), self.pre.get("std")
+        if mean is None or std is None:
+            return None, None
+        return _triple(mean), _triple(std)
+
+    def check_size(self, side_l0: float, what: str) -> None:
+        """Refuse a slide smaller than ``side_l0`` level-0 pixels (``what``: "one patch")."""
+        w0, h0 = self.slide_size_l0_wh
+        if min(w0, h0) < side_l0:
+            raise SlideTooSmallError(
+                self.slide.path,
+                f"the slide is {w0}x{h0} px, smaller than {what} of {side_l0:g} level-0 px "
+                f"that model {self.checkpoint.model_name!r} needs",
+            )
+
+    def level_for(self, downsample: float) -> int:
+        """The pyramid level a read at ``downsample`` comes from."""
+        return int(self.slide.best_level_for_downsample(downsample))
+
+    # -- slide access
+
+    def plan(self, patch_size: int, downsample: float) -> Generator[Progress, None, TilePlan]:
+        """The tissue tiles of ``patch_size`` model pixels at ``downsample`` (stage ``tissue``)."""
+        self.check_size(patch_size * downsample, "one tile")
+        key = (patch_size, downsample)
+        if key not in self.plans:
+            yield from self.report("tissue", 0, 1)
+            plan = plan_tiles(self.slide, patch_size, downsample, self.tissue_settings())
+            best = float(plan.tissue_fraction.max()) if len(plan) else 0.0
+            if best < MIN_TILE_TISSUE:
+                raise NoTissueError(
+                    self.slide.path,
+                    f"no tissue found: at most {best:.1%} of any {plan.patch_size} px tile at "
+                    f"downsample {plan.downsample:g} is tissue",
+                )
+            self.plans[key] = plan
+        yield from self.report("tissue", 1, 1)
+        return self.plans[key]
+
+    def read_tiles(self, plan: TilePlan, indices: NDArray[np.int64]) -> torch.Tensor:
+        """Tiles ``indices`` of ``plan`` as a normalised ``(n, 3, p, p)`` tensor on the device."""
+        pixels = read_tiles(self.slide, plan, indices)
+        mean, std = self.mean_std()
+        return rgb_to_tensor(pixels, mean, std).to(self.device)
+
+    def low_res_view(
+        self, downsample: float
+    ) -> tuple[NDArray[np.uint8], NDArray[np.bool_], torch.Tensor]:
+        """The whole slide at ``downsample``: RGB pixels, tissue mask, normalised ``(1, 3, h, w)``.
+
+        Raises :class:`NoTissueError` when the view shows no tissue.
+        """
+        view = read_view(self.slide, downsample)
+        settings = self.tissue_settings()
+        tissue = tissue_mask(view, settings.saturation_min, settings.brightness_max)
+        if not tissue.any():
+            h, w = view.shape[:2]
+            raise NoTissueError(
+                self.slide.path,
+                f"no tissue found on the {w}x{h} px view at downsample {downsample:g}",
+            )
+        mean, std = self.mean_std()
+        return view, tissue, rgb_to_tensor(view, mean, std).unsqueeze(0).to(self.device)
+
+    def patch_source(self, downsample: float, size_wh: tuple[int, int]) -> SlidePatchSource:
+        """Patches of the slide at ``downsample`` in a ``size_wh`` high-resolution frame."""
+        mean, std = self.mean_std()
+        return SlidePatchSource(self.slide, downsample, size_wh=size_wh, mean=mean, std=std)
+
+    def call(self, fn: Callable[[], Any], what: str) -> Any:
+        """Run ``fn()``; a model that rejects its input becomes our error naming ``what``."""
+        try:
+            return fn()
+        except OOM_ERRORS:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise HistattnError(
+                f"model {self.checkpoint.model_name!r} ({self.checkpoint.path}) failed on "
+                f"{what}: {exc}"
+            ) from exc
+
+
+def _triple(value: Any) -> list[float]:
+    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    return values * 3 if len(values) == 1 else values
+
+
+def given_params(params: Mapping[str, Any] | None, **keywords: Any) -> dict[str, Any]:
+    """The caller's parameters: ``params`` plus the engine keywords that are not ``None``."""
+    out = dict(params or {})
+    out.update({k: v for k, v in keywords.items() if v is not None})
+    return out

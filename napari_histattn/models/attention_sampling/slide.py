@@ -1,0 +1,130 @@
+"""Attention sampling over a whole slide (stages ``low-res``, ``sample``, ``patches``, ``aggregate``).
+
+The low-resolution view (the slide at ``downsample * downscale``, read from the
+best pyramid level and resized) goes through the attention network;
+``n_patches`` locations are drawn from its distribution with a
+``torch.Generator`` seeded by the run's seed; only those patches are read at
+high resolution, in batches of ``batch_size``, and aggregated as the model does
+in training (the expectation estimator or the attention-weighted mean). The
+attention map is the attention network's distribution over the low-resolution
+grid: every low-resolution pixel is one cell (stride = size = ``downsample *
+downscale`` level-0 pixels); cells that are not tissue on the view are NaN.
+The patch table is the distinct sampled patches (clipped to the slide); their
+class probabilities are the classifier applied to that patch's feature alone
+(the prediction if all attention were on it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_histattn.errors import HistattnError
+from napari_histattn.models import ats_core
+from napari_histattn.models.attention_sampling.network import grid_to_highres_xy
+from napari_histattn.models.family import SampledLocations, SlideOutput, softmax64
+from napari_histattn.models.patch_source import patch_origin_hr_xy
+from napari_histattn.progress import Progress
+
+__all__ = ["run_on_slide"]
+
+
+def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
+    """Attention sampling over ``ctx``'s slide; see the module docstring."""
+    model = ctx.model
+    ds = ctx.downsample()
+    downscale = int(ctx.pre.get("downscale") or model.downscale)
+    patch_size = int(ctx.param("patch_size") or model.patch_size)
+    n = int(ctx.param("n_patches") or model.n_patches)
+    if n < 1 or patch_size < 1:
+        raise HistattnError(f"n_patches and patch_size must be >= 1, got {n} and {patch_size}")
+    view_ds = ds * downscale
+    ctx.check_size(max(patch_size, downscale) * ds, "one patch")
+
+    yield from ctx.report("low-res", 0, 1)
+    view, tissue, low_res = ctx.low_res_view(view_ds)
+    h, w = int(view.shape[0]), int(view.shape[1])
+    yield from ctx.report("low-res", 1, 1)
+
+    k = h * w
+    replace = bool(getattr(model, "replace", False))
+    if not replace and n > k:
+        ctx.note(f"n_patches {n} exceeds the {k} grid positions; using {k}")
+        n = k
+    with torch.inference_mode():
+        _, attention = ctx.call(partial(model.attention_map, low_res), "the low-res view")
+        generator = torch.Generator().manual_seed(int(ctx.seed))
+        idx, sample_attention = ats_core.sample(attention.reshape(1, k), n, replace, generator)
+    samples_rc = torch.stack([idx // w, idx % w], dim=-1)[0].cpu()
+    # The same centres as AttentionSampling.forward: grid cells map onto the high-res frame.
+    centers_hr_xy = grid_to_highres_xy(samples_rc, (h, w), (h * downscale, w * downscale))
+    yield from ctx.report("sample", 1, 1)
+
+    source = ctx.patch_source(ds, (w * downscale, h * downscale))
+    chunks: list[torch.Tensor] = []
+    bs = ctx.batch_size
+    for start in range(0, n, bs):
+        stop = min(start + bs, n)
+        patches = source.patches(0, centers_hr_xy[start:stop], patch_size)
+        with torch.inference_mode():
+            batch = patches.to(device=ctx.device, dtype=low_res.dtype).unsqueeze(0)
+            chunks.append(ctx.call(partial(model.sample_features, batch), "the patches")[0])
+        yield from ctx.report("patches", stop, n)
+
+    with torch.inference_mode():
+        features = torch.cat(chunks).unsqueeze(0)  # (1, n, D)
+        if getattr(model, "aggregation", "expectation") == "expectation":
+            pooled = ats_core.expectation(sample_attention, features, replace)
+        else:
+            weights = sample_attention / sample_attention.sum(dim=1, keepdim=True)
+            pooled = torch.einsum("bn,bnd->bd", weights, features)
+        probs = softmax64(model.classifier(pooled))[0]
+        per_patch = softmax64(model.classifier(features[0]))
+
+    draws = idx[0].cpu().numpy()
+    _, first, counts = np.unique(draws, return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    first, counts = first[order], counts[order]
+    att_np = attention[0].float().cpu().numpy()
+    origins_hr = patch_origin_hr_xy(centers_hr_xy[first], patch_size).numpy()
+    origins_l0 = np.round(origins_hr * ds).astype(np.int64)
+    rc = samples_rc[first].numpy().astype(np.int64)
+    cell_att = att_np[rc[:, 0], rc[:, 1]].astype(np.float64)
+    side = patch_size * ds
+    samples = SampledLocations(
+        centers_l0_xy=(centers_hr_xy[first].numpy() * ds).astype(np.float64),
+        origins_l0_xy=origins_l0,
+        grid_rc=rc,
+        attention=cell_att,
+        counts=counts.astype(np.int64),
+        patch_l0_wh=(side, side),
+    )
+    # The table clips each patch to the slide (a patch at the border was read partly
+    # beyond it, as white glass); samples.origins_l0_xy keeps the window that was read.
+    w0, h0 = ctx.slide_size_l0_wh
+    xy0 = np.clip(origins_l0, 0, (w0, h0)).astype(np.float64)
+    xy1 = np.clip(origins_l0 + side, 0, (w0, h0)).astype(np.float64)
+    att_map = att_np.astype(np.float32)
+    att_map[~tissue] = np.nan
+    yield from ctx.report("aggregate", 1, 1)
+    return SlideOutput(
+        probabilities=probs,
+        attention=att_map,
+        cell_l0=view_ds,
+        patches=(xy0, xy1 - xy0, cell_att, per_patch[first]),
+        samples=samples,
+        info={
+            "downsample": ds,
+            "patch_size": patch_size,
+            "n_patches": n,
+            "downscale": downscale,
+            "low_res_downsample": view_ds,
+            "low_res_level_used": ctx.level_for(view_ds),
+            "low_res_size_wh": [w, h],
+            "replace": replace,
+        },
+    )

@@ -1,0 +1,77 @@
+"""The training adapter's contract: a :class:`Batch` of model inputs and a :class:`Task`.
+
+Each model family declares its own ``Task`` subclass (how dataset items are
+collated and how the model is called on a batch) in its family module; the
+training loop (:mod:`napari_histattn.training.loop`) drives any of them. The
+loss is ``model.loss(output, targets)`` when the model defines one (attention
+sampling adds its entropy and REINFORCE terms) and cross-entropy otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from napari_histattn.models.outputs import AttentionOutput
+
+__all__ = ["Batch", "Task", "targets_of"]
+
+
+@dataclass
+class Batch:
+    """Model inputs of one batch.
+
+    Attributes
+    ----------
+    inputs
+        Positional inputs of the model call (family specific).
+    kwargs
+        Keyword inputs (``mask``, ``chunk_size``...).
+    targets
+        ``(B,)`` long labels.
+    """
+
+    inputs: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    targets: Tensor
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+class Task:
+    """Base adapter; subclasses implement :meth:`collate` and :meth:`call`."""
+
+    family = ""
+
+    def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
+        """Combine dataset items into a :class:`Batch`."""
+        raise TypeError(f"{type(self).__name__} does not batch items")
+
+    def call(
+        self,
+        model: nn.Module,
+        batch: Batch,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> AttentionOutput:
+        """Run the model on a batch (inputs moved to ``device``)."""
+        raise TypeError(f"{type(self).__name__} does not call models")
+
+    def loss(self, model: nn.Module, output: AttentionOutput, targets: Tensor) -> Tensor:
+        """Training loss: ``model.loss`` when the model has one, else cross-entropy."""
+        model_loss = getattr(model, "loss", None)
+        if callable(model_loss):
+            result: Tensor = model_loss(output, targets)
+            return result
+        return F.cross_entropy(output.logits, targets)
+
+
+def targets_of(items: Sequence[tuple[Any, ...]]) -> Tensor:
+    return torch.tensor([int(item[-1]) for item in items], dtype=torch.long)
