@@ -171,7 +171,9 @@ def test_public_openslide_path_gives_the_same_pixels(
 ) -> None:
     with open_slide(jpeg_pyramid.path) as slide:
         fast = slide.read_level_region(1, (100, 50), (300, 200))
-    monkeypatch.setattr(slide_mod, "_NATIVE_READ", None)
+    from napari_histattn.io import openslide_backend
+
+    monkeypatch.setattr(openslide_backend, "_NATIVE_READ", None)
     with open_slide(jpeg_pyramid.path) as slide:
         np.testing.assert_array_equal(slide.read_level_region(1, (100, 50), (300, 200)), fast)
 
