@@ -1,0 +1,420 @@
+"""GeoJSON of attended regions in QuPath's conventions: write and read back (see the package docstring)."""
+
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import math
+import os
+import uuid
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+import shapely
+from shapely.errors import GEOSException
+from shapely.geometry import MultiPolygon, Polygon
+
+from napari_histattn import __version__
+from napari_histattn.atomic import atomic_write, describe_os_error
+from napari_histattn.errors import AnnotationError, ExportError
+from napari_histattn.io.regions import Region, make_valid_polygonal
+
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/napari-histattn")
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def json_safe(value: Any) -> Any:
+    """Return ``value`` converted to plain JSON types.
+
+    numpy scalars and arrays become numbers and lists, paths strings, dates ISO 8601
+    strings, bytes hexadecimal, enums their value, dataclasses dicts, non-finite
+    floats ``None`` (JSON has no NaN); mapping keys become strings. Anything else
+    becomes its ``str``.
+    """
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [json_safe(v) for v in items]
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).hex()
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    return str(value)
+
+
+def _number(value: float) -> int | float:
+    # Integral coordinates are written as integers, as QuPath does; others exactly.
+    number = float(value)
+    return int(number) if number.is_integer() and abs(number) < 2**53 else number
+
+
+def _ring(coords: Any) -> list[list[int | float]]:
+    ring = [[_number(x), _number(y)] for x, y, *_ in coords]
+    if ring and ring[0] != ring[-1]:
+        ring.append(list(ring[0]))
+    return ring
+
+
+def _polygon_coordinates(polygon: Polygon) -> list[list[list[int | float]]]:
+    return [_ring(polygon.exterior.coords)] + [_ring(r.coords) for r in polygon.interiors]
+
+
+def _geometry_json(geometry: Polygon | MultiPolygon) -> dict[str, Any]:
+    if isinstance(geometry, Polygon):
+        return {"type": "Polygon", "coordinates": _polygon_coordinates(geometry)}
+    return {
+        "type": "MultiPolygon",
+        "coordinates": [_polygon_coordinates(p) for p in geometry.geoms],
+    }
+
+
+def _measurements_json(measurements: Mapping[str, Any]) -> dict[str, int | float]:
+    out: dict[str, int | float] = {}
+    for name, value in measurements.items():
+        if isinstance(value, bool | np.bool_):
+            out[str(name)] = int(value)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            out[str(name)] = number
+    return out
+
+
+# --------------------------------------------------------------------------- GeoJSON write
+
+
+def regions_to_geojson(
+    regions: Iterable[Region],
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    mpp_xy: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Build a QuPath-style GeoJSON ``FeatureCollection`` of annotations.
+
+    Parameters
+    ----------
+    regions
+        Regions with polygons in level-0 pixels. Self-intersecting polygons are
+        repaired (``make_valid``, polygonal parts kept); a region with no area left
+        is skipped with a warning.
+    provenance
+        Any mapping (made JSON-safe) stored as ``properties.provenance`` of the collection.
+    mpp_xy
+        Level-0 micrometres per pixel; recorded in the file and used to add an
+        ``area_um2`` measurement to regions that lack one.
+
+    Returns
+    -------
+    dict
+        The FeatureCollection, ready for ``json.dumps(..., allow_nan=False)``.
+        Features carry a deterministic UUID ``id`` derived from rank and geometry,
+        so identical runs give identical files.
+    """
+    features: list[dict[str, Any]] = []
+    for index, region in enumerate(regions):
+        polygon = make_valid_polygonal(region.polygon)
+        if polygon is None:
+            warnings.warn(
+                f"region {region.name!r} has no area after repair; not exported", stacklevel=2
+            )
+            continue
+        measurements = dict(region.measurements)
+        measurements.setdefault("rank", region.rank)
+        if mpp_xy is not None and "area_um2" not in measurements:
+            measurements["area_um2"] = polygon.area * mpp_xy[0] * mpp_xy[1]
+        properties: dict[str, Any] = {
+            "objectType": "annotation",
+            "name": region.name,
+        }
+        colour = [int(v) for v in region.colour]
+        if region.class_name is not None:
+            properties["classification"] = {"name": region.class_name, "color": colour}
+        else:
+            properties["color"] = colour
+        properties["isLocked"] = False
+        properties["measurements"] = _measurements_json(measurements)
+        feature_id = uuid.uuid5(_ID_NAMESPACE, f"{index}:{region.rank}:{polygon.wkb_hex}")
+        features.append(
+            {
+                "type": "Feature",
+                "id": str(feature_id),
+                "geometry": _geometry_json(polygon),
+                "properties": properties,
+            }
+        )
+    return {
+        "type": "FeatureCollection",
+        "properties": {
+            "software": {"name": "napari-histattn", "version": __version__},
+            "coordinates": "level-0 pixels, (x, y), y pointing down",
+            "mpp_xy": json_safe(list(mpp_xy)) if mpp_xy is not None else None,
+            "provenance": json_safe(dict(provenance)) if provenance is not None else {},
+        },
+        "features": features,
+    }
+
+
+def _dumps(document: Any, path: Path) -> str:
+    try:
+        return json.dumps(document, allow_nan=False, ensure_ascii=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ExportError(path, f"the content is not valid JSON: {exc}") from exc
+
+
+def write_geojson(
+    path: str | os.PathLike[str],
+    regions: Iterable[Region] | Mapping[str, Any],
+    *,
+    provenance: Mapping[str, Any] | None = None,
+    mpp_xy: tuple[float, float] | None = None,
+) -> Path:
+    """Write regions (or a ready FeatureCollection) as GeoJSON, atomically.
+
+    Parameters
+    ----------
+    path
+        Target file, conventionally ``*.geojson``.
+    regions
+        Regions (converted with :func:`regions_to_geojson`) or a FeatureCollection
+        mapping, written as given apart from ``provenance``, which is merged into its
+        top-level ``properties.provenance``.
+    provenance, mpp_xy
+        As for :func:`regions_to_geojson`.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    ExportError
+        The file could not be written (nothing partial is left, an earlier file is
+        kept), or a FeatureCollection mapping is not one.
+    """
+    target = Path(path)
+    if isinstance(regions, Mapping):
+        if regions.get("type") != "FeatureCollection" or not isinstance(
+            regions.get("features"), list
+        ):
+            raise ExportError(target, "expected a GeoJSON FeatureCollection with a features list")
+        document = dict(regions)
+        if provenance is not None:
+            properties = dict(document.get("properties") or {})
+            properties["provenance"] = {
+                **dict(properties.get("provenance") or {}),
+                **dict(provenance),
+            }
+            document["properties"] = properties
+        document = json_safe(document)
+    else:
+        document = regions_to_geojson(regions, provenance=provenance, mpp_xy=mpp_xy)
+    text = _dumps(document, target)
+    with atomic_write(target, "w") as handle:
+        handle.write(text)
+    return target
+
+
+# --------------------------------------------------------------------------- GeoJSON read
+
+
+def _colour_from(properties: Mapping[str, Any]) -> tuple[int, int, int] | None:
+    classification = properties.get("classification")
+    candidates: list[Any] = []
+    if isinstance(classification, Mapping):
+        candidates += [classification.get("color"), classification.get("colorRGB")]
+    candidates += [properties.get("color"), properties.get("colorRGB")]
+    for value in candidates:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # QuPath <= 0.3 packs the colour as a signed 32-bit ARGB integer.
+            packed = int(value) & 0xFFFFFFFF
+            return ((packed >> 16) & 0xFF, (packed >> 8) & 0xFF, packed & 0xFF)
+        if isinstance(value, list | tuple) and len(value) >= 3:
+            try:
+                rgb = tuple(int(v) for v in value[:3])
+            except (TypeError, ValueError):
+                continue
+            if all(0 <= v <= 255 for v in rgb):
+                return (rgb[0], rgb[1], rgb[2])
+    return None
+
+
+def _class_from(properties: Mapping[str, Any]) -> str | None:
+    classification = properties.get("classification")
+    if isinstance(classification, Mapping):
+        name = classification.get("name")
+        if isinstance(name, str) and name:
+            return name
+        names = classification.get("names")  # QuPath >= 0.4 derived classes
+        if isinstance(names, list) and names:
+            return ": ".join(str(n) for n in names)
+    if isinstance(classification, str) and classification:
+        return classification
+    return None
+
+
+def _measurements_from(properties: Mapping[str, Any]) -> dict[str, float]:
+    raw = properties.get("measurements")
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    elif isinstance(raw, list):  # QuPath 0.2/0.3: [{"name": ..., "value": ...}, ...]
+        pairs = [(m.get("name"), m.get("value")) for m in raw if isinstance(m, Mapping)]
+    out: dict[str, float] = {}
+    for name, value in pairs:
+        if name is None or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        out[str(name)] = float(value)
+    return out
+
+
+def _check_coordinates(value: Any) -> None:
+    # Reject NaN/inf and non-numbers before shapely sees them (it would accept NaN).
+    if isinstance(value, list):
+        for item in value:
+            _check_coordinates(item)
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"coordinate {value!r} is not a number")
+    elif not math.isfinite(value):
+        raise ValueError(f"coordinate {value!r} is not finite")
+
+
+def _polygonal_geometry(geometry: Mapping[str, Any]) -> Polygon | MultiPolygon | None:
+    kind = geometry.get("type")
+    if kind == "GeometryCollection":
+        parts = [_polygonal_geometry(g) for g in geometry.get("geometries") or []]
+        polygons = [p for p in parts if p is not None]
+        return make_valid_polygonal(shapely.union_all(polygons)) if polygons else None
+    if kind not in ("Polygon", "MultiPolygon"):
+        return None  # points and lines are not regions
+    coordinates = geometry.get("coordinates")
+    if not isinstance(coordinates, list):
+        raise ValueError(f"{kind} has no coordinates list")
+    _check_coordinates(coordinates)
+    shape = shapely.geometry.shape({"type": kind, "coordinates": coordinates})
+    return make_valid_polygonal(shape)
+
+
+def _features_of(document: Any) -> list[Any]:
+    if isinstance(document, list):  # QuPath sometimes writes a bare array of features
+        return document
+    if isinstance(document, Mapping):
+        kind = document.get("type")
+        if kind == "FeatureCollection" or (kind is None and "features" in document):
+            features = document.get("features")
+            if not isinstance(features, list):
+                raise ValueError("the FeatureCollection has no features list")
+            return features
+        if kind == "Feature":
+            return [document]
+        if kind in ("Polygon", "MultiPolygon", "GeometryCollection"):
+            return [{"type": "Feature", "geometry": document, "properties": {}}]
+        raise ValueError(f"top-level GeoJSON type {kind!r} is not a FeatureCollection or Feature")
+    raise ValueError(f"top-level JSON is a {type(document).__name__}, not GeoJSON")
+
+
+def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
+    """Read polygonal annotations from a GeoJSON file as regions in level-0 pixels.
+
+    Reads our exports, QuPath's exports (FeatureCollection, single Feature or a bare
+    list of features; measurements as a mapping or QuPath 0.2/0.3's list; colours as
+    ``[r, g, b]`` or a packed ``colorRGB`` integer) and bare geometries. Features whose
+    geometry is a point or a line, or null, are skipped (they are not regions); polygons
+    are repaired like on export.
+
+    Parameters
+    ----------
+    path
+        The GeoJSON file.
+
+    Returns
+    -------
+    list of Region
+        In file order. ``rank`` comes from the ``rank`` measurement when present,
+        otherwise from the position in the file (1-based); ``class_name`` is ``None``
+        for unclassified annotations.
+
+    Raises
+    ------
+    AnnotationError
+        The file cannot be read, is not JSON, or is not GeoJSON with valid polygon
+        coordinates; the message names the file and the feature.
+    """
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise AnnotationError(source, describe_os_error(exc)) from exc
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(source, "not a UTF-8 text file") from exc
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise AnnotationError(
+            source, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+        ) from exc
+    try:
+        features = _features_of(document)
+    except ValueError as exc:
+        raise AnnotationError(source, str(exc)) from exc
+
+    regions: list[Region] = []
+    for index, feature in enumerate(features):
+        where = f"feature {index}"
+        if not isinstance(feature, Mapping):
+            raise AnnotationError(source, f"{where} is a {type(feature).__name__}, not an object")
+        geometry = feature.get("geometry")
+        if geometry is None:
+            continue
+        if not isinstance(geometry, Mapping):
+            raise AnnotationError(source, f"{where}: geometry is not an object")
+        try:
+            polygon = _polygonal_geometry(geometry)
+        except (ValueError, TypeError, IndexError, GEOSException) as exc:
+            raise AnnotationError(source, f"{where}: invalid geometry ({exc})") from exc
+        if polygon is None:
+            continue
+        properties = feature.get("properties") or {}
+        if not isinstance(properties, Mapping):
+            raise AnnotationError(source, f"{where}: properties is not an object")
+        measurements = _measurements_from(properties)
+        rank_value = measurements.get("rank")
+        rank = int(rank_value) if rank_value is not None else index + 1
+        name = properties.get("name")
+        regions.append(
+            Region(
+                polygon=polygon,
+                class_name=_class_from(properties),
+                color_rgb=_colour_from(properties),
+                rank=rank,
+                measurements=measurements,
+                name=str(name) if name is not None else None,
+            )
+        )
+    return regions
