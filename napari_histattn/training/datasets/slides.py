@@ -1,0 +1,227 @@
+"""Slide datasets: bags of tissue tiles (A-MIL) and low-resolution views plus patch sources (attention sampling)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from napari_histattn.inference.patches import (
+    SlidePatchSource,
+    TilePlan,
+    TissueSettings,
+    plan_tiles,
+    read_tiles,
+    read_view,
+    target_downsample,
+)
+from napari_histattn.training.datasets.layouts import (
+    LabelledData,
+)
+from napari_histattn.training.transforms import (
+    Augment,
+    Normalise,
+    sample_generator,
+    to_float_tensor,
+)
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How slides become model inputs.
+
+    Attributes
+    ----------
+    patch_size
+        Side of the patches in output pixels.
+    target_mpp, level, downsample
+        The resolution of the patches: at most one of micrometres per pixel,
+        a pyramid level, or level-0 pixels per pixel (none: level 0).
+    tissue
+        Tissue detection and tile filter (A-MIL bags).
+    max_patches
+        Most patches per A-MIL bag: training draws a new random subset each
+        epoch, evaluation takes an evenly spaced one; None keeps every tissue
+        tile (memory grows with the slide).
+    downscale
+        Attention sampling: high-resolution pixels per low-resolution pixel.
+    """
+
+    patch_size: int = 224
+    target_mpp: float | None = None
+    level: int | None = None
+    downsample: float | None = None
+    tissue: TissueSettings = field(default_factory=TissueSettings)
+    max_patches: int | None = 512
+    downscale: int = 8
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The checkpoint's view of these options."""
+        return {
+            "patch_size": self.patch_size,
+            "target_mpp": self.target_mpp,
+            "level": self.level,
+            "downsample": self.downsample,
+            "downscale": self.downscale,
+            "max_patches": self.max_patches,
+            "tissue": vars(self.tissue),
+        }
+
+
+class _SlideCache:
+    """Open slides, least recently used closed first (bounded file handles)."""
+
+    def __init__(self, capacity: int = 32) -> None:
+        self.capacity = capacity
+        self._open: OrderedDict[Path, Any] = OrderedDict()
+
+    def get(self, path: Path) -> Any:
+        from napari_histattn.io.slide import open_slide
+
+        slide = self._open.pop(path, None)
+        if slide is None:
+            slide = open_slide(path)
+        self._open[path] = slide
+        while len(self._open) > self.capacity:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        return slide
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+class SlideBagDataset(Dataset[tuple[Tensor, int]]):
+    """A-MIL bags: the tissue patches of each slide (or image), read lazily.
+
+    Item ``(patches (n, 3, p, p), label)``. The tile plan of a slide is computed
+    once (tissue on a thumbnail); each access reads only the patches of the bag
+    (at most ``options.max_patches``). Augmentation is drawn per patch.
+    """
+
+    def __init__(
+        self,
+        data: LabelledData,
+        options: SlideOptions,
+        augment: Augment | None = None,
+        normalise: Normalise | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.data = data
+        self.options = options
+        self.augment = None if augment is None else replace(augment, per_instance=True)
+        self.normalise = normalise or Normalise()
+        self.seed = seed
+        self.epoch = 0
+        self._slides = _SlideCache()
+        self._plans: dict[int, TilePlan] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self, index: int) -> TilePlan:
+        """The tissue tiles of item ``index``."""
+        if index not in self._plans:
+            slide = self._slides.get(self.data.samples[index].path)
+            ds = target_downsample(
+                slide,
+                target_mpp=self.options.target_mpp,
+                level=self.options.level,
+                downsample=self.options.downsample,
+            )
+            self._plans[index] = plan_tiles(slide, self.options.patch_size, ds, self.options.tissue)
+        return self._plans[index]
+
+    def chosen_tiles(self, index: int) -> np.ndarray:
+        """Indices into :meth:`plan` of the patches item ``index`` reads now."""
+        n = len(self.plan(index))
+        cap = self.options.max_patches
+        if cap is None or n <= cap:
+            return np.arange(n)
+        if self.augment is None:
+            return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+        gen = sample_generator(self.seed, self.epoch, index)
+        return np.sort(torch.randperm(n, generator=gen)[:cap].numpy())
+
+    def raw(self, index: int) -> Tensor:
+        """The bag's patches without augmentation or normalisation."""
+        slide = self._slides.get(self.data.samples[index].path)
+        return to_float_tensor(read_tiles(slide, self.plan(index), self.chosen_tiles(index)))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        bag = self.raw(index)
+        if self.augment is not None:
+            bag = self.augment(bag, sample_generator(self.seed, self.epoch, index))
+        return self.normalise(bag), self.data.samples[index].label
+
+    def close(self) -> None:
+        """Close the slides this dataset opened."""
+        self._slides.close()
+
+
+class SlideSamplingDataset(Dataset[tuple[Tensor, SlidePatchSource, int]]):
+    """Attention sampling over slides: a low-resolution view plus a patch source.
+
+    Item ``(low_res (3, h, w), source, label)``: the view is the slide at
+    ``downsample * downscale`` level-0 pixels per pixel (``downsample`` from
+    ``target_mpp``/``level``/``downsample`` of the options); ``source`` is a
+    :class:`~napari_histattn.inference.patches.SlidePatchSource` at
+    ``downsample`` reporting ``view size * downscale`` as its size, so that grid
+    cells and patches cover the same area. Only the sampled patches are read.
+    No augmentation (a flipped view would no longer match its source).
+    """
+
+    def __init__(
+        self,
+        data: LabelledData,
+        options: SlideOptions,
+        normalise: Normalise | None = None,
+    ) -> None:
+        self.data = data
+        self.options = options
+        self.normalise = normalise or Normalise()
+        self._slides = _SlideCache()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def _downsample(self, slide: Any) -> float:
+        return target_downsample(
+            slide,
+            target_mpp=self.options.target_mpp,
+            level=self.options.level,
+            downsample=self.options.downsample,
+        )
+
+    def raw(self, index: int) -> Tensor:
+        """The low-resolution view without normalisation."""
+        slide = self._slides.get(self.data.samples[index].path)
+        return to_float_tensor(read_view(slide, self._downsample(slide) * self.options.downscale))
+
+    def __getitem__(self, index: int) -> tuple[Tensor, SlidePatchSource, int]:
+        slide = self._slides.get(self.data.samples[index].path)
+        ds = self._downsample(slide)
+        view = to_float_tensor(read_view(slide, ds * self.options.downscale))
+        h, w = int(view.shape[-2]), int(view.shape[-1])
+        source = SlidePatchSource(
+            slide,
+            ds,
+            size_wh=(w * self.options.downscale, h * self.options.downscale),
+            mean=self.normalise.mean,
+            std=self.normalise.std,
+        )
+        return self.normalise(view), source, self.data.samples[index].label
+
+    def close(self) -> None:
+        """Close the slides this dataset opened."""
+        self._slides.close()
