@@ -21,7 +21,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSlider,
-    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -37,6 +36,11 @@ from napari_histattn._napari.checkpoints import (
     describe_checkpoint,
     device_choices,
     find_checkpoints,
+)
+from napari_histattn._napari.family_params import (
+    configure_controls,
+    param_controls,
+    param_values,
 )
 from napari_histattn.errors import HistattnError
 from napari_histattn.progress import Progress
@@ -89,7 +93,7 @@ class ClassifyWidget(Container):
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
         # One control per run parameter any family declares; the chosen model's family
         # says which are shown, with its labels, bounds and defaults.
-        self.params = _param_controls()
+        self.params = param_controls()
         for name, control in self.params.items():
             if hasattr(self, name):
                 raise HistattnError(f"a model family declares parameter {name!r}, a widget name")
@@ -191,15 +195,7 @@ class ClassifyWidget(Container):
             show_error(str(exc))
             return
         self._family = defaults.family
-        for name, control in self.params.items():
-            param = defaults.family.param(name)
-            control.visible = param is not None
-            if param is None:
-                continue
-            control.label = param.label
-            control.tooltip = param.help
-            control.range = (param.minimum, param.maximum)
-            control.value = defaults.values[name]
+        configure_controls(self.params, defaults.family, defaults.values)
         self.batch_size.value = defaults.batch_size
 
     def add_checkpoint(self, path: str | Path) -> bool:
@@ -230,9 +226,7 @@ class ClassifyWidget(Container):
 
     def param_values(self) -> dict[str, Any]:
         """The chosen model family's run parameters, as the controls show them."""
-        if self._family is None:
-            return {}
-        return {p.name: p.kind(self.params[p.name].value) for p in self._family.params}
+        return param_values(self.params, self._family)
 
     # ------------------------------------------------------------------ runs
 
@@ -494,19 +488,3 @@ class ClassifyWidget(Container):
             show_error(str(exc))
             return
         show_info("Exported " + ", ".join(str(p) for p in written.values()))
-
-
-def _param_controls() -> dict[str, Any]:
-    """A hidden spin box for every run parameter that a registered family declares."""
-    from napari_histattn.models.family import list_families
-
-    controls: dict[str, Any] = {}
-    for family in list_families():
-        for param in family.params:
-            if param.name not in controls:
-                kind = FloatSpinBox if param.kind is float else SpinBox
-                controls[param.name] = kind(
-                    name=param.name, label=param.label, min=param.minimum, max=param.maximum
-                )
-                controls[param.name].visible = False
-    return controls
