@@ -12,6 +12,12 @@
 from __future__ import annotations
 
 from napari_histattn.io.synthetic._geometry import Region
+from napari_histattn.io.synthetic.ground_truth import (
+    LABELS,
+    label_mask,
+    lesion_mask,
+    scene_geojson,
+)
 from napari_histattn.io.synthetic.render import BACKGROUND, render_region
 from napari_histattn.io.synthetic.sample import (
     default_cache_dir,
@@ -19,15 +25,8 @@ from napari_histattn.io.synthetic.sample import (
     synthetic_sample_slide,
 )
 from napari_histattn.io.synthetic.scene import Scene, SceneError, make_scene
-from napari_histattn.io.synthetic.writer import (
-    LABELS,
-    SyntheticSlide,
-    SyntheticWriteError,
-    label_mask,
-    lesion_mask,
-    scene_geojson,
-    write_synthetic_slide,
-)
+from napari_histattn.io.synthetic.tiles import SyntheticWriteError
+from napari_histattn.io.synthetic.writer import SyntheticSlide, write_synthetic_slide
 
 __all__ = [
     "BACKGROUND",
