@@ -9,7 +9,7 @@ parameters in the widget: nothing in the package names it.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from napari_histattn.models.family import (
 )
 from napari_histattn.models.outputs import MILOutput
 from napari_histattn.models.registry import ModelExample, register_model, unregister_model
-from napari_histattn.models.tasks import Batch, Task, targets_of
+from napari_histattn.models.tasks import ImageTask
 from napari_histattn.progress import Progress, run_to_completion
 
 PATCH = 16
@@ -57,14 +57,10 @@ class TinyPool(nn.Module):
         return MILOutput(logits=self.head(pooled), attention=attention, attention_logits=scores)
 
 
-class PoolTask(Task):
+class PoolTask(ImageTask):
+    """Bags of equal size stack like images: the shared image adapter does the rest."""
+
     family = "test_pool"
-
-    def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
-        return Batch((torch.stack([item[0] for item in items]),), {}, targets_of(items))
-
-    def call(self, model, batch, device, generator=None):  # type: ignore[no-untyped-def]
-        return model(batch.inputs[0].to(device))
 
 
 def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:

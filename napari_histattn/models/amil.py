@@ -41,17 +41,17 @@ from torch import Tensor
 
 from napari_histattn.models.encoders import MIN_PATCH_SIZE, build_encoder
 from napari_histattn.models.family import (
-    MAX_TILES_PARAM,
     Family,
-    FamilyParam,
     SlideOutput,
     register_family,
     softmax64,
     subset,
+    tile_info,
+    tile_params,
 )
-from napari_histattn.models.outputs import AttentionOutput, MILOutput
+from napari_histattn.models.outputs import MILOutput
 from napari_histattn.models.registry import ModelExample, register_model
-from napari_histattn.models.tasks import Batch, Task, targets_of
+from napari_histattn.models.tasks import Batch, Call, Task, targets_of
 from napari_histattn.progress import Progress
 
 #: Default number of patches encoded at once by :meth:`AttentionMIL.encode`.
@@ -343,17 +343,10 @@ class MILTask(Task):
             mask[i, : bag.shape[0]] = True
         return Batch((patches,), {"mask": mask}, targets_of(items))
 
-    def call(
-        self,
-        model: nn.Module,
-        batch: Batch,
-        device: torch.device,
-        generator: torch.Generator | None = None,
-    ) -> AttentionOutput:
-        mask = batch.kwargs["mask"].to(device)
+    def model_inputs(self, batch: Batch, device: torch.device, gen: torch.Generator | None) -> Call:
         # The model moves each chunk to its device itself, so patches may stay on the CPU.
-        output: AttentionOutput = model(batch.inputs[0], mask=mask, chunk_size=self.chunk_size)
-        return output
+        mask = batch.kwargs["mask"].to(device)
+        return (batch.inputs[0],), {"mask": mask, "chunk_size": self.chunk_size}
 
 
 def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
@@ -403,12 +396,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         attention=att_map,
         cell_l0=plan.tile_l0,
         cell_probs=cell_probs,
-        info={
-            "downsample": ds,
-            "patch_size": patch_size,
-            "n_patches": n,
-            "n_tissue_tiles": len(plan),
-        },
+        info=tile_info(ds, patch_size, n, len(plan)),
     )
 
 
@@ -424,12 +412,7 @@ FAMILY = register_family(
         task=lambda options: MILTask(chunk_size=options.chunk_size),
         input="mil",
         default_batch_size=128,
-        params=(
-            MAX_TILES_PARAM,
-            FamilyParam(
-                "patch_size", "patch size (px)", "tile side in model pixels", _patch_size, 1, 16384
-            ),
-        ),
+        params=tile_params(_patch_size),
         description="attention MIL (Ilse et al. 2018): attention pooling over every tissue tile",
     )
 )

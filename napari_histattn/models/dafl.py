@@ -82,17 +82,17 @@ from numpy.typing import NDArray
 from torch import Tensor
 
 from napari_histattn.models.family import (
-    MAX_TILES_PARAM,
     Family,
-    FamilyParam,
     SlideOutput,
     register_family,
     softmax64,
     subset,
+    tile_info,
+    tile_params,
 )
-from napari_histattn.models.outputs import AttentionOutput, CNNAttentionOutput
+from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
-from napari_histattn.models.tasks import Batch, Task, targets_of
+from napari_histattn.models.tasks import ImageTask
 from napari_histattn.progress import Progress
 
 _VGG19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
@@ -398,25 +398,6 @@ def build_dafl_cnn(
 # --------------------------------------------------------------------------- the family plug-in
 
 
-class ImageTask(Task):
-    """Training adapter: items ``(image (3, H, W), label)``; ``model(images (B, 3, H, W))``."""
-
-    family = "image"
-
-    def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
-        return Batch((torch.stack([item[0] for item in items]),), {}, targets_of(items))
-
-    def call(
-        self,
-        model: nn.Module,
-        batch: Batch,
-        device: torch.device,
-        generator: torch.Generator | None = None,
-    ) -> AttentionOutput:
-        output: AttentionOutput = model(batch.inputs[0].to(device))
-        return output
-
-
 def _cells_per_tile(model: Any, patch_size: int) -> int:
     """Side of the last S-Attn module's grid for a ``patch_size`` input (>= 1)."""
     pools = getattr(model, "pools", None)
@@ -489,10 +470,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         cell_probs=cell_probs,
         patches=(xy_l0, wh_l0, weighted.reshape(n, -1).mean(axis=1), probs_tiles),
         info={
-            "downsample": ds,
-            "patch_size": patch_size,
-            "n_patches": n,
-            "n_tissue_tiles": len(plan),
+            **tile_info(ds, patch_size, n, len(plan)),
             "cells_per_tile": k,
             "slide_probability": "mean of tile probabilities",
         },
@@ -507,12 +485,7 @@ FAMILY = register_family(
         task=lambda options: ImageTask(),
         input="image",
         default_batch_size=32,
-        params=(
-            MAX_TILES_PARAM,
-            FamilyParam(
-                "patch_size", "patch size (px)", "tile side in model pixels", _image_size, 1, 16384
-            ),
-        ),
+        params=tile_params(_image_size),
         description="channel/spatial attention CNN (DAFL, Wu et al.) run tile by tile",
     )
 )

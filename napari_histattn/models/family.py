@@ -54,6 +54,8 @@ __all__ = [
     "list_families",
     "register_family",
     "subset",
+    "tile_info",
+    "tile_params",
 ]
 
 #: ``default(config, preprocessing) -> value``: a parameter's value for one checkpoint.
@@ -257,13 +259,32 @@ class Family:
         return {p.name: p.value_from(config, pre) for p in self.params}
 
 
-#: The tile cap of the families that read every tissue tile (classify's ``n_patches``).
-MAX_TILES_PARAM = FamilyParam(
-    "n_patches",
-    "max tiles (0 = all)",
-    "at most this many tissue tiles, evenly spaced over the slide (0: every tile)",
-    default=lambda config, pre: 0,
-)
+def tile_params(patch_size: DefaultFn) -> tuple[FamilyParam, FamilyParam]:
+    """``n_patches`` (a cap on tiles, 0: all) and ``patch_size`` for families that read tissue tiles.
+
+    ``patch_size(config, preprocessing)`` gives the checkpoint's tile side.
+    """
+    return (
+        FamilyParam(
+            "n_patches",
+            "max tiles (0 = all)",
+            "at most this many tissue tiles, evenly spaced over the slide (0: every tile)",
+            default=lambda config, pre: 0,
+        ),
+        FamilyParam(
+            "patch_size", "patch size (px)", "tile side in model pixels", patch_size, 1, 16384
+        ),
+    )
+
+
+def tile_info(downsample: float, patch_size: int, n_read: int, n_tissue: int) -> dict[str, Any]:
+    """The provenance every tile-reading family records (:attr:`SlideOutput.info`)."""
+    return {
+        "downsample": downsample,
+        "patch_size": patch_size,
+        "n_patches": n_read,
+        "n_tissue_tiles": n_tissue,
+    }
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -1,7 +1,8 @@
 """The training adapter's contract: a :class:`Batch` of model inputs and a :class:`Task`.
 
-Each model family declares its own ``Task`` subclass (how dataset items are
-collated and how the model is called on a batch) in its family module; the
+Each model family declares its ``Task`` (how dataset items are collated and how
+the model is called on a batch) in its family module, or reuses
+:class:`ImageTask`, the adapter of any image classifier; the
 training loop (:mod:`napari_histattn.training.loop`) drives any of them. The
 loss is ``model.loss(output, targets)`` when the model defines one (attention
 sampling adds its entropy and REINFORCE terms) and cross-entropy otherwise.
@@ -16,11 +17,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Generator, Tensor
 
 from napari_histattn.models.outputs import AttentionOutput
 
-__all__ = ["Batch", "Task", "targets_of"]
+__all__ = ["Batch", "Call", "ImageTask", "Task", "targets_of"]
 
 
 @dataclass
@@ -45,14 +46,22 @@ class Batch:
         return int(self.targets.shape[0])
 
 
+#: ``(args, kwargs)`` of one ``model(*args, **kwargs)`` call.
+Call = tuple[tuple[Any, ...], dict[str, Any]]
+
+
 class Task:
-    """Base adapter; subclasses implement :meth:`collate` and :meth:`call`."""
+    """Base adapter; subclasses implement :meth:`collate` and :meth:`model_inputs`."""
 
     family = ""
 
     def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
         """Combine dataset items into a :class:`Batch`."""
         raise TypeError(f"{type(self).__name__} does not batch items")
+
+    def model_inputs(self, batch: Batch, device: torch.device, gen: Generator | None) -> Call:
+        """The model call's arguments for ``batch`` (moved to ``device`` as the model needs)."""
+        raise TypeError(f"{type(self).__name__} does not call models")
 
     def call(
         self,
@@ -61,8 +70,10 @@ class Task:
         device: torch.device,
         generator: torch.Generator | None = None,
     ) -> AttentionOutput:
-        """Run the model on a batch (inputs moved to ``device``)."""
-        raise TypeError(f"{type(self).__name__} does not call models")
+        """Run the model on a batch; ``generator`` drives any sampling inside the model."""
+        args, kwargs = self.model_inputs(batch, device, generator)
+        output: AttentionOutput = model(*args, **kwargs)
+        return output
 
     def loss(self, model: nn.Module, output: AttentionOutput, targets: Tensor) -> Tensor:
         """Training loss: ``model.loss`` when the model has one, else cross-entropy."""
@@ -75,3 +86,15 @@ class Task:
 
 def targets_of(items: Sequence[tuple[Any, ...]]) -> Tensor:
     return torch.tensor([int(item[-1]) for item in items], dtype=torch.long)
+
+
+class ImageTask(Task):
+    """Training adapter: items ``(image (3, H, W), label)``; ``model(images (B, 3, H, W))``."""
+
+    family = "image"
+
+    def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
+        return Batch((torch.stack([item[0] for item in items]),), {}, targets_of(items))
+
+    def model_inputs(self, batch: Batch, device: torch.device, gen: Generator | None) -> Call:
+        return (batch.inputs[0].to(device),), {}

@@ -1,7 +1,7 @@
 """Training adapters by model name: each family's :class:`~napari_histattn.models.tasks.Task`.
 
 The adapters live with their families (``MILTask`` in :mod:`napari_histattn.models.amil`,
-``ImageTask`` in :mod:`napari_histattn.models.dafl`, ``SamplingTask`` in
+``ImageTask`` in :mod:`napari_histattn.models.tasks` (shared by image classifiers), ``SamplingTask`` in
 :mod:`napari_histattn.models.attention_sampling`); this module finds one by
 model name and re-exports them for existing imports.
 """
@@ -12,9 +12,8 @@ from typing import Any
 
 from napari_histattn.models.amil import MILTask
 from napari_histattn.models.attention_sampling import SamplingTask, StackedPatchSource
-from napari_histattn.models.dafl import ImageTask
 from napari_histattn.models.family import TaskOptions, family_for_model, runnable_models
-from napari_histattn.models.tasks import Batch, Task
+from napari_histattn.models.tasks import Batch, ImageTask, Task
 
 __all__ = [
     "Batch",

@@ -13,13 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn as nn
-from torch import Tensor
+from torch import Generator, Tensor
 
 from napari_histattn.models.family import TaskOptions
-from napari_histattn.models.outputs import AttentionOutput
 from napari_histattn.models.patch_source import PatchSource, TensorPatchSource
-from napari_histattn.models.tasks import Batch, Task, targets_of
+from napari_histattn.models.tasks import Batch, Call, Task, targets_of
 
 __all__ = ["SamplingTask", "StackedPatchSource", "make_task"]
 
@@ -98,16 +96,9 @@ class SamplingTask(Task):
             sizes_wh.append((round(src_w * w / vw), round(src_h * h / vh)))
         return Batch((low_res, StackedPatchSource(sources, sizes_wh)), {}, targets_of(items))
 
-    def call(
-        self,
-        model: nn.Module,
-        batch: Batch,
-        device: torch.device,
-        generator: torch.Generator | None = None,
-    ) -> AttentionOutput:
+    def model_inputs(self, batch: Batch, device: torch.device, gen: Generator | None) -> Call:
         low_res, source = batch.inputs
-        output: AttentionOutput = model(low_res.to(device), source, generator=generator)
-        return output
+        return (low_res.to(device), source), {"generator": gen}
 
 
 def make_task(options: TaskOptions) -> SamplingTask:
