@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from napari_histattn.cli._parsers import add_command
 from napari_histattn.cli.classify import _check_args, add_classify_arguments, classify_to_folder
 
 #: Extensions picked up from a folder (plain images and DICOM files only through a CSV).
@@ -30,11 +31,11 @@ SLIDE_SUFFIXES = frozenset(
 
 def register(subparsers: Any) -> None:
     """Add the ``batch`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "batch",
-        help="classify every slide of a folder or CSV into one output folder per slide",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "classify every slide of a folder or CSV into one output folder per slide",
+        __doc__,
     )
     parser.add_argument(
         "slides",

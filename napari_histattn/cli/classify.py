@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from napari_histattn.cli._parsers import add_command
+
 
 def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``classify`` and ``batch``."""
@@ -66,11 +68,11 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add the ``classify`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "classify",
-        help="classify a slide and write its attention heatmap, regions and summary",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "classify a slide and write its attention heatmap, regions and summary",
+        __doc__,
     )
     parser.add_argument("slide", type=Path, metavar="SLIDE", help="whole-slide image")
     add_classify_arguments(parser)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from napari_histattn.cli._parsers import add_command
 from napari_histattn.errors import HistattnError
 from napari_histattn.progress import Progress
 
@@ -29,11 +30,11 @@ _WINDOW_WITH_WIDGET_WH = (1560, 900)
 
 def register(subparsers: Any) -> None:
     """Add the ``demo`` subcommand."""
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "demo",
-        help="open napari with the synthetic sample slide and its lesion outlines",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "open napari with the synthetic sample slide and its lesion outlines",
+        __doc__,
     )
     parser.add_argument(
         "--slide",

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from napari_histattn.cli._parsers import add_command
+
 
 def register(subparsers: Any) -> None:
     """Add the ``families`` subcommand."""
-    parser = subparsers.add_parser(
-        "families",
-        help="list the model families, their models and run parameters",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        subparsers, "families", "list the model families, their models and run parameters", __doc__
     )
     parser.set_defaults(func=run)
 

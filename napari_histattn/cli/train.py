@@ -9,6 +9,7 @@ from typing import Any
 
 from napari_histattn.errors import HistattnError
 
+#: The built-in models (the parser names them without importing torch).
 MODELS = ("dafl_cnn", "amil", "attention_sampling")
 
 
@@ -71,7 +72,13 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_data_arguments(parser)
-    parser.add_argument("--model", required=True, choices=MODELS)
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="NAME",
+        help=f"a registered model: {', '.join(MODELS)}, or any a family plug-in adds "
+        "(`histattn families` lists them)",
+    )
     parser.add_argument(
         "--config",
         action="append",
@@ -106,10 +113,11 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from napari_histattn.progress import run_with_tqdm
     from napari_histattn.training.datasets import SlideOptions, load_layout
-    from napari_histattn.training.experiment import ExperimentSpec, cross_validate
+    from napari_histattn.training.experiment import ExperimentSpec, cross_validate, family_of
     from napari_histattn.training.loop import TrainConfig
     from napari_histattn.training.transforms import Augment
 
+    family_of(args.model)  # an unknown model is a usage error naming the trainable ones
     config = parse_config(args.config)
     if args.image_size is not None:
         config["input_size"] = args.image_size

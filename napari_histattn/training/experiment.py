@@ -18,7 +18,6 @@ Output layout of ``out_dir``::
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from napari_histattn.errors import HistattnError
 from napari_histattn.models.family import Family, TaskOptions, family_for_model, runnable_models
 from napari_histattn.models.tasks import Task
 from napari_histattn.progress import Progress
@@ -48,8 +48,8 @@ from napari_histattn.training.loop import (
     seed_everything,
     train,
 )
-from napari_histattn.training.metrics import classification_metrics, write_metrics_json
-from napari_histattn.training.plots import plot_confusion_matrix, plot_roc
+from napari_histattn.training.metrics import classification_metrics
+from napari_histattn.training.reports import write_evaluation, write_sample_csv
 from napari_histattn.training.splits import cross_validation_folds
 from napari_histattn.training.transforms import Augment, Normalise, as_triple
 
@@ -121,9 +121,7 @@ def family_of(model_name: str) -> Family:
     family = family_for_model(model_name)
     if family is None:
         known = ", ".join(runnable_models())
-        raise DatasetError(
-            model_name, f"model {model_name!r} cannot be trained here; use one of {known}"
-        )
+        raise HistattnError(f"model {model_name!r} cannot be trained here; use one of {known}")
     return family
 
 
@@ -204,58 +202,6 @@ def _options_from_preprocessing(pre: dict[str, Any]) -> SlideOptions:
 def _groups_if_meaningful(data: LabelledData) -> list[str] | None:
     groups = data.groups
     return groups if len(set(groups)) < len(groups) else None
-
-
-def write_evaluation(
-    out_dir: Path,
-    data: LabelledData,
-    predictions: Predictions,
-    metrics: dict[str, Any],
-    class_names: Sequence[str],
-    title: str = "",
-) -> None:
-    """Write ``metrics.json``, ``roc.png``, ``confusion_matrix.png`` and ``predictions.csv``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_metrics_json(metrics, out_dir / "metrics.json")
-    plot_roc(
-        predictions.labels,
-        predictions.probabilities,
-        class_names,
-        out_dir / "roc.png",
-        title=f"ROC {title}".strip(),
-    )
-    plot_confusion_matrix(
-        metrics["confusion_matrix"],
-        class_names,
-        out_dir / "confusion_matrix.png",
-        title=f"Confusion matrix {title}".strip(),
-    )
-    with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "patient", "label", "predicted", *[f"p_{c}" for c in class_names]])
-        for sample, label, probs in zip(
-            data.samples, predictions.labels, predictions.probabilities, strict=True
-        ):
-            writer.writerow(
-                [
-                    str(sample.path),
-                    sample.group,
-                    class_names[int(label)],
-                    class_names[int(np.argmax(probs))],
-                    *[f"{p:.6f}" for p in probs],
-                ]
-            )
-
-
-def write_sample_csv(data: LabelledData, path: Path) -> Path:
-    """The samples as a ``slide,label,patient`` CSV (absolute paths) for ``--layout csv``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["slide", "label", "patient"])
-        for s in data.samples:
-            writer.writerow([str(s.path.resolve()), data.class_names[s.label], s.group])
-    return path
 
 
 def _close(dataset: Any) -> None:
