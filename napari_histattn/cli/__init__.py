@@ -17,7 +17,17 @@ from napari_histattn.errors import HistattnError
 
 # Subcommand modules, in the order `histattn --help` lists them. A module that
 # is missing is skipped so that a partial install still runs the rest.
-_SUBCOMMANDS = ("demo", "synth", "train", "evaluate", "classify", "batch", "families")
+_SUBCOMMANDS = (
+    "demo",
+    "synth",
+    "features",
+    "train",
+    "evaluate",
+    "classify",
+    "batch",
+    "families",
+    "encoders",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

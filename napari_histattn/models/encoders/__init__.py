@@ -1,0 +1,157 @@
+"""Patch encoders: one ``create_encoder(name, weights=None)`` for every encoder, with its preprocessing.
+
+:func:`create_encoder` returns an :class:`Encoder`: the module (normalised
+``(N, 3, s, s)`` tiles to ``(N, dim)`` features), its :class:`EncoderSpec` (width,
+input side, mpp, mean/std, interpolation: what timm calls ``pretrained_cfg``) and,
+when weights were loaded, their file and SHA-256. Weights are local files only
+(:mod:`.weights`); the entries are in :mod:`.specs`.
+
+:func:`build_encoder` is the older interface A-MIL builds its in-model encoder
+with (``(module, dim)``, an optional projection).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from napari_histattn.models.encoders.small import MIN_PATCH_SIZE, build_encoder
+from napari_histattn.models.encoders.specs import ENCODERS, EncoderSpec
+from napari_histattn.models.encoders.weights import (
+    ENV_VAR,
+    EncoderWeightsError,
+    convert_to_safetensors,
+    file_sha256,
+    find_weights,
+    load_weights,
+)
+
+__all__ = [
+    "ENV_VAR",
+    "MIN_PATCH_SIZE",
+    "Encoder",
+    "EncoderSpec",
+    "EncoderWeightsError",
+    "build_encoder",
+    "convert_to_safetensors",
+    "create_encoder",
+    "encoder_spec",
+    "list_encoders",
+]
+
+
+@dataclass
+class Encoder:
+    """A built encoder.
+
+    Attributes
+    ----------
+    module
+        ``(N, 3, s, s)`` normalised tiles -> ``(N, spec.dim)``; in eval mode.
+    spec
+        Its registry entry.
+    weights_path, weights_sha256
+        The weights file loaded, or ``None`` for random weights.
+    """
+
+    module: nn.Module
+    spec: EncoderSpec
+    weights_path: Path | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> dict[str, Any]:
+        """What a checkpoint or feature file records about this encoder."""
+        return {
+            "name": self.spec.name,
+            "dim": self.spec.dim,
+            "weights_sha256": self.weights_sha256,
+            "weights_file": None if self.weights_path is None else self.weights_path.name,
+            "preprocessing": self.spec.preprocessing(),
+        }
+
+
+def list_encoders() -> list[str]:
+    """Every registered encoder name, sorted."""
+    return sorted(ENCODERS)
+
+
+def encoder_spec(name: str) -> EncoderSpec:
+    """The registry entry of ``name``; ``ValueError`` naming the known encoders otherwise."""
+    try:
+        return ENCODERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown patch encoder {name!r}; known encoders: {', '.join(list_encoders())}"
+        ) from None
+
+
+def create_encoder(
+    name: str,
+    weights: str | os.PathLike[str] | None = None,
+    *,
+    pretrained: bool | None = None,
+) -> Encoder:
+    """Build encoder ``name``, with local weights when asked for.
+
+    Parameters
+    ----------
+    name
+        A name from :func:`list_encoders`.
+    weights
+        A ``.safetensors`` file or a folder holding one. ``None``: look in
+        ``$HISTATTN_ENCODER_WEIGHTS`` and a local Hugging Face cache when
+        ``pretrained`` is true, else random weights.
+    pretrained
+        Require weights (``True``), or use random weights (``False``); default:
+        ``True`` exactly when ``weights`` is given.
+
+    Raises
+    ------
+    ValueError
+        Unknown name.
+    EncoderWeightsError
+        Weights asked for but not found, pickled, truncated, or of another architecture.
+    """
+    spec = encoder_spec(name)
+    want = weights is not None if pretrained is None else pretrained
+    if not want:
+        return Encoder(spec.build().eval(), spec)
+    if spec.source is None:
+        raise EncoderWeightsError(f"encoder {name!r} has no pretrained weights; train it instead")
+    path = find_weights(name, weights, spec.hf_repo)
+    module = _uninitialised(spec)
+    load_weights(
+        module,
+        path,
+        name=name,
+        source=spec.source,
+        ignore_prefixes=spec.ignore_prefixes,
+        convert=spec.convert_keys,
+    )
+    return Encoder(module.eval(), spec, path, file_sha256(path))
+
+
+def _uninitialised(spec: EncoderSpec) -> nn.Module:
+    """The architecture with storage but no initialisation (the weights replace it all).
+
+    Random initialisation of a billion-parameter ViT takes longer than loading
+    its weights; built on the meta device and given empty storage, every tensor
+    the state dict holds is then filled by the strict load. A module with
+    non-persistent buffers (which no state dict fills) is built normally.
+    """
+    import torch
+
+    with torch.device("meta"):
+        module = spec.build()
+    persistent = set(module.state_dict())
+    if any(name not in persistent for name, _ in module.named_buffers()):
+        return spec.build()
+    return module.to_empty(device="cpu")
