@@ -105,8 +105,6 @@ def _folder_names(slides: list[Path]) -> list[str]:
 
 
 def _write_summary(path: Path, rows: list[dict[str, Any]], class_names: list[str]) -> None:
-    from napari_histattn.atomic import atomic_write
-
     columns = [
         "slide",
         "status",
@@ -116,6 +114,13 @@ def _write_summary(path: Path, rows: list[dict[str, Any]], class_names: list[str
         "seconds",
         "error",
     ]
+    _write_rows(path, rows, columns)
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """A summary CSV with ``columns``, written atomically."""
+    from napari_histattn.atomic import atomic_write
+
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()

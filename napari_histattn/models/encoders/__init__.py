@@ -56,12 +56,16 @@ class Encoder:
         Its registry entry.
     weights_path, weights_sha256
         The weights file loaded, or ``None`` for random weights.
+    random_seed
+        The seed random weights were drawn with (they are reproducible from it on the
+        same torch version); ``None`` with loaded weights.
     """
 
     module: nn.Module
     spec: EncoderSpec
     weights_path: Path | None = None
     weights_sha256: str | None = None
+    random_seed: int | None = None
 
     @property
     def name(self) -> str:
@@ -74,6 +78,7 @@ class Encoder:
             "dim": self.spec.dim,
             "weights_sha256": self.weights_sha256,
             "weights_file": None if self.weights_path is None else self.weights_path.name,
+            "random_seed": self.random_seed,
             "preprocessing": self.spec.preprocessing(),
         }
 
@@ -98,6 +103,7 @@ def create_encoder(
     weights: str | os.PathLike[str] | None = None,
     *,
     pretrained: bool | None = None,
+    seed: int = 0,
 ) -> Encoder:
     """Build encoder ``name``, with local weights when asked for.
 
@@ -112,6 +118,8 @@ def create_encoder(
     pretrained
         Require weights (``True``), or use random weights (``False``); default:
         ``True`` exactly when ``weights`` is given.
+    seed
+        Seed of random weights (an honest no-pretraining baseline is reproducible).
 
     Raises
     ------
@@ -123,7 +131,12 @@ def create_encoder(
     spec = encoder_spec(name)
     want = weights is not None if pretrained is None else pretrained
     if not want:
-        return Encoder(spec.build().eval(), spec)
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = spec.build()
+        return Encoder(module.eval(), spec, random_seed=seed)
     if spec.source is None:
         raise EncoderWeightsError(f"encoder {name!r} has no pretrained weights; train it instead")
     path = find_weights(name, weights, spec.hf_repo)
