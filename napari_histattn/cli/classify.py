@@ -53,6 +53,19 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         help="a run parameter the checkpoint's model family declares (repeatable); "
         "`histattn families` lists them",
     )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        metavar="DIR",
+        help="checkpoints trained on cached features: read this slide's features from DIR "
+        "when they match (default: $HISTATTN_FEATURES), else run the encoder",
+    )
+    parser.add_argument(
+        "--encoder-weights",
+        type=Path,
+        metavar="PATH",
+        help="the weights of the encoder such a checkpoint was trained with",
+    )
     parser.add_argument("--top-k", type=int, default=5, help="regions to export (default 5)")
     parser.add_argument(
         "--threshold",
@@ -106,6 +119,8 @@ def classify_to_folder(
                 top_k=args.top_k,
                 threshold=args.threshold,
                 params=parse_params(getattr(args, "param", [])),
+                features_dir=getattr(args, "features", None),
+                encoder_weights=getattr(args, "encoder_weights", None),
             ),
             disable=args.quiet,
         )

@@ -28,18 +28,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from napari_histattn.cli.train import load_data
     from napari_histattn.progress import run_with_tqdm
-    from napari_histattn.training.datasets import load_layout
     from napari_histattn.training.experiment import evaluate_checkpoint
 
-    data = load_layout(
-        args.data,
-        args.layout,
-        magnification=args.magnification,
-        breakhis_labels=args.breakhis_labels,
-        group_regex=args.group_regex,
-        min_classes=1,
-    )
+    data = load_data(args, min_classes=1)
     result = run_with_tqdm(
         evaluate_checkpoint(
             args.checkpoint,
@@ -48,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device=args.device,
             seed=args.seed,
+            features_dir=args.features,
         ),
         disable=args.quiet,
     )

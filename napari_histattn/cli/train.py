@@ -28,17 +28,49 @@ def parse_config(items: list[str] | None) -> dict[str, Any]:
     return config
 
 
+def load_data(args: argparse.Namespace, min_classes: int = 2) -> Any:
+    """The labelled data ``--data``/``--layout`` name (a CSV defaults to the slides layout)."""
+    from napari_histattn.training.datasets import load_layout
+
+    layout = args.layout
+    if layout is None:
+        if not (args.data.is_file() and args.data.suffix.lower() == ".csv"):
+            raise HistattnError(f"give --layout for {args.data} (imagefolder, breakhis or slides)")
+        layout = "slides"
+    return load_layout(
+        args.data,
+        layout,
+        magnification=args.magnification,
+        breakhis_labels=args.breakhis_labels,
+        group_regex=args.group_regex,
+        min_classes=min_classes,
+    )
+
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments shared by ``train`` and ``evaluate`` that say where the data is."""
     from napari_histattn.training.layouts import LAYOUTS
 
     parser.add_argument(
         "--data",
+        "--labels",
         required=True,
         type=Path,
-        help="class-per-folder directory (imagefolder), BreakHis directory, or CSV of slide,label",
+        help="class-per-folder directory (imagefolder), BreakHis directory, or CSV of "
+        "slide,label[,patient] (--labels is the same option)",
     )
-    parser.add_argument("--layout", required=True, choices=LAYOUTS, help="how --data is organised")
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        help="how --data is organised (default: slides for a CSV file)",
+    )
+    parser.add_argument(
+        "--features",
+        type=Path,
+        metavar="DIR",
+        help="amil: train (or evaluate) on the cached features in DIR (`histattn features`) "
+        "instead of reading pixels",
+    )
     parser.add_argument(
         "--magnification",
         type=int,
@@ -107,12 +139,19 @@ def register(subparsers: Any) -> None:
         "--max-patches", type=int, default=512, help="amil: most patches per bag (0: all)"
     )
     parser.add_argument("--no-augment", action="store_true", help="no flips/rotations/jitter")
+    parser.add_argument(
+        "--encoder-weights",
+        type=Path,
+        metavar="PATH",
+        help="warm-start the model's registry encoder from these local weights (amil with "
+        "--config encoder=resnet18; attention_sampling with --config feature_encoder=NAME)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from napari_histattn.progress import run_with_tqdm
-    from napari_histattn.training.datasets import SlideOptions, load_layout
+    from napari_histattn.training.datasets import SlideOptions
     from napari_histattn.training.experiment import ExperimentSpec, cross_validate, family_of
     from napari_histattn.training.loop import TrainConfig
     from napari_histattn.training.transforms import Augment
@@ -121,13 +160,7 @@ def run(args: argparse.Namespace) -> int:
     config = parse_config(args.config)
     if args.image_size is not None:
         config["input_size"] = args.image_size
-    data = load_layout(
-        args.data,
-        args.layout,
-        magnification=args.magnification,
-        breakhis_labels=args.breakhis_labels,
-        group_regex=args.group_regex,
-    )
+    data = load_data(args)
     spec = ExperimentSpec(
         model_name=args.model,
         model_config=config,
@@ -151,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
             max_patches=args.max_patches or None,
         ),
         augment=None if args.no_augment else Augment(),
+        features_dir=args.features,
+        encoder_weights=args.encoder_weights,
     )
     summary = data.summary()
     print(

@@ -19,7 +19,7 @@ Families
 --------
 The engine holds no per-family code. A checkpoint's ``model_name`` picks its
 :class:`~napari_histattn.models.family.Family` (the plug-in declared in the
-family's module: ``models/amil.py``, ``models/dafl.py``,
+family's module: ``models/amil/``, ``models/dafl.py``,
 ``models/attention_sampling/``); its ``run(ctx)`` reads what it needs through
 the :class:`~napari_histattn.inference.runtime.SlideRun` it is given and returns
 a :class:`~napari_histattn.models.family.SlideOutput`. The engine shares the
@@ -49,11 +49,13 @@ is returned.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Generator, Mapping
 from datetime import datetime, timezone
 from os import PathLike
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +74,10 @@ from napari_histattn.models.device import resolve_device
 from napari_histattn.models.family import SlideOutput, family_for_model, runnable_models
 from napari_histattn.progress import Progress
 
-__all__ = ["classify", "select_device"]
+__all__ = ["FEATURES_ENV_VAR", "classify", "select_device"]
+
+#: Folders (``os.pathsep``-separated) where cached slide features are looked for.
+FEATURES_ENV_VAR = "HISTATTN_FEATURES"
 
 
 def select_device(name: str | torch.device = "auto") -> tuple[torch.device, list[str]]:
@@ -115,6 +120,8 @@ def classify(
     threshold: float = 0.5,
     cancel: threading.Event | None = None,
     params: Mapping[str, Any] | None = None,
+    features_dir: str | PathLike[str] | None = None,
+    encoder_weights: str | PathLike[str] | None = None,
 ) -> Generator[Progress, None, ClassificationResult]:
     """Classify one slide; a generator that yields progress and returns the result.
 
@@ -143,6 +150,16 @@ def classify(
         Further run parameters by name, as the family declares them
         (:attr:`~napari_histattn.models.family.Family.params`); ``seed``,
         ``n_patches`` and ``patch_size`` given as keywords take precedence.
+    features_dir
+        A checkpoint trained on cached features (``histattn features``) reads this
+        slide's features from ``<features_dir>/<slide stem>.h5`` when that file was
+        made from this slide file with the checkpoint's encoder and weights (also
+        looked for in the folders of ``$HISTATTN_FEATURES``); otherwise the encoder
+        runs here.
+    encoder_weights
+        The weights of that encoder (a ``.safetensors`` file or a folder), checked
+        against the SHA-256 the checkpoint records; default: looked for as
+        :func:`~napari_histattn.models.encoders.create_encoder` does.
     top_k
         Regions kept (None: all).
     threshold
@@ -217,6 +234,8 @@ def classify(
             params=given,
             cancel=cancel,
             messages=list(messages),
+            features_dirs=_features_dirs(features_dir),
+            encoder_weights=None if encoder_weights is None else Path(encoder_weights),
         )
         for message in messages:
             yield from run.report("device", 0, None, message)
@@ -255,6 +274,12 @@ def classify(
     finally:
         if opened is not None:
             opened.close()
+
+
+def _features_dirs(given: str | PathLike[str] | None) -> list[Path]:
+    folders = [] if given is None else [Path(given)]
+    env = os.environ.get(FEATURES_ENV_VAR, "")
+    return folders + [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
 
 
 def _assemble(

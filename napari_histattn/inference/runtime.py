@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, fields
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +36,7 @@ from napari_histattn.inference.patches import (
 )
 from napari_histattn.io.slide import Slide
 from napari_histattn.models.checkpoint import LoadedCheckpoint
-from napari_histattn.models.family import Family
+from napari_histattn.models.family import Family, subset
 from napari_histattn.progress import Progress
 
 __all__ = ["MIN_TILE_TISSUE", "OOM_ERRORS", "SlideRun"]
@@ -67,6 +69,9 @@ class SlideRun:
         the family declares); :meth:`param` falls back to the family's defaults.
     cancel
         Set to stop at the next progress report.
+    features_dirs, encoder_weights
+        Where cached features of this slide may be (``histattn features``), and the
+        weights of the encoder a features-trained checkpoint was trained on.
     timings, messages
         Seconds per stage, and notes for the user (kept in provenance).
     """
@@ -79,11 +84,14 @@ class SlideRun:
     seed: int
     params: dict[str, Any]
     cancel: threading.Event | None
+    features_dirs: list[Path] = field(default_factory=list)
+    encoder_weights: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     _mark: float = field(default_factory=time.perf_counter)
-    # Tile plans survive an out-of-memory retry, so tissue is detected once.
+    # Tile plans and the feature encoder survive an out-of-memory retry.
     plans: dict[tuple[int, float], TilePlan] = field(default_factory=dict)
+    _encoder: Any = None
 
     @property
     def model(self) -> Any:
@@ -236,6 +244,85 @@ class SlideRun:
                 f"model {self.checkpoint.model_name!r} ({self.checkpoint.path}) failed on "
                 f"{what}: {exc}"
             ) from exc
+
+    # -- encoded tiles (checkpoints trained on cached features)
+
+    def encoded_tiles(
+        self, described: dict[str, Any], cap: int | None
+    ) -> Generator[Progress, None, tuple[TilePlan, torch.Tensor]]:
+        """Tissue tiles and their features from the encoder ``described`` (a checkpoint's
+        ``feature_encoder``): read from a matching cached feature file when there is one
+        (stage ``features``), else read and encoded here (stages ``tissue``, ``encode``).
+        At most ``cap`` tiles, evenly spaced (``None`` or 0: all)."""
+        from napari_histattn.inference.features import feature_path, is_done, read_features
+
+        settings = self.tissue_settings()
+        for folder in self.features_dirs:
+            path = feature_path(folder, self.slide.path)
+            if is_done(path, self.slide, described, settings):
+                cached = read_features(path)
+                plan = TilePlan(
+                    cached.coords_l0_xy,
+                    cached.grid_rc,
+                    cached.grid_shape,
+                    cached.patch_size,
+                    cached.downsample,
+                    np.ones(len(cached), dtype=np.float64),
+                )
+                rows = subset(len(cached), cap)
+                self.note(f"features read from {path}")
+                yield from self.report("features", 1, 1, "cached")
+                features = torch.from_numpy(cached.features[rows]).to(self.device)
+                return _subplan(plan, rows), features
+        encoder = self._feature_encoder(described)
+        pre = described["preprocessing"]
+        mpp = pre.get("target_mpp") if self.slide.mpp_xy is not None else None
+        ds = target_downsample(self.slide, target_mpp=mpp)
+        plan = yield from self.plan(int(pre["input_size"]), ds)
+        plan = _subplan(plan, subset(len(plan), cap))
+        chunks = []
+        for start in range(0, len(plan), self.batch_size):
+            stop = min(start + self.batch_size, len(plan))
+            pixels = read_tiles(self.slide, plan, np.arange(start, stop))
+            with torch.inference_mode():
+                x = rgb_to_tensor(pixels, pre["mean"], pre["std"]).to(self.device)
+                chunks.append(self.call(partial(encoder.module, x), "the tiles").float())
+            yield from self.report("encode", stop, len(plan))
+        return plan, torch.cat(chunks)
+
+    def _feature_encoder(self, described: dict[str, Any]) -> Any:
+        from napari_histattn.models.encoders import create_encoder
+
+        if self._encoder is None:
+            name, sha = described["name"], described.get("weights_sha256")
+            if sha is None:
+                encoder = create_encoder(
+                    name, pretrained=False, seed=int(described.get("random_seed") or 0)
+                )
+            else:
+                encoder = create_encoder(name, self.encoder_weights, pretrained=True)
+                if encoder.weights_sha256 != sha:
+                    raise HistattnError(
+                        f"model {self.checkpoint.model_name!r} was trained on features of encoder "
+                        f"{name!r} with weights {sha[:12]}..., but {encoder.weights_path} has "
+                        f"SHA-256 {str(encoder.weights_sha256)[:12]}...: give those weights"
+                    )
+            self._encoder = encoder
+        self._encoder.module.to(self.device).eval()
+        return self._encoder
+
+
+def _subplan(plan: TilePlan, rows: NDArray[np.int64]) -> TilePlan:
+    if len(rows) == len(plan):
+        return plan
+    return TilePlan(
+        plan.l0_xy[rows],
+        plan.grid_rc[rows],
+        plan.grid_shape,
+        plan.patch_size,
+        plan.downsample,
+        plan.tissue_fraction[rows],
+    )
 
 
 def _triple(value: Any) -> list[float]:

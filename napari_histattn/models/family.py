@@ -1,6 +1,6 @@
 """Model families as plug-ins: what a family declares, and the registry that finds it.
 
-A family is one module (``models/amil.py``, ``models/dafl.py``, the package
+A family is one module or small package (``models/dafl.py``, ``models/amil/``,
 ``models/attention_sampling/``) that registers its builders with
 :func:`~napari_histattn.models.registry.register_model` and declares one
 :class:`Family` with :func:`register_family`:

@@ -34,7 +34,14 @@ class AttentionOutput:
 @dataclass
 class MILOutput(AttentionOutput):
     """A-MIL: ``attention`` and ``attention_logits`` are ``(B, N)``; each row of
-    ``attention`` sums to 1 over the bag's N instances (padding masked out)."""
+    ``attention`` sums to 1 over the bag's N instances (padding masked out).
+
+    ``features`` ``(B, N, D)`` are the instance embeddings the attention pooled and
+    ``mask`` ``(B, N)`` the real instances (``None``: all), kept for instance-level
+    losses."""
+
+    features: Tensor | None = None
+    mask: Tensor | None = None
 
 
 @dataclass

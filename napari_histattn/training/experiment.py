@@ -32,6 +32,7 @@ from napari_histattn.models.tasks import Task
 from napari_histattn.progress import Progress
 from napari_histattn.training.datasets import (
     DatasetError,
+    FeatureBagDataset,
     ImageDataset,
     LabelledData,
     Sample,
@@ -82,6 +83,14 @@ class ExperimentSpec:
         Flips, 90-degree rotations and light colour jitter during training.
     chunk_size
         A-MIL patches encoded at once.
+    features_dir
+        Train a bag model on cached features (``histattn features``) found here,
+        one ``<slide stem>.h5`` per slide, instead of reading pixels; the model
+        takes features (``encoder="none"``) and its checkpoint records the
+        encoder that made them.
+    encoder_weights
+        Warm-start the model's registry encoder (A-MIL's ``encoder``, attention
+        sampling's ``feature_encoder``) from these local weights before training.
     """
 
     model_name: str
@@ -93,6 +102,8 @@ class ExperimentSpec:
     slide_options: SlideOptions = field(default_factory=SlideOptions)
     augment: Augment | None = field(default_factory=Augment)
     chunk_size: int | None = 256
+    features_dir: Path | None = None
+    encoder_weights: Path | None = None
 
 
 @dataclass
@@ -184,6 +195,37 @@ def preprocessing_of(
     return out
 
 
+def _warm_start(model: Any, weights: Path | None) -> str | None:
+    """Load ``weights`` into the model's registry encoder; their SHA-256, or None."""
+    if weights is None:
+        return None
+    warm = getattr(model, "warm_start_feature_encoder", None)
+    if not callable(warm):
+        raise HistattnError(f"model {model.model_name!r} has no encoder to warm-start")
+    try:
+        return str(warm(weights))
+    except ValueError as exc:
+        raise HistattnError(str(exc)) from exc
+
+
+def feature_preprocessing(dataset: FeatureBagDataset, max_patches: int | None) -> dict[str, Any]:
+    """The ``preprocessing`` of a checkpoint trained on cached features: the encoder that made
+    them (name, weights SHA-256, its tile side, mpp and mean/std) and the tiling."""
+    info = dataset.info(0)
+    encoder = dict(dataset.encoder or {})
+    pre = encoder.get("preprocessing") or {}
+    return {
+        "input": "features",
+        "feature_encoder": encoder,
+        "patch_size": int(info["patch_size"]),
+        "target_mpp": pre.get("target_mpp"),
+        "mean": pre.get("mean"),
+        "std": pre.get("std"),
+        "tissue": info["tissue"],
+        "max_patches": max_patches,
+    }
+
+
 def _options_from_preprocessing(pre: dict[str, Any]) -> SlideOptions:
     from napari_histattn.inference.patches import TissueSettings
 
@@ -233,6 +275,16 @@ def cross_validate(
     family = family_of(spec.model_name)
     class_names = list(data.class_names)
     config = _full_config(spec, len(class_names))
+    probe = None
+    if spec.features_dir is not None:
+        if family.input != "mil":
+            raise HistattnError(
+                f"model {spec.model_name!r} does not take bags of tiles, so it cannot train on "
+                "cached features; use amil"
+            )
+        probe = FeatureBagDataset(data, spec.features_dir)  # every slide has a usable file
+        config = {**config, "encoder": "none", "embed_dim": probe.dim, "standardise": True}
+        config["patch_size"] = int(probe.info(0)["patch_size"])
     seed = spec.train.seed
     splits = cross_validation_folds(
         data.labels, data.groups, spec.folds, seed, spec.val_fraction, spec.test_fraction
@@ -247,35 +299,57 @@ def cross_validate(
             data.subset(fold.val),
             data.subset(fold.test),
         )
-        train_set = make_dataset(
-            family.input,
-            train_data,
-            config,
-            spec.slide_options,
-            augment=spec.augment,
-            normalise=None,
-            seed=seed,
-        )
-        normalise = estimate_normalisation(train_set)
-        train_set.normalise = normalise  # type: ignore[attr-defined]
-        val_set, test_set = (
-            make_dataset(
+        train_set: Dataset[Any]
+        val_set: Dataset[Any]
+        test_set: Dataset[Any]
+        if probe is not None:
+            train_set, val_set, test_set = (
+                FeatureBagDataset(
+                    part,
+                    probe.features_dir,
+                    max_patches=spec.slide_options.max_patches,
+                    train=part is train_data,
+                    seed=seed,
+                )
+                for part in (train_data, val_data, test_data)
+            )
+            normalise = Normalise()
+        else:
+            train_set = make_dataset(
                 family.input,
-                part,
+                train_data,
                 config,
                 spec.slide_options,
-                augment=None,
-                normalise=normalise,
+                augment=spec.augment,
+                normalise=None,
                 seed=seed,
             )
-            for part in (val_data, test_data)
-        )
+            normalise = estimate_normalisation(train_set)
+            train_set.normalise = normalise  # type: ignore[attr-defined]
+            val_set, test_set = (
+                make_dataset(
+                    family.input,
+                    part,
+                    config,
+                    spec.slide_options,
+                    augment=None,
+                    normalise=normalise,
+                    seed=seed,
+                )
+                for part in (val_data, test_data)
+            )
         task = make_task(family, normalise, spec.chunk_size)
-        preprocessing = preprocessing_of(family.input, config, spec.slide_options, normalise)
+        if probe is not None:
+            preprocessing = feature_preprocessing(probe, spec.slide_options.max_patches)
+        else:
+            preprocessing = preprocessing_of(family.input, config, spec.slide_options, normalise)
         seed_everything(seed)
         from napari_histattn.models.registry import create_model
 
         model = create_model(spec.model_name, **config)
+        if isinstance(train_set, FeatureBagDataset):
+            model.set_feature_scaling(*train_set.feature_stats())  # type: ignore[operator]
+        warm = _warm_start(model, spec.encoder_weights)
         result = yield from _staged(
             train(
                 model,
@@ -296,6 +370,7 @@ def cross_validate(
                         "test": len(fold.test),
                     },
                     "eval_seed": seed,
+                    **({"warm_start_sha256": warm} if warm else {}),
                 },
                 val_groups=_groups_if_meaningful(val_data),
             ),
@@ -402,11 +477,13 @@ def evaluate_checkpoint(
     batch_size: int = 8,
     device: str = "auto",
     seed: int | None = None,
+    features_dir: str | Path | None = None,
 ) -> Generator[Progress, None, EvalResult]:
     """Score a checkpoint on ``data`` and write the evaluation files to ``out_dir``.
 
     The inputs are rebuilt from the checkpoint's preprocessing (image size or
-    patch size and resolution, mean/std). Attention sampling draws from
+    patch size and resolution, mean/std); a checkpoint trained on cached features
+    reads them from ``features_dir``. Attention sampling draws from
     ``seed`` (default: the seed the checkpoint was evaluated with in training).
     """
     from napari_histattn.models import checkpoint
@@ -426,9 +503,18 @@ def evaluate_checkpoint(
     if input_kind == "image" and pre.get("image_size") is not None:
         config["input_size"] = int(pre["image_size"])
     options = _options_from_preprocessing(pre)
-    dataset = make_dataset(
-        input_kind, data, config, options, augment=None, normalise=normalise, seed=0
-    )
+    dataset: Dataset[Any]
+    if input_kind == "features":
+        if features_dir is None:
+            raise HistattnError(
+                f"{loaded.path} was trained on cached features: give the folder of this "
+                "data's features (histattn evaluate --features DIR)"
+            )
+        dataset = FeatureBagDataset(data, features_dir, max_patches=pre.get("max_patches"))
+    else:
+        dataset = make_dataset(
+            input_kind, data, config, options, augment=None, normalise=normalise, seed=0
+        )
     training = loaded.metadata.get("training") or {}
     eval_seed = int(
         seed if seed is not None else training.get("eval_seed", training.get("seed", 0))

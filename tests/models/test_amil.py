@@ -156,3 +156,37 @@ def test_unknown_encoder_and_small_patches_are_refused() -> None:
         build_encoder("vit")
     with pytest.raises(ValueError, match="at least 16 px"):
         create_model("amil", encoder="small_cnn", patch_size=12)
+
+
+def test_clam_instance_loss_uses_the_most_and_least_attended_real_instances() -> None:
+    torch.manual_seed(0)
+    model = create_model(
+        "amil", encoder="none", embed_dim=4, n_classes=2, instance_loss_weight=0.3, instance_k=2
+    ).train()
+    features = torch.randn(2, 9, 4)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 6:] = False  # the second bag has six real instances
+    features[1, 6:] = 1e6  # padding that must never be picked
+    out = model(features, mask=mask)
+    targets = torch.tensor([1, 0])
+    loss = model.loss(out, targets)
+    bag = torch.nn.functional.cross_entropy(out.logits, targets)
+    manual = []
+    for b, n in ((0, 9), (1, 6)):
+        att, feats = out.attention[b, :n], features[b, :n]
+        k = min(2, n // 3)
+        chosen = feats[torch.cat([att.topk(k).indices, (-att).topk(k).indices])]
+        pseudo = torch.tensor([1] * k + [0] * k)
+        clf = model.instance_classifiers[int(targets[b])]
+        manual.append(torch.nn.functional.cross_entropy(clf(chosen), pseudo))
+    expected = 0.7 * bag + 0.3 * torch.stack(manual).mean()
+    torch.testing.assert_close(loss, expected)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.instance_classifiers[1].weight.grad is not None
+    # Off by default: the loss is the bag's cross-entropy.
+    plain = create_model("amil", encoder="none", embed_dim=4, n_classes=2)
+    out = plain(features[:1])
+    torch.testing.assert_close(
+        plain.loss(out, targets[:1]), torch.nn.functional.cross_entropy(out.logits, targets[:1])
+    )

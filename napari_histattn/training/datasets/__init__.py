@@ -26,6 +26,7 @@ Modules: :mod:`.layouts` (the layouts above), :mod:`.images` (image files),
 
 from __future__ import annotations
 
+from napari_histattn.training.datasets.features import FeatureBagDataset
 from napari_histattn.training.datasets.images import (
     ImageDataset,
     estimate_normalisation,
@@ -59,6 +60,7 @@ from napari_histattn.training.datasets.synthetic import (
 )
 
 __all__ = [
+    "FeatureBagDataset",
     "BREAKHIS_MAGNIFICATIONS",
     "BREAKHIS_TYPES",
     "BreakHisName",

@@ -25,34 +25,21 @@ they are the unmasked raw scores, meaningless). With K > 1 branches both are the
 mean over branches, so ``attention`` still sums to 1; the per-branch values are
 available from :meth:`AttentionMIL.attention_scores`.
 
-Registered name: ``"amil"``; family ``"mil"`` (its plug-in declaration is at the end).
+Registered name: ``"amil"`` (the family plug-in is :mod:`napari_histattn.models.amil`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
-from functools import partial
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from napari_histattn.models.encoders import MIN_PATCH_SIZE, build_encoder
-from napari_histattn.models.family import (
-    Family,
-    SlideOutput,
-    register_family,
-    softmax64,
-    subset,
-    tile_info,
-    tile_params,
-)
 from napari_histattn.models.outputs import MILOutput
 from napari_histattn.models.registry import ModelExample, register_model
-from napari_histattn.models.tasks import Batch, Call, Task, targets_of
-from napari_histattn.progress import Progress
 
 #: Default number of patches encoded at once by :meth:`AttentionMIL.encode`.
 DEFAULT_CHUNK_SIZE = 512
@@ -151,6 +138,21 @@ class AttentionMIL(nn.Module):
         Gated attention (True) or plain tanh attention.
     dropout
         Dropout on the attention hidden layer and before the head.
+    standardise
+        With ``encoder="none"``: standardise each feature dimension with a fixed
+        mean and std (buffers set from the training data by
+        :meth:`set_feature_scaling`, saved with the weights). Cached features of
+        a frozen encoder come at whatever scale it has; this puts them at unit
+        scale for the attention network.
+    instance_loss_weight
+        CLAM-SB's instance-level clustering loss (Lu et al. 2021), weighted against
+        the bag loss as ``(1 - w) * bag + w * instance`` (CLAM uses 0.3; 0: off).
+        One binary instance classifier per class: for a bag of class ``c`` the
+        ``instance_k`` most attended instances are "in class ``c``" and the
+        ``instance_k`` least attended "not", a pseudo-label that pushes attention
+        onto the instances that carry the evidence.
+    instance_k
+        Instances per side of that loss (at most a third of a bag).
     """
 
     def __init__(
@@ -164,6 +166,9 @@ class AttentionMIL(nn.Module):
         n_branches: int = 1,
         gated: bool = True,
         dropout: float = 0.0,
+        standardise: bool = False,
+        instance_loss_weight: float = 0.0,
+        instance_k: int = 8,
     ) -> None:
         super().__init__()
         if n_classes < 1:
@@ -185,6 +190,20 @@ class AttentionMIL(nn.Module):
                     f"encoder {encoder!r} needs patches of at least {minimum} px, got {patch_size}"
                 )
             self.encoder, self.embed_dim = build_encoder(encoder, in_channels, embed_dim)
+        self.standardise = bool(standardise)
+        if self.standardise:
+            if self.encoder is not None:
+                raise ValueError('standardise applies to features: use it with encoder="none"')
+            self.register_buffer("feature_mean", torch.zeros(self.embed_dim))
+            self.register_buffer("feature_std", torch.ones(self.embed_dim))
+        if not 0.0 <= instance_loss_weight < 1.0 or instance_k < 1:
+            raise ValueError("instance_loss_weight must be within [0, 1) and instance_k >= 1")
+        self.instance_loss_weight = float(instance_loss_weight)
+        self.instance_k = int(instance_k)
+        if self.instance_loss_weight > 0:
+            self.instance_classifiers = nn.ModuleList(
+                nn.Linear(self.embed_dim, 2) for _ in range(n_classes)
+            )
         self.pooling = AttentionPooling(self.embed_dim, attn_dim, n_branches, gated, dropout)
         self.head = nn.Sequential(
             nn.Dropout(dropout), nn.Linear(n_branches * self.embed_dim, n_classes)
@@ -234,6 +253,31 @@ class AttentionMIL(nn.Module):
             return torch.zeros(*lead, self.embed_dim, device=device)
         return torch.cat(chunks).reshape(*lead, self.embed_dim)
 
+    def warm_start_feature_encoder(self, weights: str | Path) -> str:
+        """Load a registry encoder's local weights into this model's patch encoder (for
+        ``encoder="resnet18"``, or any registry name); returns their SHA-256."""
+        from napari_histattn.models.encoders import create_encoder
+
+        if self.encoder is None:
+            raise ValueError('a model with encoder="none" has no encoder to warm-start')
+        loaded = create_encoder(self.encoder_name, weights)
+        trunk = (
+            self.encoder[0]
+            if isinstance(self.encoder, nn.Sequential)
+            and len(self.encoder) == 3
+            and isinstance(self.encoder[1], nn.Linear)
+            else self.encoder
+        )
+        trunk.load_state_dict(loaded.module.state_dict(), strict=True)
+        return str(loaded.weights_sha256)
+
+    def set_feature_scaling(self, mean: Tensor, std: Tensor) -> None:
+        """Set the per-dimension mean and std that ``standardise`` divides features by."""
+        if not self.standardise:
+            raise ValueError("this model was built with standardise=False")
+        self.get_buffer("feature_mean").copy_(mean.reshape(-1))
+        self.get_buffer("feature_std").copy_(std.reshape(-1).clamp_min(1e-6))
+
     def attention_scores(self, features: Tensor) -> Tensor:
         """Per-branch attention scores ``(B, N, K)`` before the softmax."""
         return self.pooling.scores(features)
@@ -268,11 +312,41 @@ class AttentionMIL(nn.Module):
                 )
             if not bool(mask.any(dim=1).all()):
                 raise ValueError("every bag needs at least one unmasked instance")
+        if self.standardise:
+            mean, std = self.get_buffer("feature_mean"), self.get_buffer("feature_std")
+            features = (features - mean) / std
         pooled, weights, scores = self.pooling(features, mask)
         logits = self.head(pooled.flatten(1))
         return MILOutput(
-            logits=logits, attention=weights.mean(-1), attention_logits=scores.mean(-1)
+            logits=logits,
+            attention=weights.mean(-1),
+            attention_logits=scores.mean(-1),
+            features=features,
+            mask=mask,
         )
+
+    def loss(self, output: MILOutput, targets: Tensor) -> Tensor:
+        """Training loss: cross-entropy, plus CLAM-SB's instance loss when weighted in."""
+        bag = nn.functional.cross_entropy(output.logits, targets)
+        w = self.instance_loss_weight
+        if w == 0 or output.features is None:
+            return bag
+        losses = []
+        for b in range(output.logits.shape[0]):
+            real = slice(None) if output.mask is None else output.mask[b]
+            attention, features = output.attention[b][real], output.features[b][real]
+            k = min(self.instance_k, int(attention.shape[0]) // 3)
+            if k < 1:
+                continue
+            top = torch.topk(attention, k).indices
+            bottom = torch.topk(-attention, k).indices
+            chosen = features[torch.cat([top, bottom])]
+            pseudo = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(chosen.device)
+            classifier = self.instance_classifiers[int(targets[b])]
+            losses.append(nn.functional.cross_entropy(classifier(chosen), pseudo))
+        if not losses:
+            return bag
+        return (1 - w) * bag + w * torch.stack(losses).mean()
 
     def forward(
         self,
@@ -282,8 +356,12 @@ class AttentionMIL(nn.Module):
     ) -> MILOutput:
         """Encode a batch of bags of patches ``(B, N, C, h, w)`` and classify them.
 
-        See :meth:`encode` for ``chunk_size`` and :meth:`forward_features` for the output.
+        A model with ``encoder="none"`` takes bags of features ``(B, N, D)`` instead
+        (cached tile features). See :meth:`encode` for ``chunk_size`` and
+        :meth:`forward_features` for the output.
         """
+        if self.encoder is None and patches.dim() == 3:
+            return self.forward_features(patches.to(self._device()), mask)
         if patches.dim() != 5:
             raise ValueError(f"patches must be (B, N, C, h, w), got shape {tuple(patches.shape)}")
         return self.forward_features(self.encode(patches, chunk_size), mask)
@@ -311,108 +389,3 @@ register_model(
         make_input=_example_input,
     ),
 )(AttentionMIL)
-
-
-# --------------------------------------------------------------------------- the family plug-in
-
-
-class MILTask(Task):
-    """Training adapter: ragged bags padded to the largest, with a ``(B, N)`` mask.
-
-    Items are ``(patches (n, 3, p, p), label)``; the call is
-    ``model(patches (B, N, 3, p, p), mask=mask, chunk_size=...)``.
-
-    Parameters
-    ----------
-    chunk_size
-        Patches encoded at once (bounds activation memory).
-    """
-
-    family = "mil"
-
-    def __init__(self, chunk_size: int | None = 256) -> None:
-        self.chunk_size = chunk_size
-
-    def collate(self, items: Sequence[tuple[Any, ...]]) -> Batch:
-        bags = [item[0] for item in items]
-        longest = max(int(b.shape[0]) for b in bags)
-        patches = bags[0].new_zeros((len(bags), longest, *bags[0].shape[1:]))
-        mask = torch.zeros(len(bags), longest, dtype=torch.bool)
-        for i, bag in enumerate(bags):
-            patches[i, : bag.shape[0]] = bag
-            mask[i, : bag.shape[0]] = True
-        return Batch((patches,), {"mask": mask}, targets_of(items))
-
-    def model_inputs(self, batch: Batch, device: torch.device, gen: torch.Generator | None) -> Call:
-        # The model moves each chunk to its device itself, so patches may stay on the CPU.
-        mask = batch.kwargs["mask"].to(device)
-        return (batch.inputs[0],), {"mask": mask, "chunk_size": self.chunk_size}
-
-
-def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
-    """A-MIL over a slide (stages ``tissue``, ``encode``, ``aggregate``).
-
-    Tissue tiles of ``patch_size`` at the checkpoint's resolution are read and
-    encoded ``batch_size`` at a time under ``torch.inference_mode``, so at most
-    one batch of pixels is in memory; ``forward_features`` then pools all
-    features. Per-patch attention is the heatmap (one cell per tile, NaN where
-    no tile was kept); per-patch class probabilities are the head applied to
-    that patch's embedding alone. ``n_patches`` (optional, 0: all) caps the bag
-    at an evenly spaced subset of tiles.
-    """
-    model = ctx.model
-    ds = ctx.downsample()
-    patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
-    plan = yield from ctx.plan(patch_size, ds)
-    chosen = subset(len(plan), ctx.param("n_patches"))
-    n = int(chosen.size)
-    chunks: list[Tensor] = []
-    bs = ctx.batch_size
-    for start in range(0, n, bs):
-        stop = min(start + bs, n)
-        with torch.inference_mode():
-            images = ctx.read_tiles(plan, chosen[start:stop])
-            chunks.append(ctx.call(partial(model.encode, images, chunk_size=None), "the tiles"))
-        yield from ctx.report("encode", stop, n)
-
-    with torch.inference_mode():
-        features = torch.cat(chunks).unsqueeze(0)  # (1, n, D)
-        out = ctx.call(partial(model.forward_features, features), "the bag")
-        probs = softmax64(out.logits)[0]
-        weights = out.attention[0].float().cpu().numpy()
-        # The head on one embedding repeated over the K branches: the bag made of that patch.
-        branches = int(getattr(model.pooling, "n_branches", 1))
-        per_patch = softmax64(model.head(features[0].repeat(1, branches)))
-
-    rows, cols = plan.grid_shape
-    att_map = np.full((rows, cols), np.nan, dtype=np.float32)
-    cell_probs = np.full((rows, cols, len(ctx.class_names)), np.nan, dtype=np.float64)
-    rc = plan.grid_rc[chosen]
-    att_map[rc[:, 0], rc[:, 1]] = weights
-    cell_probs[rc[:, 0], rc[:, 1]] = per_patch
-    yield from ctx.report("aggregate", 1, 1)
-    return SlideOutput(
-        probabilities=probs,
-        attention=att_map,
-        cell_l0=plan.tile_l0,
-        cell_probs=cell_probs,
-        info=tile_info(ds, patch_size, n, len(plan)),
-    )
-
-
-def _patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
-    return int(pre.get("patch_size") or config.get("patch_size") or 1)
-
-
-FAMILY = register_family(
-    Family(
-        name="mil",
-        models=("amil",),
-        run=run_on_slide,
-        task=lambda options: MILTask(chunk_size=options.chunk_size),
-        input="mil",
-        default_batch_size=128,
-        params=tile_params(_patch_size),
-        description="attention MIL (Ilse et al. 2018): attention pooling over every tissue tile",
-    )
-)

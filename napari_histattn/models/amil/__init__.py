@@ -1,0 +1,48 @@
+"""Attention-based multiple-instance learning (A-MIL; Ilse, Tomczak & Welling, 2018) as a family plug-in.
+
+- :mod:`.network`: attention pooling and the model, registered as ``"amil"``;
+- :mod:`.slide`: how it runs over a whole slide;
+- :mod:`.task`: its training adapter;
+- this module: the family's declaration (family ``"mil"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from napari_histattn.models.amil.network import (
+    DEFAULT_CHUNK_SIZE,
+    AttentionMIL,
+    AttentionPooling,
+)
+from napari_histattn.models.amil.slide import run_on_slide
+from napari_histattn.models.amil.task import MILTask
+from napari_histattn.models.family import Family, register_family, tile_params
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "FAMILY",
+    "AttentionMIL",
+    "AttentionPooling",
+    "MILTask",
+    "run_on_slide",
+]
+
+
+def _patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+    return int(pre.get("patch_size") or config.get("patch_size") or 1)
+
+
+FAMILY = register_family(
+    Family(
+        name="mil",
+        models=("amil",),
+        run=run_on_slide,
+        task=lambda options: MILTask(chunk_size=options.chunk_size),
+        input="mil",
+        default_batch_size=128,
+        params=tile_params(_patch_size),
+        description="attention MIL (Ilse et al. 2018): attention pooling over every tissue tile",
+    )
+)

@@ -1,0 +1,87 @@
+"""A-MIL over a whole slide: every tissue tile encoded (or its cached features read), then pooled."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from napari_histattn.errors import HistattnError
+from napari_histattn.models.family import (
+    SlideOutput,
+    softmax64,
+    subset,
+    tile_info,
+)
+from napari_histattn.progress import Progress
+
+
+def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
+    """A-MIL over a slide (stages ``tissue``, ``encode``, ``aggregate``).
+
+    Tissue tiles of ``patch_size`` at the checkpoint's resolution are read and
+    encoded ``batch_size`` at a time under ``torch.inference_mode``, so at most
+    one batch of pixels is in memory; ``forward_features`` then pools all
+    features. Per-patch attention is the heatmap (one cell per tile, NaN where
+    no tile was kept); per-patch class probabilities are the head applied to
+    that patch's embedding alone. ``n_patches`` (optional, 0: all) caps the bag
+    at an evenly spaced subset of tiles.
+    """
+    model = ctx.model
+    if model.encoder is None:  # trained on cached features: the recorded encoder makes them
+        described = ctx.pre.get("feature_encoder")
+        if not isinstance(described, dict):
+            raise HistattnError(
+                f"model {ctx.checkpoint.model_name!r} takes features, but its checkpoint "
+                "records no feature_encoder"
+            )
+        plan, bag = yield from ctx.encoded_tiles(described, ctx.param("n_patches"))
+        ds, patch_size, chosen = plan.downsample, plan.patch_size, np.arange(len(plan))
+    else:
+        ds = ctx.downsample()
+        patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
+        plan = yield from ctx.plan(patch_size, ds)
+        chosen = subset(len(plan), ctx.param("n_patches"))
+        bag = yield from _encode_tiles(ctx, plan, chosen)
+    n = int(chosen.size)
+
+    with torch.inference_mode():
+        features = bag.unsqueeze(0)  # (1, n, D)
+        out = ctx.call(partial(model.forward_features, features), "the bag")
+        probs = softmax64(out.logits)[0]
+        weights = out.attention[0].float().cpu().numpy()
+        # The head on one embedding repeated over the K branches: the bag made of that patch.
+        branches = int(getattr(model.pooling, "n_branches", 1))
+        per_patch = softmax64(model.head(features[0].repeat(1, branches)))
+
+    rows, cols = plan.grid_shape
+    att_map = np.full((rows, cols), np.nan, dtype=np.float32)
+    cell_probs = np.full((rows, cols, len(ctx.class_names)), np.nan, dtype=np.float64)
+    rc = plan.grid_rc[chosen]
+    att_map[rc[:, 0], rc[:, 1]] = weights
+    cell_probs[rc[:, 0], rc[:, 1]] = per_patch
+    yield from ctx.report("aggregate", 1, 1)
+    return SlideOutput(
+        probabilities=probs,
+        attention=att_map,
+        cell_l0=plan.tile_l0,
+        cell_probs=cell_probs,
+        info=tile_info(ds, patch_size, n, len(plan)),
+    )
+
+
+def _encode_tiles(ctx: Any, plan: Any, chosen: Any) -> Generator[Progress, None, Tensor]:
+    """The model's own encoder over the chosen tiles, one batch at a time (stage ``encode``)."""
+    chunks: list[Tensor] = []
+    n = int(chosen.size)
+    for start in range(0, n, ctx.batch_size):
+        stop = min(start + ctx.batch_size, n)
+        with torch.inference_mode():
+            images = ctx.read_tiles(plan, chosen[start:stop])
+            chunks.append(ctx.call(partial(ctx.model.encode, images, chunk_size=None), "the tiles"))
+        yield from ctx.report("encode", stop, n)
+    return torch.cat(chunks)

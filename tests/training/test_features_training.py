@@ -1,0 +1,204 @@
+"""Cached features end to end: extract, resume, train A-MIL from slide labels, classify.
+
+Small generated slides (1024 x 1024 px at 1 um/px; lesion slides carry one or two
+lesions, benign slides none) are encoded with the ``tiny`` encoder's seeded random
+weights, the no-pretraining baseline that needs no download.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_histattn.inference.errors import Cancelled
+from napari_histattn.inference.features import (
+    extract_features,
+    feature_path,
+    is_done,
+    read_features,
+)
+from napari_histattn.inference.patches import read_tiles, rgb_to_tensor
+from napari_histattn.io.slide import open_slide
+from napari_histattn.models.encoders import create_encoder
+from napari_histattn.progress import run_to_completion
+
+N_SLIDES = 12
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Slides and a labels CSV (``slide,label,patient``): half with lesions, half without."""
+    from napari_histattn.io.synthetic import generate_synthetic_slide
+
+    folder = tmp_path_factory.mktemp("cohort")
+    rows = []
+    for i in range(N_SLIDES):
+        lesion = i % 2 == 0
+        made = generate_synthetic_slide(
+            folder / f"s{i:02d}.tiff",
+            1024,
+            1024,
+            seed=100 + i,
+            n_lesions=1 + (i % 4 == 0) if lesion else 0,
+            lesion_radius_px=110,
+            n_lookalikes=0,
+            mpp=1.0,
+        )
+        rows.append([made.path.name, "lesion" if lesion else "benign", f"p{i}"])
+    labels = folder / "labels.csv"
+    with labels.open("w", newline="") as fh:
+        csv.writer(fh).writerows([["slide", "label", "patient"], *rows])
+    return folder, labels
+
+
+@pytest.fixture(scope="module")
+def features(cohort: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from napari_histattn.cli import main
+
+    out = tmp_path_factory.mktemp("features")
+    assert (
+        main(["features", str(cohort[1]), "--encoder", "tiny", "--out", str(out), "--quiet"]) == 0
+    )
+    return out
+
+
+def test_a_feature_file_holds_the_encoders_features_of_every_tissue_tile(
+    cohort: tuple[Path, Path], features: Path
+) -> None:
+    encoder = create_encoder("tiny")
+    slide_path = cohort[0] / "s00.tiff"
+    made = read_features(feature_path(features, slide_path))
+    assert made.encoder["name"] == "tiny" and made.encoder["random_seed"] == 0
+    assert made.features.shape == (len(made), 16) and len(made) > 50
+    assert made.patch_size == 32 and made.downsample == 1.0
+    from napari_histattn.inference.patches import TilePlan
+
+    with open_slide(slide_path) as slide:
+        plan = TilePlan(
+            made.coords_l0_xy, made.grid_rc, made.grid_shape, 32, 1.0, np.ones(len(made))
+        )
+        some = np.arange(0, len(made), 17)
+        with torch.no_grad():
+            direct = encoder.module(rgb_to_tensor(read_tiles(slide, plan, some), *_norm(made)))
+        np.testing.assert_allclose(made.features[some], direct.numpy(), rtol=1e-5, atol=1e-5)
+        assert is_done(feature_path(features, slide_path), slide, encoder.describe())
+        # Another encoder (or other weights) is not the same file.
+        assert not is_done(
+            feature_path(features, slide_path), slide, create_encoder("tiny", seed=1).describe()
+        )
+
+
+def _norm(made) -> tuple[list[float], list[float]]:
+    pre = made.encoder["preprocessing"]
+    return pre["mean"], pre["std"]
+
+
+def test_resume_skips_done_slides_and_redoes_a_torn_one(
+    cohort: tuple[Path, Path], features: Path, tmp_path: Path
+) -> None:
+    from napari_histattn.cli import main
+
+    out = tmp_path / "again"
+    out.mkdir()
+    for name in ("s00", "s01"):
+        (out / f"{name}.h5").write_bytes(feature_path(features, f"{name}.tiff").read_bytes())
+    (out / "s02.h5").write_bytes(b"\x89HDF\r\n\x1a\n torn")  # a half-written file
+    subset = tmp_path / "three.csv"
+    subset.write_text(
+        "slide,label\n" + "".join(f"{cohort[0] / f's0{i}.tiff'},x\n" for i in range(3))
+    )
+    assert main(["features", str(subset), "--encoder", "tiny", "--out", str(out), "--quiet"]) == 0
+    with (out / "features_summary.csv").open() as fh:
+        status = {Path(r["slide"]).stem: r["status"] for r in csv.DictReader(fh)}
+    assert status == {"s00": "skipped (done)", "s01": "skipped (done)", "s02": "ok"}
+    assert len(read_features(out / "s02.h5")) == len(read_features(feature_path(features, "s02")))
+
+
+def test_a_cancelled_or_killed_extraction_leaves_nothing_taken_as_done(
+    cohort: tuple[Path, Path], tmp_path: Path
+) -> None:
+    slide_path = cohort[0] / "s03.tiff"
+    target = tmp_path / "s03.h5"
+    cancel = threading.Event()
+    encoder = create_encoder("tiny")
+    with open_slide(slide_path) as slide:
+        gen = extract_features(slide, encoder, target, batch_size=8, cancel=cancel)
+        next(gen), next(gen)
+        cancel.set()
+        with pytest.raises(Cancelled):
+            run_to_completion(gen)
+        assert not target.exists() and not list(tmp_path.glob(".*partial"))
+
+    # SIGKILL in the middle: the partial file stays, and is never taken as done.
+    code = (
+        "import sys, time\n"
+        "from napari_histattn.inference.features import extract_features\n"
+        "from napari_histattn.io.slide import open_slide\n"
+        "from napari_histattn.models.encoders import create_encoder\n"
+        "enc = create_encoder('tiny')\n"
+        "with open_slide(sys.argv[1]) as s:\n"
+        "    for p in extract_features(s, enc, sys.argv[2], batch_size=1, workers=1):\n"
+        "        if p.done == 5: print('started', flush=True)\n"
+        "        time.sleep(0.05)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(slide_path), str(target)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert not target.exists()
+    with open_slide(slide_path) as slide:
+        assert not is_done(target, slide, encoder.describe())
+        made = run_to_completion(extract_features(slide, encoder, target))  # the rerun completes
+    assert len(made) > 0 and not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.slow
+def test_amil_trained_on_cached_features_from_slide_labels_beats_chance_and_classifies(
+    cohort: tuple[Path, Path], features: Path, tmp_path: Path
+) -> None:
+    from napari_histattn.cli import main
+    from napari_histattn.inference.engine import classify
+
+    out = tmp_path / "run"
+    started = time.perf_counter()
+    argv = ["train", "--labels", str(cohort[1]), "--features", str(features), "--model", "amil"]
+    argv += ["--out", str(out), "--folds", "3", "--epochs", "30", "--lr", "3e-3", "--quiet"]
+    argv += ["--patience", "0", "--batch-size", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    seconds = time.perf_counter() - started
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == N_SLIDES  # every slide tested once, on held-out folds
+    assert metrics["accuracy"] > 0.5 and metrics["roc_auc"] > 0.5, metrics
+    assert seconds < 300
+
+    ckpt = out / "fold-1" / "model.safetensors"
+    from napari_histattn.models.checkpoint import load
+
+    loaded = load(ckpt, device="cpu")
+    pre = loaded.preprocessing
+    assert pre["input"] == "features" and pre["feature_encoder"]["name"] == "tiny"
+    slide = cohort[0] / "s00.tiff"
+    cached = run_to_completion(classify(slide, ckpt, device="cpu", features_dir=features))
+    fresh = run_to_completion(classify(slide, ckpt, device="cpu"))
+    assert any("features read from" in m for m in cached.provenance["messages"])
+    assert not any("features read from" in m for m in fresh.provenance["messages"])
+    np.testing.assert_allclose(cached.attention, fresh.attention, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cached.probabilities, fresh.probabilities, atol=1e-5)
