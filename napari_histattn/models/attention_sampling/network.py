@@ -55,6 +55,7 @@ then the preprocessing metadata that says which).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -177,6 +178,49 @@ class FeatureNetwork(nn.Module):
         return x * self.log_scale.exp()
 
 
+class EncoderFeatureNetwork(nn.Module):
+    """A registry encoder (:func:`~napari_histattn.models.encoders.create_encoder`) as the
+    feature network: encoder, linear to ``feature_dim``, L2 normalisation, times a scale.
+
+    ``freeze`` keeps the encoder's weights (and its batch-norm statistics) fixed, so
+    that a pretrained encoder is used as it is and only the head learns.
+    """
+
+    def __init__(
+        self,
+        encoder: str,
+        feature_dim: int = 32,
+        feature_scale: float = 1.0,
+        learn_feature_scale: bool = False,
+        freeze: bool = False,
+    ) -> None:
+        super().__init__()
+        from napari_histattn.models.encoders import create_encoder
+
+        built = create_encoder(encoder, pretrained=False)
+        self.encoder_name = encoder
+        self.encoder = built.module
+        self.freeze = freeze
+        for p in self.encoder.parameters():
+            p.requires_grad_(not freeze)
+        self.fc = nn.Linear(built.spec.dim, feature_dim)
+        if feature_scale <= 0:
+            raise ValueError(f"feature_scale must be > 0, got {feature_scale}")
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(feature_scale)), requires_grad=learn_feature_scale
+        )
+
+    def train(self, mode: bool = True) -> EncoderFeatureNetwork:
+        super().train(mode)
+        if self.freeze:
+            self.encoder.eval()
+        return self
+
+    def forward(self, patches: Tensor) -> Tensor:
+        x = F.normalize(self.fc(self.encoder(patches)), dim=1)
+        return x * self.log_scale.exp()
+
+
 class AttentionSampling(nn.Module):
     """The attention-sampling model; see the module docstring.
 
@@ -210,6 +254,12 @@ class AttentionSampling(nn.Module):
         Weight of the attention-entropy bonus in :meth:`loss`.
     temperature
         Softmax temperature of the attention (> 1 flattens it).
+    feature_encoder
+        ``"default"`` (the paper's small CNN), or a registry encoder name
+        (``resnet18``, ``uni``...) as the feature network; its weights can be
+        warm-started from a local file with :meth:`warm_start_feature_encoder`.
+    freeze_feature_encoder
+        Keep that encoder fixed (only its linear head and the attention learn).
     """
 
     def __init__(
@@ -229,6 +279,8 @@ class AttentionSampling(nn.Module):
         aggregation: str = "expectation",
         entropy_weight: float = 0.01,
         temperature: float = 1.0,
+        feature_encoder: str = "default",
+        freeze_feature_encoder: bool = False,
     ) -> None:
         super().__init__()
         if aggregation not in AGGREGATIONS:
@@ -246,10 +298,33 @@ class AttentionSampling(nn.Module):
         self.entropy_weight = entropy_weight
         self.temperature = temperature
         self.attention_net = AttentionNetwork(in_channels, attention_channels, attention_blocks)
-        self.feature_net = FeatureNetwork(
-            in_channels, feature_channels, feature_dim, feature_scale, learn_feature_scale
-        )
+        self.feature_net: nn.Module
+        if feature_encoder == "default":
+            self.feature_net = FeatureNetwork(
+                in_channels, feature_channels, feature_dim, feature_scale, learn_feature_scale
+            )
+        else:
+            self.feature_net = EncoderFeatureNetwork(
+                feature_encoder,
+                feature_dim,
+                feature_scale,
+                learn_feature_scale,
+                freeze_feature_encoder,
+            )
         self.classifier = nn.Linear(feature_dim, n_classes)
+
+    def warm_start_feature_encoder(self, weights: str | Path) -> str:
+        """Load a registry encoder's local weights into the feature network; returns their
+        SHA-256 (record it in the training summary)."""
+        from napari_histattn.models.encoders import create_encoder
+
+        if not isinstance(self.feature_net, EncoderFeatureNetwork):
+            raise ValueError(
+                'warm start needs feature_encoder set to an encoder name, not "default"'
+            )
+        loaded = create_encoder(self.feature_net.encoder_name, weights)
+        self.feature_net.encoder.load_state_dict(loaded.module.state_dict(), strict=True)
+        return str(loaded.weights_sha256)
 
     def attention_map(self, low_res: Tensor) -> tuple[Tensor, Tensor]:
         """The attention network alone (for heatmaps and inference).

@@ -100,14 +100,12 @@ class EncoderSpec:
 class _Trunk(nn.Module):
     """torchvision ResNet layers up to ``last_layer``, global average pooled, flattened."""
 
-    def __init__(self, resnet: nn.Module, last_layer: int) -> None:
+    def __init__(self, resnet: Any, last_layer: int) -> None:
         super().__init__()
-        self.conv1, self.bn1, self.relu, self.maxpool = (
-            resnet.conv1,
-            resnet.bn1,
-            resnet.relu,
-            resnet.maxpool,
-        )
+        self.conv1: nn.Module = resnet.conv1
+        self.bn1: nn.Module = resnet.bn1
+        self.relu: nn.Module = resnet.relu
+        self.maxpool: nn.Module = resnet.maxpool
         for i in range(1, last_layer + 1):
             setattr(self, f"layer{i}", getattr(resnet, f"layer{i}"))
         self.last_layer = last_layer
@@ -144,7 +142,7 @@ class _TokenConcat(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.vit(x)  # (N, prefix + patches, D): timm with global_pool=""
-        prefix = int(self.vit.num_prefix_tokens)
+        prefix = int(getattr(self.vit, "num_prefix_tokens", 1))
         return torch.cat([tokens[:, 0], tokens[:, prefix:].mean(dim=1)], dim=-1)
 
 
