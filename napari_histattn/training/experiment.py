@@ -19,7 +19,7 @@ Output layout of ``out_dir``::
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +27,23 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from napari_histattn.errors import HistattnError
-from napari_histattn.models.family import Family, TaskOptions, family_for_model, runnable_models
-from napari_histattn.models.tasks import Task
 from napari_histattn.progress import Progress
 from napari_histattn.training.datasets import (
     DatasetError,
     FeatureBagDataset,
-    ImageDataset,
     LabelledData,
     Sample,
-    SlideBagDataset,
     SlideOptions,
-    SlideSamplingDataset,
     estimate_normalisation,
+)
+from napari_histattn.training.inputs import (
+    family_of,
+    feature_preprocessing,
+    make_dataset,
+    make_task,
+    options_from_preprocessing,
+    preprocessing_of,
+    warm_start,
 )
 from napari_histattn.training.loop import (
     EvalResult,
@@ -53,6 +57,18 @@ from napari_histattn.training.metrics import classification_metrics
 from napari_histattn.training.reports import write_evaluation, write_sample_csv
 from napari_histattn.training.splits import cross_validation_folds
 from napari_histattn.training.transforms import Augment, Normalise, as_triple
+
+__all__ = [
+    "ExperimentResult",
+    "ExperimentSpec",
+    "FoldResult",
+    "cross_validate",
+    "evaluate_checkpoint",
+    "family_of",
+    "make_dataset",
+    "make_task",
+    "relabel",
+]
 
 #: Metrics averaged over folds in ``metrics.json``.
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "roc_auc", "patient_accuracy", "loss")
@@ -127,118 +143,10 @@ class ExperimentResult:
     out_dir: Path
 
 
-def family_of(model_name: str) -> Family:
-    """The family plug-in of a trainable model name."""
-    family = family_for_model(model_name)
-    if family is None:
-        known = ", ".join(runnable_models())
-        raise HistattnError(f"model {model_name!r} cannot be trained here; use one of {known}")
-    return family
-
-
 def _full_config(spec: ExperimentSpec, n_classes: int) -> dict[str, Any]:
     from napari_histattn.models.registry import default_config
 
     return {**default_config(spec.model_name), **spec.model_config, "n_classes": n_classes}
-
-
-def _slide_options(options: SlideOptions, config: dict[str, Any]) -> SlideOptions:
-    """Slide options with the model's patch size and downscale."""
-    changes: dict[str, Any] = {}
-    if "patch_size" in config:
-        changes["patch_size"] = int(config["patch_size"])
-    if "downscale" in config:
-        changes["downscale"] = int(config["downscale"])
-    return replace(options, **changes)
-
-
-def make_dataset(
-    input_kind: str,
-    data: LabelledData,
-    config: dict[str, Any],
-    options: SlideOptions,
-    *,
-    augment: Augment | None,
-    normalise: Normalise | None,
-    seed: int,
-) -> Dataset[Any]:
-    """The dataset for a family's ``input`` kind over ``data``.
-
-    ``"image"``: fixed-size images; ``"mil"``: bags of tissue tiles;
-    ``"sampling"``: a low-resolution view plus a high-resolution patch source.
-    """
-    if input_kind == "image":
-        return ImageDataset(data, int(config["input_size"]), augment, normalise, seed)
-    if input_kind == "mil":
-        return SlideBagDataset(data, _slide_options(options, config), augment, normalise, seed)
-    if input_kind == "sampling":
-        return SlideSamplingDataset(data, _slide_options(options, config), normalise)
-    raise ValueError(f"no dataset for training input {input_kind!r}")
-
-
-def make_task(family: Family, normalise: Normalise, chunk_size: int | None = 256) -> Task:
-    """The family's training adapter for data normalised by ``normalise``."""
-    mean = None if normalise.mean is None else list(normalise.mean)
-    std = None if normalise.std is None else list(normalise.std)
-    return family.task(TaskOptions(mean=mean, std=std, chunk_size=chunk_size))
-
-
-def preprocessing_of(
-    input_kind: str, config: dict[str, Any], options: SlideOptions, normalise: Normalise
-) -> dict[str, Any]:
-    """The checkpoint's ``preprocessing``: everything needed to rebuild the inputs."""
-    out: dict[str, Any] = {"input": input_kind, **normalise.as_dict()}
-    if input_kind == "image":
-        out["image_size"] = int(config["input_size"])
-    else:
-        out.update(_slide_options(options, config).preprocessing())
-    return out
-
-
-def _warm_start(model: Any, weights: Path | None) -> str | None:
-    """Load ``weights`` into the model's registry encoder; their SHA-256, or None."""
-    if weights is None:
-        return None
-    warm = getattr(model, "warm_start_feature_encoder", None)
-    if not callable(warm):
-        raise HistattnError(f"model {model.model_name!r} has no encoder to warm-start")
-    try:
-        return str(warm(weights))
-    except ValueError as exc:
-        raise HistattnError(str(exc)) from exc
-
-
-def feature_preprocessing(dataset: FeatureBagDataset, max_patches: int | None) -> dict[str, Any]:
-    """The ``preprocessing`` of a checkpoint trained on cached features: the encoder that made
-    them (name, weights SHA-256, its tile side, mpp and mean/std) and the tiling."""
-    info = dataset.info(0)
-    encoder = dict(dataset.encoder or {})
-    pre = encoder.get("preprocessing") or {}
-    return {
-        "input": "features",
-        "feature_encoder": encoder,
-        "patch_size": int(info["patch_size"]),
-        "target_mpp": pre.get("target_mpp"),
-        "mean": pre.get("mean"),
-        "std": pre.get("std"),
-        "tissue": info["tissue"],
-        "max_patches": max_patches,
-    }
-
-
-def _options_from_preprocessing(pre: dict[str, Any]) -> SlideOptions:
-    from napari_histattn.inference.patches import TissueSettings
-
-    tissue = pre.get("tissue") or {}
-    return SlideOptions(
-        patch_size=int(pre.get("patch_size") or 224),
-        target_mpp=pre.get("target_mpp"),
-        level=pre.get("level"),
-        downsample=pre.get("downsample"),
-        tissue=TissueSettings(**tissue),
-        max_patches=pre.get("max_patches"),
-        downscale=int(pre.get("downscale") or 8),
-    )
 
 
 def _groups_if_meaningful(data: LabelledData) -> list[str] | None:
@@ -349,7 +257,7 @@ def cross_validate(
         model = create_model(spec.model_name, **config)
         if isinstance(train_set, FeatureBagDataset):
             model.set_feature_scaling(*train_set.feature_stats())  # type: ignore[operator]
-        warm = _warm_start(model, spec.encoder_weights)
+        warm = warm_start(model, spec.encoder_weights)
         result = yield from _staged(
             train(
                 model,
@@ -502,7 +410,7 @@ def evaluate_checkpoint(
     config = dict(loaded.config)
     if input_kind == "image" and pre.get("image_size") is not None:
         config["input_size"] = int(pre["image_size"])
-    options = _options_from_preprocessing(pre)
+    options = options_from_preprocessing(pre)
     dataset: Dataset[Any]
     if input_kind == "features":
         if features_dir is None:
