@@ -154,8 +154,9 @@ def classify(
         A checkpoint trained on cached features (``histattn features``) reads this
         slide's features from ``<features_dir>/<slide stem>.h5`` when that file was
         made from this slide file with the checkpoint's encoder and weights (also
-        looked for in the folders of ``$HISTATTN_FEATURES``); otherwise the encoder
-        runs here.
+        looked for in the folders of ``$HISTATTN_FEATURES`` and in ``features/``
+        beside the slide, so the widget finds them too); otherwise the encoder runs
+        here.
     encoder_weights
         The weights of that encoder (a ``.safetensors`` file or a folder), checked
         against the SHA-256 the checkpoint records; default: looked for as
@@ -234,7 +235,7 @@ def classify(
             params=given,
             cancel=cancel,
             messages=list(messages),
-            features_dirs=_features_dirs(features_dir),
+            features_dirs=_features_dirs(features_dir, the_slide.path),
             encoder_weights=None if encoder_weights is None else Path(encoder_weights),
         )
         for message in messages:
@@ -276,10 +277,13 @@ def classify(
             opened.close()
 
 
-def _features_dirs(given: str | PathLike[str] | None) -> list[Path]:
+def _features_dirs(given: str | PathLike[str] | None, slide_path: Path) -> list[Path]:
+    """Where a slide's cached features are looked for: the folder given, the folders of
+    ``$HISTATTN_FEATURES``, then ``features/`` beside the slide."""
     folders = [] if given is None else [Path(given)]
     env = os.environ.get(FEATURES_ENV_VAR, "")
-    return folders + [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    folders += [Path(p).expanduser() for p in env.split(os.pathsep) if p.strip()]
+    return [*folders, slide_path.parent / "features"]
 
 
 def _assemble(

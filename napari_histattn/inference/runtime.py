@@ -286,6 +286,7 @@ class SlideRun:
             pixels = read_tiles(self.slide, plan, np.arange(start, stop))
             with torch.inference_mode():
                 x = rgb_to_tensor(pixels, pre["mean"], pre["std"]).to(self.device)
+                x = x.contiguous(memory_format=torch.channels_last)  # as histattn features runs it
                 chunks.append(self.call(partial(encoder.module, x), "the tiles").float())
             yield from self.report("encode", stop, len(plan))
         return plan, torch.cat(chunks)
@@ -308,7 +309,7 @@ class SlideRun:
                         f"SHA-256 {str(encoder.weights_sha256)[:12]}...: give those weights"
                     )
             self._encoder = encoder
-        self._encoder.module.to(self.device).eval()
+        self._encoder.module.to(self.device).eval().to(memory_format=torch.channels_last)
         return self._encoder
 
 

@@ -202,3 +202,38 @@ def test_amil_trained_on_cached_features_from_slide_labels_beats_chance_and_clas
     assert not any("features read from" in m for m in fresh.provenance["messages"])
     np.testing.assert_allclose(cached.attention, fresh.attention, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(cached.probabilities, fresh.probabilities, atol=1e-5)
+
+    # features/ beside the slide is looked in by default (so the widget finds them).
+    beside = cohort[0] / "features"
+    beside.mkdir(exist_ok=True)
+    (beside / "s00.h5").write_bytes(feature_path(features, slide).read_bytes())
+    try:
+        found = run_to_completion(classify(slide, ckpt, device="cpu"))
+    finally:
+        (beside / "s00.h5").unlink()
+    assert any(str(beside) in m for m in found.provenance["messages"])
+
+
+@pytest.mark.gui
+@pytest.mark.slow
+def test_a_features_trained_checkpoint_classifies_in_the_widget(
+    make_napari_viewer, qtbot, cohort: tuple[Path, Path], features: Path, tmp_path: Path
+) -> None:
+    from napari_histattn.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--labels", str(cohort[1]), "--features", str(features), "--model", "amil"]
+    argv += ["--out", str(out), "--folds", "1", "--epochs", "3", "--quiet", "--device", "cpu"]
+    assert main(argv) == 0
+    viewer = make_napari_viewer()
+    viewer.open(str(cohort[0] / "s00.tiff"), plugin="napari-histattn")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histattn", "Classify with attention")
+    assert widget.add_checkpoint(out / "fold-1" / "model.safetensors")
+    widget.device.value = "cpu"
+    widget.run_classify()
+    qtbot.waitUntil(lambda: widget.is_idle, timeout=120_000)
+    assert widget.status.value == "done"
+    result = widget.result_for()
+    assert result is not None and result.family == "mil"
+    assert "heatmap" in widget.result_layers()
+    assert result.attention.shape == read_features(feature_path(features, "s00")).grid_shape

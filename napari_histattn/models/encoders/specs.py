@@ -17,7 +17,8 @@ The architectures and preprocessing follow each model's own model card:
   mean/std, 1536-d.
 - ``phikon`` (owkin/phikon): ViT-B/16 (iBOT), distributed in Hugging Face ``transformers``
   layout and converted to timm's on load; the class token, 768-d.
-- ``tiny``, ``small_cnn``: this project's small CNNs (no pretrained weights exist).
+- ``tiny``, ``small_cnn``: this project's small CNNs (no published weights; weights a user
+  trained load like any other).
 """
 
 from __future__ import annotations
@@ -238,11 +239,22 @@ _MAHMOOD = (
     "CC-BY-NC-ND 4.0, non-commercial research use only)"
 )
 
+_OWN = "weights you trained yourself with this project (none are published)"
+
 ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
-        EncoderSpec("tiny", 16, partial(_small, "tiny"), input_size=32, target_mpp=None),
-        EncoderSpec("small_cnn", 500, partial(_small, "small_cnn"), input_size=28, target_mpp=None),
+        EncoderSpec(
+            "tiny", 16, partial(_small, "tiny"), input_size=32, target_mpp=None, source=_OWN
+        ),
+        EncoderSpec(
+            "small_cnn",
+            500,
+            partial(_small, "small_cnn"),
+            input_size=28,
+            target_mpp=None,
+            source=_OWN,
+        ),
         EncoderSpec(
             "resnet18",
             512,
