@@ -61,6 +61,7 @@ __all__ = [
     "feature_info",
     "feature_path",
     "is_done",
+    "plan_for_encoder",
     "read_features",
     "slide_identity",
 ]
@@ -195,7 +196,8 @@ def read_features(path: str | os.PathLike[str]) -> FeatureFile:
     )
 
 
-def _plan(slide: Slide, encoder: Encoder, tissue: TissueSettings) -> TilePlan:
+def plan_for_encoder(slide: Slide, encoder: Encoder, tissue: TissueSettings) -> TilePlan:
+    """The tissue tiles of ``slide`` at the encoder's input size and mpp (level 0 without mpp)."""
     spec = encoder.spec
     mpp = spec.target_mpp if slide.mpp_xy is not None else None
     downsample = target_downsample(slide, target_mpp=mpp)
@@ -262,7 +264,7 @@ def extract_features(
     tissue = tissue or TissueSettings()
     dev = resolve_device(device)
     if plan is None:
-        plan = _plan(slide, encoder, tissue)
+        plan = plan_for_encoder(slide, encoder, tissue)
     elif plan.patch_size != encoder.spec.input_size:
         raise HistattnError(
             f"the tiles are {plan.patch_size} px, encoder {encoder.name!r} takes "
@@ -277,7 +279,13 @@ def extract_features(
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     n, dim = len(plan), int(encoder.spec.dim)
-    yield Progress("features", 0, n, f"{slide.path.name}: {n} tiles")
+    note = f"{slide.path.name}: {n} tiles"
+    if slide.mpp_xy is None and encoder.spec.target_mpp is not None:
+        note += (
+            f" (the slide has no mpp: tiles are read at level 0, not at the encoder's "
+            f"{encoder.spec.target_mpp:g} um/px)"
+        )
+    yield Progress("features", 0, n, note)
     try:
         with h5py.File(partial, "w") as h5:
             feats = h5.create_dataset(

@@ -241,6 +241,20 @@ _MAHMOOD = (
 
 _OWN = "weights you trained yourself with this project (none are published)"
 
+
+def _resnet_spec(name: str, arch: str, last_layer: int, dim: int) -> EncoderSpec:
+    """A torchvision ResNet trunk through ``layer<last_layer>``, loading the ImageNet file."""
+    unused = tuple(f"layer{i}." for i in range(last_layer + 1, 5)) + ("fc.",)
+    weights = {"resnet18": "ResNet18", "resnet50": "ResNet50"}[arch]
+    return EncoderSpec(
+        name,
+        dim,
+        partial(_resnet, arch, last_layer),
+        source=f"torchvision's {weights}_Weights.IMAGENET1K_V1 file (BSD-3-Clause)",
+        ignore_prefixes=unused,
+    )
+
+
 ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
@@ -255,27 +269,9 @@ ENCODERS: dict[str, EncoderSpec] = {
             target_mpp=None,
             source=_OWN,
         ),
-        EncoderSpec(
-            "resnet18",
-            512,
-            partial(_resnet, "resnet18", 4),
-            source="torchvision's ResNet18_Weights.IMAGENET1K_V1 file (BSD-3-Clause)",
-            ignore_prefixes=("fc.",),
-        ),
-        EncoderSpec(
-            "resnet50",
-            2048,
-            partial(_resnet, "resnet50", 4),
-            source="torchvision's ResNet50_Weights.IMAGENET1K_V1 file (BSD-3-Clause)",
-            ignore_prefixes=("fc.",),
-        ),
-        EncoderSpec(
-            "resnet50_trunc",
-            1024,
-            partial(_resnet, "resnet50", 3),
-            source="torchvision's ResNet50_Weights.IMAGENET1K_V1 file (BSD-3-Clause), as CLAM uses",
-            ignore_prefixes=("layer4.", "fc."),
-        ),
+        _resnet_spec("resnet18", "resnet18", 4, 512),
+        _resnet_spec("resnet50", "resnet50", 4, 2048),
+        _resnet_spec("resnet50_trunc", "resnet50", 3, 1024),  # CLAM's trunk
         EncoderSpec(
             "uni",
             1024,
