@@ -100,6 +100,7 @@ class ClassifyWidget(Container):
             setattr(self, name, control)
         self.batch_size = SpinBox(label="batch size", min=1, max=65536)
         self._family: Any = None
+        self._param_names: set[str] = set()
         self.classify_button = PushButton(label="", text="Classify")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=_BAR_MAX, value=0)
@@ -195,6 +196,7 @@ class ClassifyWidget(Container):
             show_error(str(exc))
             return
         self._family = defaults.family
+        self._param_names = set(defaults.values)
         configure_controls(self.params, defaults.family, defaults.values)
         self.batch_size.value = defaults.batch_size
 
@@ -226,7 +228,7 @@ class ClassifyWidget(Container):
 
     def param_values(self) -> dict[str, Any]:
         """The chosen model family's run parameters, as the controls show them."""
-        return param_values(self.params, self._family)
+        return param_values(self.params, self._family, self._param_names)
 
     # ------------------------------------------------------------------ runs
 

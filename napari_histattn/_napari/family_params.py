@@ -34,9 +34,10 @@ def param_controls() -> dict[str, Any]:
 
 
 def configure_controls(controls: dict[str, Any], family: Any, values: dict[str, Any]) -> None:
-    """Show ``family``'s parameters with their declared look and ``values``; hide the others."""
+    """Show the parameters in ``values`` (those of ``family`` that apply to the checkpoint)
+    with their declared look; hide the others."""
     for name, control in controls.items():
-        param = family.param(name)
+        param = family.param(name) if name in values else None
         control.visible = param is not None
         if param is None:
             continue
@@ -46,8 +47,8 @@ def configure_controls(controls: dict[str, Any], family: Any, values: dict[str, 
         control.value = values[name]
 
 
-def param_values(controls: dict[str, Any], family: Any) -> dict[str, Any]:
-    """``family``'s parameters as the controls show them (empty without a family)."""
+def param_values(controls: dict[str, Any], family: Any, names: Any) -> dict[str, Any]:
+    """``family``'s parameters called ``names`` as the controls show them (empty without a family)."""
     if family is None:
         return {}
-    return {p.name: p.kind(controls[p.name].value) for p in family.params}
+    return {p.name: p.kind(controls[p.name].value) for p in family.params if p.name in names}

@@ -221,10 +221,18 @@ def classify(
                 f"{', '.join(map(repr, unknown))}; it takes: {takes}"
             )
         given = given_params(params, seed=seed, n_patches=n_patches, patch_size=patch_size)
+        ignored = []
         for name, value in list(given.items()):
             declared = family.param(name)
-            if declared is not None and value is not None:
-                given[name] = declared.check(value)
+            if declared is None or value is None:
+                continue
+            if not declared.applies_to(ckpt.config, ckpt.preprocessing):
+                messages.append(
+                    f"run parameter {name!r} does not apply to this checkpoint: ignored"
+                )
+                del given[name]
+                continue
+            given[name] = declared.check(value)
         run = SlideRun(
             slide=the_slide,
             checkpoint=ckpt,
@@ -238,6 +246,8 @@ def classify(
             features_dirs=_features_dirs(features_dir, the_slide.path),
             encoder_weights=None if encoder_weights is None else Path(encoder_weights),
         )
+        for name in ignored:
+            run.note(f"run parameter {name!r} does not apply to this checkpoint: ignored")
         for message in messages:
             yield from run.report("device", 0, None, message)
         ckpt.model.to(run.device).eval()

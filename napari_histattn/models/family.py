@@ -86,6 +86,10 @@ class FamilyParam:
         Bounds (inclusive).
     kind
         ``int`` or ``float``.
+    applies
+        ``applies(config, preprocessing)``: whether the parameter means anything for a
+        checkpoint (``None``: always). The widget hides, and the engine ignores with a
+        note, a parameter that does not apply.
     """
 
     name: str
@@ -95,6 +99,11 @@ class FamilyParam:
     minimum: float = 0
     maximum: float = 2**31 - 1
     kind: type = int
+    applies: Callable[[Mapping[str, Any], Mapping[str, Any]], bool] | None = None
+
+    def applies_to(self, config: Mapping[str, Any], pre: Mapping[str, Any]) -> bool:
+        """Whether this parameter means anything for a checkpoint."""
+        return self.applies is None or bool(self.applies(config, pre))
 
     def value_from(self, config: Mapping[str, Any], pre: Mapping[str, Any]) -> Any:
         """The default for a checkpoint with this configuration and preprocessing."""
@@ -255,8 +264,8 @@ class Family:
         return next((p for p in self.params if p.name == name), None)
 
     def defaults(self, config: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, Any]:
-        """Every parameter's default for a checkpoint with this configuration."""
-        return {p.name: p.value_from(config, pre) for p in self.params}
+        """The default of every parameter that applies to a checkpoint with this configuration."""
+        return {p.name: p.value_from(config, pre) for p in self.params if p.applies_to(config, pre)}
 
 
 def tile_params(patch_size: DefaultFn) -> tuple[FamilyParam, FamilyParam]:
@@ -272,7 +281,14 @@ def tile_params(patch_size: DefaultFn) -> tuple[FamilyParam, FamilyParam]:
             default=lambda config, pre: 0,
         ),
         FamilyParam(
-            "patch_size", "patch size (px)", "tile side in model pixels", patch_size, 1, 16384
+            "patch_size",
+            "patch size (px)",
+            "tile side in model pixels",
+            patch_size,
+            1,
+            16384,
+            # A model trained on cached features takes its encoder's tiles.
+            applies=lambda config, pre: pre.get("input") != "features",
         ),
     )
 

@@ -213,6 +213,17 @@ def test_amil_trained_on_cached_features_from_slide_labels_beats_chance_and_clas
         (beside / "s00.h5").unlink()
     assert any(str(beside) in m for m in found.provenance["messages"])
 
+    # The encoder fixes the tile size: patch_size does not apply, the widget hides it.
+    from napari_histattn._napari.checkpoints import checkpoint_defaults, describe_checkpoint
+
+    defaults = checkpoint_defaults(describe_checkpoint(ckpt))
+    assert "patch_size" not in defaults.values and "n_patches" in defaults.values
+    ignored = run_to_completion(
+        classify(slide, ckpt, device="cpu", features_dir=features, patch_size=64)
+    )
+    assert any("'patch_size' does not apply" in m for m in ignored.provenance["messages"])
+    np.testing.assert_allclose(ignored.attention, cached.attention)
+
 
 @pytest.mark.gui
 @pytest.mark.slow
@@ -235,5 +246,6 @@ def test_a_features_trained_checkpoint_classifies_in_the_widget(
     assert widget.status.value == "done"
     result = widget.result_for()
     assert result is not None and result.family == "mil"
+    assert widget.params["patch_size"].native.isHidden()  # the encoder's tiles are fixed
     assert "heatmap" in widget.result_layers()
     assert result.attention.shape == read_features(feature_path(features, "s00")).grid_shape
