@@ -221,7 +221,7 @@ def classify(
                 f"{', '.join(map(repr, unknown))}; it takes: {takes}"
             )
         given = given_params(params, seed=seed, n_patches=n_patches, patch_size=patch_size)
-        ignored = []
+        ignored: list[str] = []
         for name, value in list(given.items()):
             declared = family.param(name)
             if declared is None or value is None:

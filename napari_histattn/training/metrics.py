@@ -174,6 +174,57 @@ def patient_accuracy(
     return float(np.mean([t == p for t, p in votes.values()]))
 
 
+def reliability_bins(
+    y_true: ArrayLike, probabilities: ArrayLike, n_bins: int = 10
+) -> dict[str, list[float]]:
+    """Top-label reliability: per confidence bin, the mean confidence, the accuracy and the count.
+
+    The confidence of a sample is its largest class probability; it is correct when
+    that class is the label. Bins split [0, 1] evenly (the last includes 1); empty
+    bins report NaN.
+    """
+    t = _labels(y_true)
+    probs = np.asarray(probabilities, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] != t.size:
+        raise ValueError(f"probabilities must be (n, C) with n={t.size}, got {probs.shape}")
+    confidence = probs.max(axis=1) if t.size else np.zeros(0)
+    correct = (probs.argmax(axis=1) == t) if t.size else np.zeros(0, dtype=bool)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    out: dict[str, list[float]] = {
+        "edges": edges.tolist(),
+        "confidence": [],
+        "accuracy": [],
+        "count": [],
+    }
+    for b in range(n_bins):
+        inside = which == b
+        n = int(inside.sum())
+        out["count"].append(float(n))
+        out["confidence"].append(float(confidence[inside].mean()) if n else math.nan)
+        out["accuracy"].append(float(correct[inside].mean()) if n else math.nan)
+    return out
+
+
+def expected_calibration_error(
+    y_true: ArrayLike, probabilities: ArrayLike, n_bins: int = 10
+) -> float:
+    """ECE: the count-weighted mean gap between accuracy and confidence over the bins of
+    :func:`reliability_bins` (0 for a calibrated model; NaN without samples)."""
+    bins = reliability_bins(y_true, probabilities, n_bins)
+    total = sum(bins["count"])
+    if total == 0:
+        return math.nan
+    return float(
+        sum(
+            n * abs(a - c)
+            for n, a, c in zip(bins["count"], bins["accuracy"], bins["confidence"], strict=True)
+            if n
+        )
+        / total
+    )
+
+
 def classification_metrics(
     y_true: ArrayLike,
     probabilities: ArrayLike,
@@ -206,6 +257,8 @@ def classification_metrics(
         "roc_auc": roc_auc(t, probs) if t.size else math.nan,
         "confusion_matrix": confusion_matrix(t, pred, n_classes).tolist(),
         "class_names": list(class_names),
+        "ece": expected_calibration_error(t, probs) if t.size else math.nan,
+        "reliability": reliability_bins(t, probs) if t.size else {},
     }
     if n_classes > 2 and t.size:
         metrics["roc_auc_per_class"] = {

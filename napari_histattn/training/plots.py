@@ -1,4 +1,4 @@
-"""ROC curve and confusion-matrix plots as PNG files.
+"""ROC curve, confusion-matrix and reliability plots as PNG files.
 
 Uses matplotlib's object API with the Agg canvas directly, so no GUI backend
 is touched and pyplot's global state is never used.
@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from napari_histattn.training.metrics import roc_auc_binary, roc_curve
+from napari_histattn.training.metrics import (
+    expected_calibration_error,
+    reliability_bins,
+    roc_auc_binary,
+    roc_curve,
+)
 
 
 def _new_figure(size: tuple[float, float]):  # type: ignore[no-untyped-def]
@@ -89,6 +94,42 @@ def plot_confusion_matrix(
         for j in range(n):
             colour = "white" if matrix[i, j] > threshold else "black"
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def plot_reliability(
+    y_true: ArrayLike,
+    probabilities: ArrayLike,
+    path: str | Path,
+    title: str = "Reliability",
+    n_bins: int = 10,
+) -> Path:
+    """Write the reliability diagram (accuracy against confidence per bin, the diagonal
+    is calibration, bar labels give the counts) with the ECE in the title, to ``path``."""
+    bins = reliability_bins(y_true, probabilities, n_bins)
+    ece = expected_calibration_error(y_true, probabilities, n_bins)
+    edges = np.asarray(bins["edges"])
+    centres = (edges[:-1] + edges[1:]) / 2
+    accuracy = np.nan_to_num(np.asarray(bins["accuracy"], dtype=np.float64))
+    fig = _new_figure((5.0, 5.0))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(
+        centres, accuracy, width=1.0 / n_bins, edgecolor="black", color="#4c78a8", label="accuracy"
+    )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="calibrated")
+    for x, a, n in zip(centres, accuracy, bins["count"], strict=True):
+        if n:
+            ax.text(x, min(a + 0.02, 0.97), f"{int(n)}", ha="center", fontsize="x-small")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("Confidence (largest class probability)")
+    ax.set_ylabel("Accuracy")
+    ax.set_title(f"{title} (ECE {ece:.3f})" if ece == ece else title)
+    ax.legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

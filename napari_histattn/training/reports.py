@@ -20,7 +20,7 @@ from napari_histattn.training.loop import (
     Predictions,
 )
 from napari_histattn.training.metrics import write_metrics_json
-from napari_histattn.training.plots import plot_confusion_matrix, plot_roc
+from napari_histattn.training.plots import plot_confusion_matrix, plot_reliability, plot_roc
 
 
 def write_evaluation(
@@ -31,7 +31,8 @@ def write_evaluation(
     class_names: Sequence[str],
     title: str = "",
 ) -> None:
-    """Write ``metrics.json``, ``roc.png``, ``confusion_matrix.png`` and ``predictions.csv``."""
+    """Write ``metrics.json``, ``roc.png``, ``confusion_matrix.png``, ``reliability.png``
+    (calibration, with the ECE that ``metrics.json`` records) and ``predictions.csv``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_metrics_json(metrics, out_dir / "metrics.json")
     plot_roc(
@@ -47,6 +48,13 @@ def write_evaluation(
         out_dir / "confusion_matrix.png",
         title=f"Confusion matrix {title}".strip(),
     )
+    if len(predictions.labels):
+        plot_reliability(
+            predictions.labels,
+            predictions.probabilities,
+            out_dir / "reliability.png",
+            title=f"Reliability {title}".strip(),
+        )
     with (out_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "patient", "label", "predicted", *[f"p_{c}" for c in class_names]])

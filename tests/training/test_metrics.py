@@ -112,3 +112,32 @@ def test_classification_metrics_and_json_roundtrip(tmp_path):
     assert loaded["undefined"] is None
     assert loaded["arr"] == [0, 1, 2]
     assert loaded["roc_auc"] == pytest.approx(M.roc_auc(y, probs))
+
+
+def test_expected_calibration_error_and_reliability_bins() -> None:
+    from napari_histattn.training.metrics import expected_calibration_error, reliability_bins
+
+    labels = np.array([1] * 8 + [0] * 2)
+    # Confidence 0.8 for class 1 everywhere, right 8 times in 10: calibrated.
+    calibrated = np.tile([0.2, 0.8], (10, 1))
+    assert expected_calibration_error(labels, calibrated) == pytest.approx(0.0)
+    # Certain and right half the time: ECE 0.5.
+    sure = np.tile([0.0, 1.0], (10, 1))
+    assert expected_calibration_error(np.array([1, 0] * 5), sure) == pytest.approx(0.5)
+    bins = reliability_bins(labels, calibrated, n_bins=10)
+    assert bins["count"][7] == 10 and sum(bins["count"]) == 10  # 0.8 falls in (0.7, 0.8]
+    assert bins["accuracy"][7] == pytest.approx(0.8) and np.isnan(bins["accuracy"][0])
+
+
+def test_metrics_json_and_plots_carry_calibration(tmp_path) -> None:
+    from napari_histattn.training.metrics import classification_metrics
+    from napari_histattn.training.plots import plot_reliability
+
+    labels = np.array([0, 1, 1, 0])
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.2, 0.8], [0.3, 0.7]])
+    metrics = classification_metrics(labels, probs, ["a", "b"])
+    # One sample per bin: gaps 0.1, 0.4, 0.2 (right) and 0.7 (wrong at confidence 0.7).
+    assert metrics["ece"] == pytest.approx((0.1 + 0.4 + 0.2 + 0.7) / 4)
+    assert len(metrics["reliability"]["count"]) == 10
+    path = plot_reliability(labels, probs, tmp_path / "rel.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
