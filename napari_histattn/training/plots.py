@@ -29,6 +29,15 @@ def _new_figure(size: tuple[float, float]):  # type: ignore[no-untyped-def]
     return fig
 
 
+def _save(fig, path: str | Path) -> Path:  # type: ignore[no-untyped-def]
+    """Lay out ``fig`` and write it to ``path`` as PNG (making the folder)."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, format="png")
+    return out
+
+
 def plot_roc(
     y_true: ArrayLike,
     probabilities: ArrayLike,
@@ -60,11 +69,7 @@ def plot_roc(
     ax.set_ylabel("True-positive rate")
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def plot_confusion_matrix(
@@ -94,11 +99,7 @@ def plot_confusion_matrix(
         for j in range(n):
             colour = "white" if matrix[i, j] > threshold else "black"
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color=colour)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
 
 
 def plot_reliability(
@@ -130,8 +131,4 @@ def plot_reliability(
     ax.set_ylabel("Accuracy")
     ax.set_title(f"{title} (ECE {ece:.3f})" if ece == ece else title)
     ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return _save(fig, path)
