@@ -1,4 +1,4 @@
-"""Rank statistics shared by the layers (NumPy only): the binary ROC AUC.
+"""Statistics shared by the layers (NumPy only): the binary ROC AUC and temperature scaling.
 
 Lives below ``inference`` and ``training`` so that both score attention maps and
 predictions with one definition (:mod:`napari_histattn.training.metrics`
@@ -12,7 +12,7 @@ import math
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["roc_auc_binary"]
+__all__ = ["apply_temperature", "roc_auc_binary"]
 
 
 def _average_ranks(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -46,3 +46,18 @@ def roc_auc_binary(y_true: ArrayLike, scores: ArrayLike) -> float:
     ranks = _average_ranks(s)
     u = ranks[t].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+def apply_temperature(probabilities: ArrayLike, temperature: float) -> NDArray[np.float64]:
+    """``softmax(log p / T)`` along the last axis: for a softmax output this equals
+    ``softmax(logits / T)`` (temperature scaling, Guo et al. 2017), so a fitted
+    temperature calibrates any family's probabilities."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if temperature == 1.0:
+        return p
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    logp = np.log(np.clip(p, 1e-300, None)) / float(temperature)
+    logp -= logp.max(axis=-1, keepdims=True)
+    out = np.exp(logp)
+    return np.asarray(out / out.sum(axis=-1, keepdims=True))

@@ -385,6 +385,7 @@ class ClassifyWidget(Container):
         result = shown.result
         lines = [f"predicted: {result.predicted_class}"]
         lines += [f"  {name}: {p:.3f}" for name, p in result.probabilities_by_class.items()]
+        lines += result.evidence_lines()
         lines.append(f"({result.provenance.get('device')}, seed {result.provenance.get('seed')})")
         if shown.regions:
             lines.append("attended regions (green outlines):")

@@ -162,5 +162,7 @@ def run(args: argparse.Namespace) -> int:
     result, files = classify_to_folder(args.slide, args.checkpoint, args.out, args)
     probs = ", ".join(f"{n} {p:.3f}" for n, p in result.probabilities_by_class.items())
     print(f"{args.slide.name}: {result.predicted_class} ({probs})")
+    for line in result.evidence_lines():
+        print(f"  {line}")
     print(f"wrote {len(files)} files to {args.out}: " + ", ".join(p.name for p in files.values()))
     return 0

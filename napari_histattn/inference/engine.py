@@ -73,6 +73,7 @@ from napari_histattn.models.checkpoint import load as load_checkpoint
 from napari_histattn.models.device import resolve_device
 from napari_histattn.models.family import SlideOutput, family_for_model, runnable_models
 from napari_histattn.progress import Progress
+from napari_histattn.stats import apply_temperature
 
 __all__ = ["FEATURES_ENV_VAR", "classify", "select_device"]
 
@@ -339,6 +340,11 @@ def _assemble(
         raise HistattnError(
             f"model {ckpt.model_name!r} ({ckpt.path}) gave invalid probabilities {probs.tolist()}"
         )
+    temperature = ckpt.temperature
+    if temperature != 1.0:  # calibrated on validation data in training
+        provenance["probabilities_uncalibrated"] = [float(v) for v in probs]
+        probs = apply_temperature(probs, temperature)
+    provenance["calibration_temperature"] = temperature
     side = float(raw.cell_l0)
     geometry = GridGeometry((0.0, 0.0), (side, side), (side, side))
     names = list(ckpt.class_names)

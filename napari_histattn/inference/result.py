@@ -138,6 +138,43 @@ class ClassificationResult:
         x, y, w, h = self.geometry.cell_l0_xywh(r, c)
         return x + w / 2.0, y + h / 2.0
 
+    def evidence_lines(self) -> list[str]:
+        """What a reviewer reads beside the probabilities: how the slide call was made,
+        the attention-weighted patch probability against the most confident patch (so that
+        "one small region, very confident" reads as such), the calibration, and the spread
+        over sampling rounds when the model samples."""
+        prov = self.provenance
+        # The class the evidence is about: the positive class of a two-class model.
+        index = 1 if len(self.class_names) == 2 else self.predicted_index
+        name = self.class_names[index]
+        lines = []
+        rule = prov.get("decision")
+        if rule and rule != "attention":
+            k = prov.get("decision_k", 1)
+            lines.append(
+                f"call: top-{k} patch evidence" + (" or attention" if rule == "max" else "")
+            )
+        weighted, top = (
+            prov.get("attention_weighted_patch_probability"),
+            prov.get("top_patch_probability"),
+        )
+        if weighted is not None and top is not None:
+            lines.append(
+                f"p({name}): attention-weighted patches {float(weighted[index]):.3f}, "
+                f"most confident patch {float(top[index]):.3f}"
+            )
+        spread = prov.get("probability_spread")
+        if spread is not None:
+            lines.append(
+                f"over {prov.get('sampling_rounds')} sampling rounds p({name}) "
+                f"{float(spread['min'][index]):.3f}-{float(spread['max'][index]):.3f}"
+                + (" - unstable, review" if spread.get("unstable") else "")
+            )
+        t = prov.get("calibration_temperature")
+        if t is not None and float(t) != 1.0:
+            lines.append(f"calibrated on validation data (temperature {float(t):.2f})")
+        return lines
+
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description (no per-cell arrays)."""
         return {

@@ -102,6 +102,16 @@ class LoadedCheckpoint:
     sha256: str
     path: Path
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature the checkpoint records (1.0: uncalibrated)."""
+        calibration = self.metadata.get("calibration") or {}
+        try:
+            value = float(calibration.get("temperature", 1.0))
+        except (TypeError, ValueError):
+            return 1.0
+        return value if value > 0 and value == value and value != float("inf") else 1.0
+
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
     """The ``.safetensors`` file for ``path`` (a ``.json`` sidecar maps to its weights)."""
@@ -148,6 +158,7 @@ def save(
     preprocessing: dict[str, Any],
     training: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint: ``<stem>.safetensors`` and its ``<stem>.json`` sidecar.
 
@@ -168,6 +179,10 @@ def save(
         Training summary: data summary, seed, epochs, metrics (JSON values).
     extra
         Anything else worth keeping (JSON values).
+    calibration
+        How the probabilities were calibrated: ``{"temperature": T, ...}``
+        (:class:`napari_histattn.training.calibration.Calibration`); inference
+        divides the logits by ``T``. None: uncalibrated.
 
     Returns
     -------
@@ -217,6 +232,7 @@ def save(
         "preprocessing": preprocessing,
         "training": training,
         "extra": extra or {},
+        **({"calibration": calibration} if calibration else {}),
         "package_version": napari_histattn.__version__,
         "torch_version": torch.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -38,10 +38,16 @@ class MILOutput(AttentionOutput):
 
     ``features`` ``(B, N, D)`` are the instance embeddings the attention pooled and
     ``mask`` ``(B, N)`` the real instances (``None``: all), kept for instance-level
-    losses."""
+    losses. ``bag_logits`` ``(B, C)`` are the attention-pooled logits (``logits`` are
+    the model's decision rule over them and ``instance_logits`` ``(B, N, C)``, the
+    head on each instance); ``instance_targets`` ``(B, N)`` long are instance labels
+    from annotations (-1: unlabelled), set by the training adapter."""
 
     features: Tensor | None = None
     mask: Tensor | None = None
+    bag_logits: Tensor | None = None
+    instance_logits: Tensor | None = None
+    instance_targets: Tensor | None = None
 
 
 @dataclass

@@ -4,8 +4,9 @@
 into patient-wise folds, trains one model per fold (best epoch on validation
 loss), evaluates it on the fold's held-out patients and writes, per fold and
 pooled over the folds: the checkpoint, metrics JSON, ROC and confusion-matrix
-PNGs and per-sample predictions. :func:`evaluate_checkpoint` rebuilds the
-inputs from a checkpoint's preprocessing and scores it on other data.
+PNGs and per-sample predictions. :func:`evaluate_checkpoint` (in
+:mod:`.evaluation`, re-exported) scores a checkpoint on other data. With annotations
+an A-MIL fold can train in two stages (annotated tiles first, then slide labels).
 
 Output layout of ``out_dir``::
 
@@ -18,7 +19,7 @@ Output layout of ``out_dir``::
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,20 +30,20 @@ from torch.utils.data import Dataset
 from napari_histattn.errors import HistattnError
 from napari_histattn.progress import Progress
 from napari_histattn.training.datasets import (
-    DatasetError,
     FeatureBagDataset,
     LabelledData,
-    Sample,
     SlideOptions,
     estimate_normalisation,
 )
+from napari_histattn.training.datasets.annotated import Annotations, InstanceLabeller
+from napari_histattn.training.evaluation import evaluate_checkpoint, relabel
 from napari_histattn.training.inputs import (
     family_of,
     feature_preprocessing,
     make_dataset,
     make_task,
-    options_from_preprocessing,
     preprocessing_of,
+    stage1,
     warm_start,
 )
 from napari_histattn.training.loop import (
@@ -56,7 +57,7 @@ from napari_histattn.training.loop import (
 from napari_histattn.training.metrics import classification_metrics
 from napari_histattn.training.reports import write_evaluation, write_sample_csv
 from napari_histattn.training.splits import cross_validation_folds
-from napari_histattn.training.transforms import Augment, Normalise, as_triple
+from napari_histattn.training.transforms import Augment, Normalise
 
 __all__ = [
     "ExperimentResult",
@@ -107,6 +108,13 @@ class ExperimentSpec:
     encoder_weights
         Warm-start the model's registry encoder (A-MIL's ``encoder``, attention
         sampling's ``feature_encoder``) from these local weights before training.
+    annotations
+        A-MIL: a pathologist's annotations (GeoJSON per slide) as tile labels for the
+        model's annotation loss; unannotated tiles and slides are unlabelled.
+    stage1_epochs
+        With ``annotations``: epochs of stage 1 (the annotated tiles of the annotated
+        training slides, annotation loss only) before stage 2 (every slide, slide labels
+        plus the annotation loss); 0 trains both at once.
     """
 
     model_name: str
@@ -120,6 +128,8 @@ class ExperimentSpec:
     chunk_size: int | None = 256
     features_dir: Path | None = None
     encoder_weights: Path | None = None
+    annotations: Annotations | None = None
+    stage1_epochs: int = 0
 
 
 @dataclass
@@ -193,6 +203,13 @@ def cross_validate(
         probe = FeatureBagDataset(data, spec.features_dir)  # every slide has a usable file
         config = {**config, "encoder": "none", "embed_dim": probe.dim, "standardise": True}
         config["patch_size"] = int(probe.info(0)["patch_size"])
+    labeller = None
+    if spec.annotations is not None:
+        if family.input != "mil":
+            raise HistattnError(
+                f"model {spec.model_name!r} does not learn from tile labels; annotations train amil"
+            )
+        labeller = InstanceLabeller(spec.annotations, class_names)
     seed = spec.train.seed
     splits = cross_validation_folds(
         data.labels, data.groups, spec.folds, seed, spec.val_fraction, spec.test_fraction
@@ -218,6 +235,7 @@ def cross_validate(
                     max_patches=spec.slide_options.max_patches,
                     train=part is train_data,
                     seed=seed,
+                    labeller=labeller if part is train_data else None,
                 )
                 for part in (train_data, val_data, test_data)
             )
@@ -231,6 +249,7 @@ def cross_validate(
                 augment=spec.augment,
                 normalise=None,
                 seed=seed,
+                labeller=labeller,
             )
             normalise = estimate_normalisation(train_set)
             train_set.normalise = normalise  # type: ignore[attr-defined]
@@ -246,6 +265,9 @@ def cross_validate(
                 )
                 for part in (val_data, test_data)
             )
+        if labeller is not None:  # every annotation file read now, naming a bad one
+            for index in range(len(train_data)):
+                train_set.tile_labels(index)  # type: ignore[attr-defined]
         task = make_task(family, normalise, spec.chunk_size)
         if probe is not None:
             preprocessing = feature_preprocessing(probe, spec.slide_options.max_patches)
@@ -258,6 +280,12 @@ def cross_validate(
         if isinstance(train_set, FeatureBagDataset):
             model.set_feature_scaling(*train_set.feature_stats())  # type: ignore[operator]
         warm = warm_start(model, spec.encoder_weights)
+        if labeller is not None and spec.stage1_epochs > 0:
+            annotated = _stage1_set(train_data, labeller, spec, config, probe, normalise)
+            yield from _staged(
+                stage1(model, task, annotated, spec, class_names), f"{stage} stage 1"
+            )
+            _close(annotated)
         result = yield from _staged(
             train(
                 model,
@@ -279,6 +307,11 @@ def cross_validate(
                     },
                     "eval_seed": seed,
                     **({"warm_start_sha256": warm} if warm else {}),
+                    **(
+                        {"annotations": labeller.summary(), "stage1_epochs": spec.stage1_epochs}
+                        if labeller is not None
+                        else {}
+                    ),
                 },
                 val_groups=_groups_if_meaningful(val_data),
             ),
@@ -294,6 +327,7 @@ def cross_validate(
                 batch_size=spec.train.batch_size,
                 device=spec.train.device,
                 seed=seed,
+                temperature=result.temperature,
             ),
             f"{stage} test",
         )
@@ -305,6 +339,8 @@ def cross_validate(
             "best_epoch": result.best_epoch,
             "best_val_loss": result.best_val_loss,
             "checkpoint": str(result.checkpoint_path),
+            "temperature": result.temperature,
+            **({"decision": result.decision["chosen"]} if result.decision else {}),
         }
         write_evaluation(
             out / name, test_data, evaluation.predictions, metrics, class_names, f"({stage})"
@@ -345,6 +381,47 @@ def cross_validate(
     return ExperimentResult(fold_results, metrics, out)
 
 
+def _stage1_set(
+    train_data: LabelledData,
+    labeller: InstanceLabeller,
+    spec: ExperimentSpec,
+    config: dict[str, Any],
+    probe: FeatureBagDataset | None,
+    normalise: Normalise,
+) -> Dataset[Any]:
+    """The annotated tiles of the annotated training slides (stage 1)."""
+    keep = [i for i, s in enumerate(train_data.samples) if labeller.has_annotations(s.path)]
+    if not keep:
+        raise HistattnError(
+            "stage 1 needs annotated training slides; none has a GeoJSON file in "
+            f"{labeller.annotations.folder}"
+        )
+    part = train_data.subset(keep)
+    seed = spec.train.seed
+    if probe is not None:
+        return FeatureBagDataset(
+            part,
+            probe.features_dir,
+            max_patches=spec.slide_options.max_patches,
+            train=True,
+            seed=seed,
+            labeller=labeller,
+            labelled_only=True,
+        )
+    family = family_of(spec.model_name)
+    return make_dataset(
+        family.input,
+        part,
+        config,
+        spec.slide_options,
+        augment=spec.augment,
+        normalise=normalise,
+        seed=seed,
+        labeller=labeller,
+        labelled_only=True,
+    )
+
+
 def _fold_stat(per_fold: list[dict[str, Any]], fn: Any) -> dict[str, float]:
     out = {}
     for key in SUMMARY_KEYS:
@@ -353,93 +430,3 @@ def _fold_stat(per_fold: list[dict[str, Any]], fn: Any) -> dict[str, float]:
         if values:
             out[key] = float(fn(values))
     return out
-
-
-def relabel(data: LabelledData, class_names: Sequence[str]) -> LabelledData:
-    """``data`` with labels re-indexed to ``class_names`` (matched by name).
-
-    Raises
-    ------
-    DatasetError
-        If the data has a class the checkpoint does not know.
-    """
-    names = list(class_names)
-    unknown = sorted({data.class_names[s.label] for s in data.samples} - set(names))
-    if unknown:
-        raise DatasetError(
-            data.root,
-            f"class(es) {unknown} are not among the checkpoint's classes {names}",
-        )
-    samples = [
-        Sample(s.path, names.index(data.class_names[s.label]), s.group, s.subtype, s.magnification)
-        for s in data.samples
-    ]
-    return LabelledData(data.layout, data.root, names, samples)
-
-
-def evaluate_checkpoint(
-    checkpoint_path: str | Path,
-    data: LabelledData,
-    out_dir: str | Path,
-    *,
-    batch_size: int = 8,
-    device: str = "auto",
-    seed: int | None = None,
-    features_dir: str | Path | None = None,
-) -> Generator[Progress, None, EvalResult]:
-    """Score a checkpoint on ``data`` and write the evaluation files to ``out_dir``.
-
-    The inputs are rebuilt from the checkpoint's preprocessing (image size or
-    patch size and resolution, mean/std); a checkpoint trained on cached features
-    reads them from ``features_dir``. Attention sampling draws from
-    ``seed`` (default: the seed the checkpoint was evaluated with in training).
-    """
-    from napari_histattn.models import checkpoint
-
-    loaded = checkpoint.load(checkpoint_path, device=device)
-    pre = loaded.preprocessing
-    family = family_of(loaded.model_name)
-    input_kind = str(pre.get("input") or family.input)
-    data = relabel(data, loaded.class_names)
-    mean, std = pre.get("mean"), pre.get("std")
-    normalise = (
-        Normalise(as_triple(mean), as_triple(std))
-        if mean is not None and std is not None
-        else Normalise()
-    )
-    config = dict(loaded.config)
-    if input_kind == "image" and pre.get("image_size") is not None:
-        config["input_size"] = int(pre["image_size"])
-    options = options_from_preprocessing(pre)
-    dataset: Dataset[Any]
-    if input_kind == "features":
-        if features_dir is None:
-            raise HistattnError(
-                f"{loaded.path} was trained on cached features: give the folder of this "
-                "data's features (histattn evaluate --features DIR)"
-            )
-        dataset = FeatureBagDataset(data, features_dir, max_patches=pre.get("max_patches"))
-    else:
-        dataset = make_dataset(
-            input_kind, data, config, options, augment=None, normalise=normalise, seed=0
-        )
-    training = loaded.metadata.get("training") or {}
-    eval_seed = int(
-        seed if seed is not None else training.get("eval_seed", training.get("seed", 0))
-    )
-    task = make_task(family, normalise)
-    result: EvalResult = yield from evaluate(
-        loaded.model,
-        task,
-        dataset,
-        loaded.class_names,
-        groups=_groups_if_meaningful(data),
-        batch_size=batch_size,
-        device=device,
-        seed=eval_seed,
-    )
-    _close(dataset)
-    result.metrics["checkpoint"] = str(loaded.path)
-    result.metrics["checkpoint_sha256"] = loaded.sha256
-    write_evaluation(Path(out_dir), data, result.predictions, result.metrics, loaded.class_names)
-    return result

@@ -8,15 +8,18 @@ draw from generators seeded by (seed, epoch, index)). It yields one
 :class:`TrainResult`; the best checkpoint is written through
 :func:`napari_histattn.models.checkpoint.save` when a path is given.
 
-:func:`predict` and :func:`evaluate` run a model over a dataset and compute the
-metrics of :mod:`napari_histattn.training.metrics`.
+After the best epoch is loaded, a model that offers slide decision rules gets
+one chosen on the validation data, and a temperature is fitted to the
+validation logits (:mod:`napari_histattn.training.calibration`); both are
+saved in the checkpoint. :func:`predict` and :func:`evaluate` (re-exported
+from :mod:`napari_histattn.training.predict`) run a model over a dataset.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +27,39 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from napari_histattn.models.device import resolve_device
 from napari_histattn.progress import Progress
+from napari_histattn.training.calibration import Calibration
 from napari_histattn.training.metrics import classification_metrics, jsonable
-from napari_histattn.training.tasks import Batch, Task
+from napari_histattn.training.predict import (
+    EvalResult,
+    Predictions,
+    _batches,
+    _n_batches,
+    _relabel,
+    choose_decision_rule,
+    evaluate,
+    predict,
+    softmax_np,
+)
+from napari_histattn.training.tasks import Task
 from napari_histattn.training.transforms import sample_generator
+
+__all__ = [
+    "EpochRecord",
+    "EvalResult",
+    "Predictions",
+    "SCHEDULERS",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "predict",
+    "seed_everything",
+    "train",
+]
 
 SCHEDULERS = ("step", "cosine", "none")
 
@@ -71,6 +98,14 @@ class TrainConfig:
         ``"auto"`` (cuda, then mps, then cpu) or a torch device name.
     grad_clip
         Clip the gradient norm to this value, if given.
+    decision
+        A model that offers slide decision rules (A-MIL: ``decision_rules``):
+        ``"auto"`` picks one on the validation data
+        (:func:`~napari_histattn.training.calibration.choose_decision`), a rule
+        name fixes it.
+    calibrate
+        Fit a temperature to the best epoch's validation logits and record it in
+        the checkpoint (needs validation data with at least two classes).
     """
 
     epochs: int = 10
@@ -84,6 +119,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     grad_clip: float | None = None
+    decision: str = "auto"
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -101,30 +138,6 @@ class EpochRecord:
     val_loss: float | None
     val_accuracy: float | None
     lr: float
-
-
-@dataclass
-class Predictions:
-    """Model outputs over a dataset, in dataset order.
-
-    Attributes
-    ----------
-    probabilities
-        ``(n, C)`` softmax of the logits.
-    labels
-        ``(n,)`` true labels.
-    loss
-        Mean cross-entropy.
-    """
-
-    probabilities: np.ndarray
-    labels: np.ndarray
-    loss: float
-
-    @property
-    def predicted(self) -> np.ndarray:
-        """``(n,)`` arg-max labels."""
-        return self.probabilities.argmax(axis=1)
 
 
 @dataclass
@@ -150,6 +163,11 @@ class TrainResult:
         Classification metrics of the best model on the validation data.
     checkpoint_path
         The saved ``.safetensors`` file, or None.
+    calibration
+        The temperature fitted on the validation data (None: not calibrated).
+    decision
+        The decision rule chosen and every candidate's validation scores (empty for
+        a model without rules).
     """
 
     model: nn.Module
@@ -160,6 +178,13 @@ class TrainResult:
     stopped_early: bool = False
     val_metrics: dict[str, Any] = field(default_factory=dict)
     checkpoint_path: Path | None = None
+    calibration: Calibration | None = None
+    decision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def temperature(self) -> float:
+        """The fitted temperature (1.0 when uncalibrated)."""
+        return 1.0 if self.calibration is None else self.calibration.temperature
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready training summary (history, best epoch, metrics)."""
@@ -171,23 +196,10 @@ class TrainResult:
                 "stopped_early": self.stopped_early,
                 "history": [vars(r) for r in self.history],
                 "val_metrics": self.val_metrics,
+                "decision": self.decision,
+                "calibration": None if self.calibration is None else self.calibration.as_dict(),
             }
         )
-
-
-def _batches(
-    dataset: Dataset[Any],
-    task: Task,
-    batch_size: int,
-    order: Sequence[int],
-) -> Iterator[tuple[list[int], Batch]]:
-    for start in range(0, len(order), batch_size):
-        indices = [int(i) for i in order[start : start + batch_size]]
-        yield indices, task.collate([dataset[i] for i in indices])
-
-
-def _n_batches(n: int, batch_size: int) -> int:
-    return (n + batch_size - 1) // batch_size
 
 
 def _set_epoch(dataset: Dataset[Any], epoch: int) -> None:
@@ -206,45 +218,6 @@ def _make_scheduler(
     if config.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     return None
-
-
-def predict(
-    model: nn.Module,
-    task: Task,
-    dataset: Dataset[Any],
-    *,
-    batch_size: int = 8,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-    stage: str = "evaluate",
-) -> Generator[Progress, None, Predictions]:
-    """Run ``model`` over ``dataset`` in eval mode and inference mode.
-
-    Attention sampling draws its samples from a generator seeded by (seed,
-    batch), so the same seed gives the same predictions.
-    """
-    dev = resolve_device(device)
-    model.to(dev).eval()
-    n = len(dataset)  # type: ignore[arg-type]
-    total = _n_batches(n, batch_size)
-    probs: list[Tensor] = []
-    labels: list[Tensor] = []
-    loss_sum = 0.0
-    with torch.inference_mode():
-        for b, (_, batch) in enumerate(_batches(dataset, task, batch_size, range(n))):
-            output = task.call(model, batch, dev, sample_generator(seed, -1, b))
-            logits = output.logits.float().cpu()
-            loss_sum += float(F.cross_entropy(logits, batch.targets, reduction="sum"))
-            probs.append(torch.softmax(logits, dim=1))
-            labels.append(batch.targets)
-            yield Progress(stage, b + 1, total)
-    if not probs:
-        raise ValueError("cannot predict on an empty dataset")
-    return Predictions(
-        probabilities=torch.cat(probs).numpy().astype(np.float64),
-        labels=torch.cat(labels).numpy(),
-        loss=loss_sum / n,
-    )
 
 
 def train(
@@ -384,7 +357,10 @@ def train(
     model.load_state_dict(best_state)
     model.eval()
     val_metrics: dict[str, Any] = {}
+    calibration: Calibration | None = None
+    decision: dict[str, Any] = {}
     if val_set is not None and n_val:
+        decision = yield from choose_decision_rule(model, task, val_set, config, device, total)
         predictions = yield from _relabel(
             predict(
                 model, task, val_set, batch_size=config.batch_size, device=device, seed=config.seed
@@ -393,8 +369,14 @@ def train(
             total,
             "validating the best epoch",
         )
+        assert predictions.logits is not None
+        if config.calibrate and len(np.unique(predictions.labels)) > 1:
+            calibration = Calibration.fit(predictions.logits, predictions.labels)
+            probabilities = softmax_np(predictions.logits / calibration.temperature)
+        else:
+            probabilities = predictions.probabilities
         val_metrics = classification_metrics(
-            predictions.labels, predictions.probabilities, class_names, val_groups
+            predictions.labels, probabilities, class_names, val_groups
         )
     result = TrainResult(
         model=model,
@@ -404,6 +386,8 @@ def train(
         history=history,
         stopped_early=stopped_early,
         val_metrics=val_metrics,
+        calibration=calibration,
+        decision=decision,
     )
     if checkpoint_path is not None:
         from napari_histattn.models import checkpoint
@@ -422,51 +406,6 @@ def train(
             class_names=list(class_names),
             preprocessing=jsonable(preprocessing or {}),
             training=training,
+            calibration=None if calibration is None else calibration.as_dict(),
         )
     return result
-
-
-def _relabel(
-    gen: Generator[Progress, None, Predictions], offset: int, total: int, message: str
-) -> Generator[Progress, None, Predictions]:
-    """Re-emit a sub-generator's progress as part of the ``"train"`` stage."""
-    while True:
-        try:
-            report = next(gen)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
-        yield Progress("train", min(total, offset + report.done), total, message)
-
-
-@dataclass
-class EvalResult:
-    """Metrics and predictions of :func:`evaluate`."""
-
-    metrics: dict[str, Any]
-    predictions: Predictions
-
-
-def evaluate(
-    model: nn.Module,
-    task: Task,
-    dataset: Dataset[Any],
-    class_names: Sequence[str],
-    *,
-    groups: Sequence[str] | None = None,
-    batch_size: int = 8,
-    device: str | torch.device = "auto",
-    seed: int = 0,
-) -> Generator[Progress, None, EvalResult]:
-    """Predict over ``dataset`` and compute every classification metric.
-
-    ``groups`` (patient id per item) adds the patient-level majority-vote
-    accuracy. Yields stage ``"evaluate"`` once per batch.
-    """
-    predictions = yield from predict(
-        model, task, dataset, batch_size=batch_size, device=device, seed=seed
-    )
-    metrics = classification_metrics(
-        predictions.labels, predictions.probabilities, class_names, groups
-    )
-    metrics["loss"] = predictions.loss
-    return EvalResult(metrics, predictions)

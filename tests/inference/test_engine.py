@@ -22,7 +22,7 @@ from napari_histattn.inference.errors import (
 from napari_histattn.inference.patches import SlidePatchSource, read_view, rgb_to_tensor
 from napari_histattn.inference.result import ClassificationResult
 from napari_histattn.io.slide import open_slide
-from napari_histattn.models.checkpoint import LoadedCheckpoint
+from napari_histattn.models.checkpoint import LoadedCheckpoint, load
 from napari_histattn.progress import Progress, run_to_completion
 
 PROVENANCE_KEYS = {
@@ -439,3 +439,31 @@ def test_checkpoint_without_preprocessing_runs_at_level_0(tmp_path, checkpoint_p
     assert result.provenance["downsample_used"] == 1.0
     assert result.grid_shape == (3, 4)  # 32 px tiles at level 0
     assert result.provenance["mpp_used_xy"] is None
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_recorded_temperature_calibrates_the_slide_probabilities(
+    name, lesion_slide, checkpoint_paths, tmp_path
+) -> None:
+    from napari_histattn.models.checkpoint import save
+    from napari_histattn.stats import apply_temperature
+
+    plain = load(checkpoint_paths[name], device="cpu")
+    calibrated = save(
+        tmp_path / f"{name}-calibrated.safetensors",
+        plain.model,
+        class_names=plain.class_names,
+        preprocessing=plain.preprocessing,
+        calibration={"temperature": 3.0},
+    )
+    before = run_to_completion(classify(lesion_slide.path, plain, device="cpu", seed=0))
+    after = run_to_completion(classify(lesion_slide.path, calibrated, device="cpu", seed=0))
+    np.testing.assert_allclose(after.probabilities, apply_temperature(before.probabilities, 3.0))
+    assert after.provenance["calibration_temperature"] == 3.0
+    np.testing.assert_allclose(after.provenance["probabilities_uncalibrated"], before.probabilities)
+    assert any("temperature 3.00" in line for line in after.evidence_lines())
+    if name == "amil":  # the patch evidence beside the slide call
+        top = after.provenance["top_patch_probability"]
+        weighted = after.provenance["attention_weighted_patch_probability"]
+        assert top[1] >= weighted[1] - 1e-9 and len(top) == 2
+        assert any("most confident patch" in line for line in after.evidence_lines())

@@ -43,6 +43,8 @@ from napari_histattn.models.registry import ModelExample, register_model
 
 #: Default number of patches encoded at once by :meth:`AttentionMIL.encode`.
 DEFAULT_CHUNK_SIZE = 512
+#: Slide decision rules (see :class:`AttentionMIL`); the instance rules need two classes.
+DECISIONS = ("attention", "top_k", "max")
 
 
 class AttentionPooling(nn.Module):
@@ -153,6 +155,27 @@ class AttentionMIL(nn.Module):
         onto the instances that carry the evidence.
     instance_k
         Instances per side of that loss (at most a third of a bag).
+    decision
+        How the slide call is made (two-class models; index 1 is the positive class):
+        ``"attention"``, the head on the attention-pooled embedding (Ilse et al.);
+        ``"top_k"``, the mean instance margin ``l1 - l0`` of the ``decision_k``
+        instances with the largest margin (the head applied to each instance alone:
+        max-instance evidence, as CAMELYON's "one small focus makes a positive
+        slide"); ``"max"``, the larger of the two margins. Training picks one on
+        validation data (:func:`napari_histattn.training.calibration.choose_decision`).
+        Because the head is linear, the attention logit is the attention-weighted
+        mean of the instance logits, which a focus holding 5 % of the attention
+        cannot move; the instance rules keep its evidence.
+    decision_k
+        Instances averaged by the instance rules.
+    topk_loss_weight
+        Weight of a max-instance loss during training: cross-entropy of the top-k
+        instance margin against the slide label (Campanella et al. 2019), which
+        teaches the head to score single instances (0: off).
+    annotation_loss_weight
+        Weight of the cross-entropy of instance logits against instance labels, for the
+        instances that carry one (tiles inside a pathologist's annotation;
+        ``instance_targets`` of the output, -1 elsewhere).
     """
 
     def __init__(
@@ -169,6 +192,10 @@ class AttentionMIL(nn.Module):
         standardise: bool = False,
         instance_loss_weight: float = 0.0,
         instance_k: int = 8,
+        decision: str = "attention",
+        decision_k: int = 1,
+        topk_loss_weight: float = 0.0,
+        annotation_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if n_classes < 1:
@@ -200,6 +227,19 @@ class AttentionMIL(nn.Module):
             raise ValueError("instance_loss_weight must be within [0, 1) and instance_k >= 1")
         self.instance_loss_weight = float(instance_loss_weight)
         self.instance_k = int(instance_k)
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
+        if decision != "attention" and n_classes != 2:
+            raise ValueError(f"decision {decision!r} needs two classes, not {n_classes}")
+        if decision_k < 1 or topk_loss_weight < 0 or annotation_loss_weight < 0:
+            raise ValueError("decision_k must be >= 1 and the loss weights >= 0")
+        self.decision = decision
+        self.decision_k = int(decision_k)
+        self.topk_loss_weight = float(topk_loss_weight)
+        self.annotation_loss_weight = float(annotation_loss_weight)
+        #: Weight of the slide-label terms of the loss; 0 in stage 1 of two-stage training
+        #: (annotated tiles only). A training-time switch, not configuration.
+        self.bag_loss_weight = 1.0
         if self.instance_loss_weight > 0:
             self.instance_classifiers = nn.ModuleList(
                 nn.Linear(self.embed_dim, 2) for _ in range(n_classes)
@@ -316,18 +356,80 @@ class AttentionMIL(nn.Module):
             mean, std = self.get_buffer("feature_mean"), self.get_buffer("feature_std")
             features = (features - mean) / std
         pooled, weights, scores = self.pooling(features, mask)
-        logits = self.head(pooled.flatten(1))
+        bag_logits = self.head(pooled.flatten(1))
+        instance_logits = self.instance_logits(features)
         return MILOutput(
-            logits=logits,
+            logits=self.decide(bag_logits, instance_logits, mask, self.decision),
             attention=weights.mean(-1),
             attention_logits=scores.mean(-1),
             features=features,
             mask=mask,
+            bag_logits=bag_logits,
+            instance_logits=instance_logits,
         )
 
+    @property
+    def decision_rules(self) -> tuple[str, ...]:
+        """The decision rules this model can use (all of them with two classes)."""
+        return DECISIONS if self.n_classes == 2 else ("attention",)
+
+    def set_decision(self, rule: str) -> None:
+        """Use ``rule`` for the slide call from now on (recorded in ``model_config``)."""
+        if rule not in self.decision_rules:
+            raise ValueError(f"decision must be one of {self.decision_rules}, got {rule!r}")
+        self.decision = rule
+        config = getattr(self, "model_config", None)
+        if isinstance(config, dict):
+            config["decision"] = rule
+            config["decision_k"] = self.decision_k
+
+    def instance_logits(self, features: Tensor) -> Tensor:
+        """The head applied to each instance alone (the bag made of that instance):
+        ``(B, N, D) -> (B, N, n_classes)``."""
+        branches = int(self.pooling.n_branches)
+        return self.head(features.repeat(1, 1, branches) if branches > 1 else features)
+
+    def top_k_margin(self, instance_logits: Tensor, mask: Tensor | None) -> Tensor:
+        """``(B,)`` mean of the ``decision_k`` largest instance margins ``l1 - l0``."""
+        margins = instance_logits[..., 1] - instance_logits[..., 0]
+        if mask is not None:
+            margins = margins.masked_fill(~mask, float("-inf"))
+        top = torch.topk(margins, min(self.decision_k, int(margins.shape[1])), dim=1).values
+        real = torch.isfinite(top)
+        return torch.where(real, top, torch.zeros_like(top)).sum(1) / real.sum(1).clamp_min(1)
+
+    def decide(
+        self, bag_logits: Tensor, instance_logits: Tensor, mask: Tensor | None, rule: str
+    ) -> Tensor:
+        """Slide logits under ``rule`` (see the class docstring); the instance rules return
+        ``[0, margin]`` so that the softmax gives ``sigmoid(margin)``."""
+        if rule == "attention":
+            return bag_logits
+        top = self.top_k_margin(instance_logits, mask)
+        if rule == "max":
+            top = torch.maximum(top, bag_logits[:, 1] - bag_logits[:, 0])
+        return torch.stack([torch.zeros_like(top), top], dim=1)
+
     def loss(self, output: MILOutput, targets: Tensor) -> Tensor:
-        """Training loss: cross-entropy, plus CLAM-SB's instance loss when weighted in."""
-        bag = nn.functional.cross_entropy(output.logits, targets)
+        """Training loss: cross-entropy of the attention-pooled logits, plus (when weighted
+        in) the max-instance loss, the annotation loss and CLAM-SB's instance loss."""
+        logits = output.bag_logits if output.bag_logits is not None else output.logits
+        bag = self.bag_loss_weight * nn.functional.cross_entropy(logits, targets)
+        if output.instance_logits is not None:
+            if self.topk_loss_weight > 0 and self.n_classes == 2 and self.bag_loss_weight > 0:
+                margin = self.top_k_margin(output.instance_logits, output.mask)
+                bag = bag + self.topk_loss_weight * nn.functional.binary_cross_entropy_with_logits(
+                    margin, targets.float()
+                )
+            labelled = output.instance_targets
+            if labelled is not None and self.annotation_loss_weight > 0:
+                keep = labelled >= 0
+                if output.mask is not None:
+                    keep = keep & output.mask
+                if bool(keep.any()):
+                    bag = bag + self.annotation_loss_weight * nn.functional.cross_entropy(
+                        output.instance_logits[keep], labelled[keep]
+                    )
         w = self.instance_loss_weight
         if w == 0 or output.features is None:
             return bag

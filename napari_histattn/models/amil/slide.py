@@ -54,9 +54,8 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         out = ctx.call(partial(model.forward_features, features), "the bag")
         probs = softmax64(out.logits)[0]
         weights = out.attention[0].float().cpu().numpy()
-        # The head on one embedding repeated over the K branches: the bag made of that patch.
-        branches = int(getattr(model.pooling, "n_branches", 1))
-        per_patch = softmax64(model.head(features[0].repeat(1, branches)))
+        # The head on each embedding alone: the bag made of that patch.
+        per_patch = softmax64(out.instance_logits[0])
 
     rows, cols = plan.grid_shape
     att_map = np.full((rows, cols), np.nan, dtype=np.float32)
@@ -70,8 +69,21 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         attention=att_map,
         cell_l0=plan.tile_l0,
         cell_probs=cell_probs,
-        info=tile_info(ds, patch_size, n, len(plan)),
+        info={**tile_info(ds, patch_size, n, len(plan)), **evidence(model, weights, per_patch)},
     )
+
+
+def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str, Any]:
+    """What a reviewer needs beside the slide probability: the decision rule, the
+    attention-weighted patch probability of each class and the most confident patch,
+    so that "one small region, very confident" reads as such."""
+    weighted = (weights.astype(np.float64)[:, None] * per_patch).sum(axis=0)
+    return {
+        "decision": str(getattr(model, "decision", "attention")),
+        "decision_k": int(getattr(model, "decision_k", 1)),
+        "attention_weighted_patch_probability": [float(v) for v in weighted],
+        "top_patch_probability": [float(v) for v in per_patch.max(axis=0)],
+    }
 
 
 def _encode_tiles(ctx: Any, plan: Any, chosen: Any) -> Generator[Progress, None, Tensor]:

@@ -1,0 +1,141 @@
+"""Temperature scaling (Guo et al. 2017) and the choice of a slide decision rule on validation data.
+
+A model's logits ``z`` are divided by one temperature ``T`` fitted on held-out
+validation data by minimising the negative log-likelihood; the arg-max (so
+accuracy) is unchanged, the confidence is not. ``T > 1`` softens an
+over-confident model. The same ``T`` turns probabilities into calibrated ones,
+``softmax(log p / T)``, which equals ``softmax(z / T)`` for any softmax output
+(:func:`apply_temperature`), so the engine can apply it to any family's output.
+
+:func:`choose_decision` tries the slide decision rules a model offers (A-MIL:
+attention pooling, top-k instance evidence, the larger of both), fits a
+temperature to each on the validation data and keeps the rule with the highest
+balanced accuracy, then the lowest calibrated NLL (ties keep the earlier rule).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from napari_histattn.stats import apply_temperature
+from napari_histattn.training.metrics import balanced_accuracy, expected_calibration_error
+
+__all__ = [
+    "Calibration",
+    "apply_temperature",
+    "choose_decision",
+    "fit_temperature",
+    "nll",
+]
+
+#: The temperatures searched (log-spaced bounds).
+T_MIN, T_MAX = 0.05, 20.0
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
+    logp = _log_softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    return float(-logp[np.arange(len(labels)), np.asarray(labels, dtype=np.int64)].mean())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 60) -> float:
+    """The temperature in [0.05, 20] that minimises the NLL (golden-section search on log T;
+    the NLL is unimodal in it). Deterministic; 1.0 when there is nothing to fit, and never
+    below 1.0 when the logits classify every validation item correctly."""
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    if logits.ndim != 2 or len(labels) == 0 or not np.isfinite(logits).all():
+        return 1.0
+    lo, hi = math.log(T_MIN), math.log(T_MAX)
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+    fa, fb = nll(logits, labels, math.exp(a)), nll(logits, labels, math.exp(b))
+    for _ in range(iterations):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - ratio * (hi - lo)
+            fa = nll(logits, labels, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + ratio * (hi - lo)
+            fb = nll(logits, labels, math.exp(b))
+    best = math.exp((lo + hi) / 2)
+    if best < 1.0 and bool(np.all(logits.argmax(axis=1) == labels)):
+        # Validation data the model separates perfectly pulls T toward 0 (every sharper
+        # temperature lowers the NLL); a handful of slides is no evidence for that much
+        # confidence, so such data may only soften.
+        return 1.0
+    # Never worse than leaving the model alone.
+    return best if nll(logits, labels, best) <= nll(logits, labels, 1.0) else 1.0
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(_log_softmax(logits))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A fitted temperature and what it did on the validation data it was fitted on."""
+
+    temperature: float
+    n: int
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+
+    @classmethod
+    def fit(cls, logits: np.ndarray, labels: np.ndarray) -> Calibration:
+        t = fit_temperature(logits, labels)
+        return cls(
+            temperature=t,
+            n=int(len(labels)),
+            nll_before=nll(logits, labels),
+            nll_after=nll(logits, labels, t),
+            ece_before=expected_calibration_error(labels, _softmax(logits)),
+            ece_after=expected_calibration_error(labels, _softmax(logits / t)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """What the checkpoint records under ``calibration``."""
+        return {
+            "method": "temperature scaling on the validation data",
+            "temperature": round(self.temperature, 6),
+            "n_validation": self.n,
+            "validation_nll_before": round(self.nll_before, 6),
+            "validation_nll_after": round(self.nll_after, 6),
+            "validation_ece_before": round(self.ece_before, 6),
+            "validation_ece_after": round(self.ece_after, 6),
+        }
+
+
+def choose_decision(
+    candidates: Sequence[str], logits_by_rule: dict[str, np.ndarray], labels: np.ndarray
+) -> tuple[str, dict[str, Any]]:
+    """The rule with the best balanced accuracy on validation, then the lowest NLL after its
+    own temperature; returns it and every candidate's scores (for the checkpoint)."""
+    scores: dict[str, Any] = {}
+    best: tuple[float, float] | None = None
+    chosen = candidates[0]
+    for rule in candidates:
+        logits = logits_by_rule[rule]
+        cal = Calibration.fit(logits, labels)
+        bacc = balanced_accuracy(labels, logits.argmax(axis=1))
+        scores[rule] = {
+            "balanced_accuracy": round(float(bacc), 6),
+            "nll_calibrated": round(cal.nll_after, 6),
+        }
+        key = (-float(bacc), cal.nll_after)
+        if best is None or key < best:
+            best, chosen = key, rule
+    return chosen, scores
