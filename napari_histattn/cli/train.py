@@ -140,6 +140,50 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--no-augment", action="store_true", help="no flips/rotations/jitter")
     parser.add_argument(
+        "--annotations",
+        type=Path,
+        metavar="DIR",
+        help="amil: a pathologist's annotations, one GeoJSON per slide (<slide stem>.geojson, "
+        "QuPath's export or ours): tiles inside a classified polygon become labelled "
+        "instances; unannotated tissue stays unlabelled, not negative",
+    )
+    parser.add_argument(
+        "--annotation-class",
+        action="append",
+        metavar="NAME=CLASS",
+        help="map an annotation class to a slide class (Tumor=lesion), or NAME= to ignore it; "
+        "names equal to a slide class need no entry (repeatable)",
+    )
+    parser.add_argument(
+        "--annotation-rule",
+        choices=("centre", "overlap"),
+        default="centre",
+        help="a tile is labelled when its centre is inside the polygon (default) or when "
+        "--annotation-overlap of it is covered",
+    )
+    parser.add_argument("--annotation-overlap", type=float, default=0.5, metavar="FRACTION")
+    parser.add_argument(
+        "--stage1-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --annotations: first train N epochs on the annotated tiles alone (stage 1), "
+        "then on slide labels plus annotations (stage 2); 0 trains both at once",
+    )
+    parser.add_argument(
+        "--decision",
+        choices=("auto", "attention", "top_k", "max"),
+        default="auto",
+        help="amil, two classes: how the slide call is made - attention pooling, the top-k "
+        "patch evidence (one small confident focus makes a positive slide), or the larger of "
+        "both; auto picks on the validation data (default)",
+    )
+    parser.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="do not fit a temperature to the validation data (default: fit one and record it)",
+    )
+    parser.add_argument(
         "--encoder-weights",
         type=Path,
         metavar="PATH",
@@ -175,6 +219,8 @@ def run(args: argparse.Namespace) -> int:
             patience=args.patience or None,
             seed=args.seed,
             device=args.device,
+            decision=args.decision,
+            calibrate=not args.no_calibrate,
         ),
         folds=args.folds,
         val_fraction=args.val_fraction,
@@ -186,6 +232,8 @@ def run(args: argparse.Namespace) -> int:
         augment=None if args.no_augment else Augment(),
         features_dir=args.features,
         encoder_weights=args.encoder_weights,
+        annotations=_annotations(args),
+        stage1_epochs=args.stage1_epochs,
     )
     summary = data.summary()
     print(
@@ -206,8 +254,48 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  fold {fold.index}: accuracy {fold.metrics['accuracy']:.3f}  {fold.checkpoint_path}"
         )
+    if spec.annotations is not None:
+        _print_annotations(result)
     print(f"wrote {args.out / 'metrics.json'}")
     return 0
+
+
+def _print_annotations(result: Any) -> None:
+    from napari_histattn.models.checkpoint import read_metadata
+
+    path = result.folds[0].checkpoint_path
+    used = (read_metadata(path).get("training") or {}).get("annotations") if path else None
+    if used:
+        print(
+            f"annotations: {used['annotated_slides']} annotated slide(s), labelled tiles "
+            f"{used['labelled_tiles']}"
+            + (
+                f"; ignored annotation classes {used['ignored_annotation_classes']}"
+                if used["ignored_annotation_classes"]
+                else ""
+            )
+        )
+
+
+def _annotations(args: argparse.Namespace) -> Any:
+    """The ``--annotations`` options, or None."""
+    from napari_histattn.training.datasets.annotated import Annotations
+
+    if args.annotations is None:
+        if args.annotation_class or args.stage1_epochs:
+            raise HistattnError("--annotation-class and --stage1-epochs need --annotations DIR")
+        return None
+    if not args.annotations.is_dir():
+        raise HistattnError(f"--annotations {args.annotations} is not a folder")
+    if not 0.0 < args.annotation_overlap <= 1.0:
+        raise HistattnError("--annotation-overlap must be within (0, 1]")
+    class_map: dict[str, str | None] = {}
+    for item in args.annotation_class or []:
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip():
+            raise HistattnError(f"--annotation-class expects NAME=CLASS, got {item!r}")
+        class_map[name.strip()] = target.strip() or None
+    return Annotations(args.annotations, class_map, args.annotation_rule, args.annotation_overlap)
 
 
 def _fmt(value: float) -> str:

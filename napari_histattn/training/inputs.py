@@ -10,6 +10,7 @@ so that inference rebuilds the same inputs.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 from napari_histattn.errors import HistattnError
 from napari_histattn.models.family import Family, TaskOptions, family_for_model, runnable_models
 from napari_histattn.models.tasks import Task
+from napari_histattn.progress import Progress
 from napari_histattn.training.datasets import (
     FeatureBagDataset,
     ImageDataset,
@@ -27,6 +29,7 @@ from napari_histattn.training.datasets import (
     SlideOptions,
     SlideSamplingDataset,
 )
+from napari_histattn.training.datasets.annotated import InstanceLabeller
 from napari_histattn.training.transforms import Augment, Normalise
 
 
@@ -58,6 +61,8 @@ def make_dataset(
     augment: Augment | None,
     normalise: Normalise | None,
     seed: int,
+    labeller: InstanceLabeller | None = None,
+    labelled_only: bool = False,
 ) -> Dataset[Any]:
     """The dataset for a family's ``input`` kind over ``data``.
 
@@ -67,7 +72,15 @@ def make_dataset(
     if input_kind == "image":
         return ImageDataset(data, int(config["input_size"]), augment, normalise, seed)
     if input_kind == "mil":
-        return SlideBagDataset(data, _slide_options(options, config), augment, normalise, seed)
+        return SlideBagDataset(
+            data,
+            _slide_options(options, config),
+            augment,
+            normalise,
+            seed,
+            labeller=labeller,
+            labelled_only=labelled_only,
+        )
     if input_kind == "sampling":
         return SlideSamplingDataset(data, _slide_options(options, config), normalise)
     raise ValueError(f"no dataset for training input {input_kind!r}")
@@ -136,3 +149,20 @@ def options_from_preprocessing(pre: dict[str, Any]) -> SlideOptions:
         max_patches=pre.get("max_patches"),
         downscale=int(pre.get("downscale") or 8),
     )
+
+
+def stage1(
+    model: Any, task: Task, dataset: Dataset[Any], spec: Any, class_names: list[str]
+) -> Generator[Progress, None, None]:
+    """Stage 1 of two-stage training: the model learns ``dataset`` (the annotated tiles of
+    the annotated training slides) from their annotation labels alone, the slide-label
+    terms of the loss off, for ``spec.stage1_epochs`` epochs; stage 2 (the caller's
+    training) goes on from the weights it leaves."""
+    from napari_histattn.training.loop import train
+
+    settings = replace(spec.train, epochs=spec.stage1_epochs, decision="attention", calibrate=False)
+    model.bag_loss_weight = 0.0
+    try:
+        yield from train(model, task, dataset, None, settings, class_names=class_names)
+    finally:
+        model.bag_loss_weight = 1.0

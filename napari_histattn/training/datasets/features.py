@@ -6,6 +6,11 @@ read when the item is asked for (only the files' attributes are held, so a
 cohort of any size fits in memory); at most ``max_patches`` rows are used per bag (training draws a new
 random subset each epoch, evaluation an evenly spaced one). Training on cached
 features takes seconds per epoch on a CPU, because no pixel is read or encoded.
+
+With an :class:`~napari_histattn.training.datasets.annotated.InstanceLabeller`
+items are ``(features, instance_labels (n,), label)``: tiles inside a
+pathologist's annotations carry a class, the others -1 (``labelled_only``
+keeps only the annotated tiles, for stage 1 of two-stage training).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from napari_histattn.inference.features import (
     feature_path,
     read_features,
 )
+from napari_histattn.training.datasets.annotated import InstanceLabeller
 from napari_histattn.training.datasets.layouts import DatasetError, LabelledData
 from napari_histattn.training.transforms import sample_generator
 
@@ -48,8 +54,12 @@ class FeatureBagDataset(Dataset[tuple[Tensor, int]]):
         max_patches: int | None = None,
         train: bool = False,
         seed: int = 0,
+        labeller: InstanceLabeller | None = None,
+        labelled_only: bool = False,
     ) -> None:
         self.data = data
+        self.labeller = labeller
+        self.labelled_only = labelled_only
         self.features_dir = Path(features_dir)
         self.max_patches = max_patches
         self.train = train
@@ -110,12 +120,34 @@ class FeatureBagDataset(Dataset[tuple[Tensor, int]]):
         gen = sample_generator(self.seed, self.epoch, index)
         return np.sort(torch.randperm(n, generator=gen)[:cap].numpy())
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         try:
-            rows = read_features(self._paths[index]).features[self.chosen(index)]
+            cached = read_features(self._paths[index])
         except FeatureFileError as exc:
             raise DatasetError(self._paths[index], str(exc)) from exc
-        return torch.from_numpy(np.ascontiguousarray(rows)), self.data.samples[index].label
+        label = self.data.samples[index].label
+        if self.labeller is None:
+            rows = cached.features[self.chosen(index)]
+            return torch.from_numpy(np.ascontiguousarray(rows)), label
+        tiles = self.tile_labels(index, cached)
+        if self.labelled_only:  # stage 1: the annotated tiles only
+            chosen = np.flatnonzero(tiles >= 0)
+            if chosen.size == 0:
+                raise DatasetError(self._paths[index], "this slide has no annotated tiles")
+        else:
+            chosen = self.chosen(index)
+        bag = torch.from_numpy(np.ascontiguousarray(cached.features[chosen]))
+        return bag, torch.from_numpy(tiles[chosen]), label
+
+    def tile_labels(self, index: int, cached: Any = None) -> np.ndarray:
+        """``(n,)`` annotation label of each of item ``index``'s tiles (-1: unlabelled)."""
+        if cached is None:
+            cached = read_features(self._paths[index])
+        if self.labeller is None:
+            return np.full(len(cached), -1, dtype=np.int64)
+        return self.labeller.labels(
+            self.data.samples[index].path, cached.coords_l0_xy, cached.tile_l0
+        )
 
     def feature_stats(self, max_rows: int = 65536) -> tuple[Tensor, Tensor]:
         """Per-dimension mean and std over (up to ``max_rows``, evenly spread) feature rows."""

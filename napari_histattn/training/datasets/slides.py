@@ -21,9 +21,8 @@ from napari_histattn.inference.patches import (
     read_view,
     target_downsample,
 )
-from napari_histattn.training.datasets.layouts import (
-    LabelledData,
-)
+from napari_histattn.training.datasets.annotated import InstanceLabeller
+from napari_histattn.training.datasets.layouts import DatasetError, LabelledData
 from napari_histattn.training.transforms import (
     Augment,
     Normalise,
@@ -113,9 +112,13 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
         augment: Augment | None = None,
         normalise: Normalise | None = None,
         seed: int = 0,
+        labeller: InstanceLabeller | None = None,
+        labelled_only: bool = False,
     ) -> None:
         self.data = data
         self.options = options
+        self.labeller = labeller
+        self.labelled_only = labelled_only
         self.augment = None if augment is None else replace(augment, per_instance=True)
         self.normalise = normalise or Normalise()
         self.seed = seed
@@ -142,8 +145,24 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
             self._plans[index] = plan_tiles(slide, self.options.patch_size, ds, self.options.tissue)
         return self._plans[index]
 
+    def tile_labels(self, index: int) -> np.ndarray:
+        """``(n,)`` annotation label of every tile of :meth:`plan` (-1: unlabelled)."""
+        plan = self.plan(index)
+        if self.labeller is None:
+            return np.full(len(plan), -1, dtype=np.int64)
+        return self.labeller.labels(self.data.samples[index].path, plan.l0_xy, plan.tile_l0)
+
     def chosen_tiles(self, index: int) -> np.ndarray:
         """Indices into :meth:`plan` of the patches item ``index`` reads now."""
+        if self.labelled_only:
+            chosen = np.flatnonzero(self.tile_labels(index) >= 0)
+            if chosen.size == 0:
+                raise DatasetError(self.data.samples[index].path, "no annotated tiles")
+            cap = self.options.max_patches
+            if cap is not None and chosen.size > cap:
+                gen = sample_generator(self.seed, self.epoch, index)
+                chosen = np.sort(chosen[torch.randperm(chosen.size, generator=gen)[:cap].numpy()])
+            return chosen
         n = len(self.plan(index))
         cap = self.options.max_patches
         if cap is None or n <= cap:
@@ -158,11 +177,16 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
         slide = self._slides.get(self.data.samples[index].path)
         return to_float_tensor(read_tiles(slide, self.plan(index), self.chosen_tiles(index)))
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        bag = self.raw(index)
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        chosen = self.chosen_tiles(index)
+        slide = self._slides.get(self.data.samples[index].path)
+        bag = to_float_tensor(read_tiles(slide, self.plan(index), chosen))
         if self.augment is not None:
             bag = self.augment(bag, sample_generator(self.seed, self.epoch, index))
-        return self.normalise(bag), self.data.samples[index].label
+        label = self.data.samples[index].label
+        if self.labeller is None:
+            return self.normalise(bag), label
+        return self.normalise(bag), torch.from_numpy(self.tile_labels(index)[chosen]), label
 
     def close(self) -> None:
         """Close the slides this dataset opened."""
