@@ -467,3 +467,39 @@ def test_a_recorded_temperature_calibrates_the_slide_probabilities(
         weighted = after.provenance["attention_weighted_patch_probability"]
         assert top[1] >= weighted[1] - 1e-9 and len(top) == 2
         assert any("most confident patch" in line for line in after.evidence_lines())
+
+
+def test_sampling_rounds_average_independent_draws_and_report_their_spread(
+    lesion_slide, loaded
+) -> None:
+    from napari_histattn.models.attention_sampling.slide import ROUND_SEED_STRIDE
+
+    ckpt = loaded["attention_sampling"]
+    singles = [
+        run_to_completion(
+            classify(lesion_slide.path, ckpt, device="cpu", seed=5 + ROUND_SEED_STRIDE * r)
+        )
+        for r in range(4)
+    ]
+    averaged = run_to_completion(
+        classify(lesion_slide.path, ckpt, device="cpu", seed=5, params={"rounds": 4})
+    )
+    per_round = np.stack([s.probabilities for s in singles])
+    np.testing.assert_allclose(averaged.probabilities, per_round.mean(axis=0), atol=1e-9)
+    prov = averaged.provenance
+    assert prov["sampling_rounds"] == 4
+    np.testing.assert_allclose(prov["probability_spread"]["min"], per_round.min(axis=0))
+    np.testing.assert_allclose(prov["probability_spread"]["max"], per_round.max(axis=0))
+    assert any("over 4 sampling rounds" in line for line in averaged.evidence_lines())
+    # The patch table holds the draws of every round.
+    assert averaged.samples.counts.sum() == 4 * singles[0].samples.counts.sum()
+    assert "probability_spread" not in singles[0].provenance
+
+
+def test_spread_flags_rounds_that_disagree() -> None:
+    from napari_histattn.models.attention_sampling.slide import spread
+
+    steady = spread(np.array([[0.2, 0.8], [0.25, 0.75], [0.22, 0.78]]))
+    assert not steady["unstable"]
+    assert spread(np.array([[0.6, 0.4], [0.4, 0.6]]))["unstable"]  # the call flips
+    assert spread(np.array([[0.05, 0.95], [0.3, 0.7]]))["unstable"]  # 0.25 wide

@@ -47,6 +47,10 @@ def _n_patches(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
     return int(pre.get("n_patches") or config.get("n_patches") or 1)
 
 
+def _rounds(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+    return int(pre.get("sampling_rounds") or 1)
+
+
 def _patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
     return int(config.get("patch_size") or pre.get("patch_size") or 1)
 
@@ -69,6 +73,14 @@ FAMILY = register_family(
             ),
             FamilyParam(
                 "patch_size", "patch size (px)", "patch side in model pixels", _patch_size, 1, 16384
+            ),
+            FamilyParam(
+                "rounds",
+                "sampling rounds",
+                "independent sampling rounds averaged (more rounds: a steadier call)",
+                _rounds,
+                1,
+                64,
             ),
             FamilyParam(
                 "seed",

@@ -9,7 +9,10 @@ in training (the expectation estimator or the attention-weighted mean). The
 attention map is the attention network's distribution over the low-resolution
 grid: every low-resolution pixel is one cell (stride = size = ``downsample *
 downscale`` level-0 pixels); cells that are not tissue on the view are NaN.
-The patch table is the distinct sampled patches (clipped to the slide); their
+With ``rounds`` > 1 the sampling is repeated with derived seeds and the slide
+probabilities are averaged (the estimator's variance falls as 1/rounds); the
+spread over rounds is recorded, and flagged when the call moves. The patch table
+is the distinct sampled patches of all rounds (clipped to the slide); their
 class probabilities are the classifier applied to that patch's feature alone
 (the prediction if all attention were on it).
 """
@@ -30,7 +33,12 @@ from napari_histattn.models.family import SampledLocations, SlideOutput, softmax
 from napari_histattn.models.patch_source import patch_origin_hr_xy
 from napari_histattn.progress import Progress
 
-__all__ = ["run_on_slide"]
+__all__ = ["ROUND_SEED_STRIDE", "run_on_slide", "spread"]
+
+#: Seed offset between sampling rounds (round r draws from ``seed + r * stride``).
+ROUND_SEED_STRIDE = 1_000_003
+#: A predicted-class probability that moves more than this over rounds is flagged.
+UNSTABLE_RANGE = 0.2
 
 
 def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
@@ -57,33 +65,45 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         n = k
     with torch.inference_mode():
         _, attention = ctx.call(partial(model.attention_map, low_res), "the low-res view")
-        generator = torch.Generator().manual_seed(int(ctx.seed))
-        idx, sample_attention = ats_core.sample(attention.reshape(1, k), n, replace, generator)
-    samples_rc = torch.stack([idx // w, idx % w], dim=-1)[0].cpu()
-    # The same centres as AttentionSampling.forward: grid cells map onto the high-res frame.
-    centers_hr_xy = grid_to_highres_xy(samples_rc, (h, w), (h * downscale, w * downscale))
-    yield from ctx.report("sample", 1, 1)
-
+    rounds = max(1, int(ctx.param("rounds") or 1))
     source = ctx.patch_source(ds, (w * downscale, h * downscale))
-    chunks: list[torch.Tensor] = []
-    bs = ctx.batch_size
-    for start in range(0, n, bs):
-        stop = min(start + bs, n)
-        patches = source.patches(0, centers_hr_xy[start:stop], patch_size)
+    all_idx, all_att, all_feats, round_probs = [], [], [], []
+    for r in range(rounds):
+        # Round 0 draws from the run's seed itself (one round is the model's own forward).
+        generator = torch.Generator().manual_seed(int(ctx.seed) + ROUND_SEED_STRIDE * r)
         with torch.inference_mode():
-            batch = patches.to(device=ctx.device, dtype=low_res.dtype).unsqueeze(0)
-            chunks.append(ctx.call(partial(model.sample_features, batch), "the patches")[0])
-        yield from ctx.report("patches", stop, n)
-
+            idx, sample_attention = ats_core.sample(attention.reshape(1, k), n, replace, generator)
+        samples_rc = torch.stack([idx // w, idx % w], dim=-1)[0].cpu()
+        # The same centres as AttentionSampling.forward: grid cells map onto the high-res frame.
+        centers_hr_xy = grid_to_highres_xy(samples_rc, (h, w), (h * downscale, w * downscale))
+        yield from ctx.report("sample", r + 1, rounds)
+        chunks: list[torch.Tensor] = []
+        bs = ctx.batch_size
+        for start in range(0, n, bs):
+            stop = min(start + bs, n)
+            patches = source.patches(0, centers_hr_xy[start:stop], patch_size)
+            with torch.inference_mode():
+                batch = patches.to(device=ctx.device, dtype=low_res.dtype).unsqueeze(0)
+                chunks.append(ctx.call(partial(model.sample_features, batch), "the patches")[0])
+            yield from ctx.report("patches", r * n + stop, rounds * n)
+        with torch.inference_mode():
+            features = torch.cat(chunks).unsqueeze(0)  # (1, n, D)
+            if getattr(model, "aggregation", "expectation") == "expectation":
+                pooled = ats_core.expectation(sample_attention, features, replace)
+            else:
+                weights = sample_attention / sample_attention.sum(dim=1, keepdim=True)
+                pooled = torch.einsum("bn,bnd->bd", weights, features)
+            round_probs.append(softmax64(model.classifier(pooled))[0])
+        all_idx.append(idx)
+        all_att.append(sample_attention)
+        all_feats.append(features[0])
+    per_round = np.stack(round_probs)
+    probs = per_round.mean(axis=0)
+    idx = torch.cat(all_idx, dim=1)
+    samples_rc = torch.stack([idx // w, idx % w], dim=-1)[0].cpu()
+    centers_hr_xy = grid_to_highres_xy(samples_rc, (h, w), (h * downscale, w * downscale))
     with torch.inference_mode():
-        features = torch.cat(chunks).unsqueeze(0)  # (1, n, D)
-        if getattr(model, "aggregation", "expectation") == "expectation":
-            pooled = ats_core.expectation(sample_attention, features, replace)
-        else:
-            weights = sample_attention / sample_attention.sum(dim=1, keepdim=True)
-            pooled = torch.einsum("bn,bnd->bd", weights, features)
-        probs = softmax64(model.classifier(pooled))[0]
-        per_patch = softmax64(model.classifier(features[0]))
+        per_patch = softmax64(model.classifier(torch.cat(all_feats)))
 
     draws = idx[0].cpu().numpy()
     _, first, counts = np.unique(draws, return_index=True, return_counts=True)
@@ -126,5 +146,22 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             "low_res_level_used": ctx.level_for(view_ds),
             "low_res_size_wh": [w, h],
             "replace": replace,
+            "sampling_rounds": rounds,
+            **({"probability_spread": spread(per_round)} if rounds > 1 else {}),
         },
     )
+
+
+def spread(per_round: np.ndarray, unstable_range: float = UNSTABLE_RANGE) -> dict[str, Any]:
+    """How the slide probabilities of ``(rounds, C)`` sampling rounds spread: min, max and std
+    per class, and ``unstable`` when the rounds disagree on the call or the predicted class's
+    probability ranges over more than ``unstable_range``."""
+    calls = per_round.argmax(axis=1)
+    mean_call = int(per_round.mean(axis=0).argmax())
+    width = float(per_round[:, mean_call].max() - per_round[:, mean_call].min())
+    return {
+        "min": [float(v) for v in per_round.min(axis=0)],
+        "max": [float(v) for v in per_round.max(axis=0)],
+        "std": [float(v) for v in per_round.std(axis=0)],
+        "unstable": bool(len(set(calls.tolist())) > 1 or width > unstable_range),
+    }
