@@ -21,6 +21,7 @@ _SUBCOMMANDS = (
     "demo",
     "synth",
     "features",
+    "pretrain",
     "train",
     "evaluate",
     "classify",
