@@ -4,8 +4,6 @@ than random weights do."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
