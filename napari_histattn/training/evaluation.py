@@ -37,11 +37,13 @@ __all__ = ["evaluate_checkpoint", "relabel"]
 
 
 def _groups_if_meaningful(data: LabelledData) -> list[str] | None:
+    """Patient ids when some patient has several items (else the patient accuracy is moot)."""
     groups = data.groups
     return groups if len(set(groups)) < len(groups) else None
 
 
 def _close(dataset: Any) -> None:
+    """Close a dataset's open slides, if it holds any."""
     close = getattr(dataset, "close", None)
     if callable(close):
         close()

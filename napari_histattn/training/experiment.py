@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -36,7 +36,12 @@ from napari_histattn.training.datasets import (
     estimate_normalisation,
 )
 from napari_histattn.training.datasets.annotated import Annotations, InstanceLabeller
-from napari_histattn.training.evaluation import evaluate_checkpoint, relabel
+from napari_histattn.training.evaluation import (
+    _close,
+    _groups_if_meaningful,
+    evaluate_checkpoint,
+    relabel,
+)
 from napari_histattn.training.inputs import (
     family_of,
     feature_preprocessing,
@@ -159,17 +164,6 @@ def _full_config(spec: ExperimentSpec, n_classes: int) -> dict[str, Any]:
     return {**default_config(spec.model_name), **spec.model_config, "n_classes": n_classes}
 
 
-def _groups_if_meaningful(data: LabelledData) -> list[str] | None:
-    groups = data.groups
-    return groups if len(set(groups)) < len(groups) else None
-
-
-def _close(dataset: Any) -> None:
-    close = getattr(dataset, "close", None)
-    if callable(close):
-        close()
-
-
 def _staged(gen: Generator[Progress, None, Any], stage: str) -> Generator[Progress, None, Any]:
     while True:
         try:
@@ -267,7 +261,7 @@ def cross_validate(
             )
         if labeller is not None:  # every annotation file read now, naming a bad one
             for index in range(len(train_data)):
-                train_set.tile_labels(index)  # type: ignore[attr-defined]
+                cast(Any, train_set).tile_labels(index)
         task = make_task(family, normalise, spec.chunk_size)
         if probe is not None:
             preprocessing = feature_preprocessing(probe, spec.slide_options.max_patches)

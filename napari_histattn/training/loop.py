@@ -360,14 +360,23 @@ def train(
     calibration: Calibration | None = None
     decision: dict[str, Any] = {}
     if val_set is not None and n_val:
-        decision = yield from choose_decision_rule(model, task, val_set, config, device, total)
-        predictions = yield from _relabel(
-            predict(
-                model, task, val_set, batch_size=config.batch_size, device=device, seed=config.seed
-            ),
-            total,
-            total,
-            "validating the best epoch",
+        decision, chosen = yield from choose_decision_rule(
+            model, task, val_set, config, device, total
+        )
+        predictions = chosen or (
+            yield from _relabel(
+                predict(
+                    model,
+                    task,
+                    val_set,
+                    batch_size=config.batch_size,
+                    device=device,
+                    seed=config.seed,
+                ),
+                total,
+                total,
+                "validating the best epoch",
+            )
         )
         assert predictions.logits is not None
         if config.calibrate and len(np.unique(predictions.labels)) > 1:

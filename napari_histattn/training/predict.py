@@ -10,7 +10,7 @@ model's slide decision rule from the validation data
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,12 +51,15 @@ class Predictions:
         Mean cross-entropy.
     logits
         ``(n, C)`` logits before any temperature, when kept.
+    logits_by_rule
+        ``(n, C)`` logits under each of a model's decision rules, when asked for.
     """
 
     probabilities: np.ndarray
     labels: np.ndarray
     loss: float
     logits: np.ndarray | None = None
+    logits_by_rule: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def predicted(self) -> np.ndarray:
@@ -89,13 +92,16 @@ def predict(
     seed: int = 0,
     stage: str = "evaluate",
     temperature: float = 1.0,
+    per_rule: Callable[[Any], dict[str, Tensor]] | None = None,
 ) -> Generator[Progress, None, Predictions]:
     """Run ``model`` over ``dataset`` in eval mode and inference mode.
 
     Attention sampling draws its samples from a generator seeded by (seed,
     batch), so the same seed gives the same predictions. Probabilities and the
     loss use ``logits / temperature`` (a calibration fitted in training);
-    :attr:`Predictions.logits` keeps the logits before it.
+    :attr:`Predictions.logits` keeps the logits before it. ``per_rule`` (a model's
+    ``rule_logits``) also keeps, from the same pass, the logits of every decision rule
+    in :attr:`Predictions.logits_by_rule`.
     """
     dev = resolve_device(device)
     model.to(dev).eval()
@@ -104,10 +110,13 @@ def predict(
     probs: list[Tensor] = []
     raw: list[Tensor] = []
     labels: list[Tensor] = []
+    by_rule: dict[str, list[Tensor]] = {}
     loss_sum = 0.0
     with torch.inference_mode():
         for b, (_, batch) in enumerate(_batches(dataset, task, batch_size, range(n))):
             output = task.call(model, batch, dev, sample_generator(seed, -1, b))
+            for rule, value in (per_rule(output) if per_rule else {}).items():
+                by_rule.setdefault(rule, []).append(value.float().cpu())
             logits = output.logits.float().cpu()
             raw.append(logits)
             logits = logits / float(temperature)
@@ -122,7 +131,14 @@ def predict(
         labels=torch.cat(labels).numpy(),
         loss=loss_sum / n,
         logits=torch.cat(raw).numpy().astype(np.float64),
+        logits_by_rule={r: torch.cat(v).numpy().astype(np.float64) for r, v in by_rule.items()},
     )
+
+
+def _from_logits(logits: np.ndarray, labels: np.ndarray) -> Predictions:
+    """Predictions (temperature 1) from logits kept by another pass."""
+    loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
+    return Predictions(softmax_np(logits), labels, loss, logits)
 
 
 def softmax_np(logits: np.ndarray) -> np.ndarray:
@@ -139,40 +155,44 @@ def choose_decision_rule(
     config: Any,
     device: torch.device,
     total: int,
-) -> Generator[Progress, None, dict[str, Any]]:
+) -> Generator[Progress, None, tuple[dict[str, Any], Predictions | None]]:
     """Set the model's slide decision rule (``config.decision``; ``"auto"``: the best on the
-    validation data) when the model offers rules; what was chosen and why."""
+    validation data) when the model offers rules. Returns what was chosen and why, and the
+    validation predictions under the chosen rule when they were computed (one pass scores
+    every rule: they share the forward)."""
     rules: tuple[str, ...] | None = getattr(model, "decision_rules", None)
     set_decision: Callable[[str], None] | None = getattr(model, "set_decision", None)
-    if not rules or set_decision is None:
+    rule_logits: Callable[[Any], dict[str, Tensor]] | None = getattr(model, "rule_logits", None)
+    if not rules or set_decision is None or rule_logits is None:
         if config.decision not in ("auto", "attention"):
             raise ValueError(f"model {getattr(model, 'model_name', '')!r} has no decision rules")
-        return {}
+        return {}, None
     if config.decision != "auto":
         set_decision(config.decision)
-        return {"chosen": config.decision, "how": "fixed by the training configuration"}
-    logits_by_rule: dict[str, np.ndarray] = {}
-    labels = np.zeros(0, dtype=np.int64)
-    for rule in rules:
-        set_decision(rule)
-        predictions = yield from _relabel(
-            predict(
-                model, task, val_set, batch_size=config.batch_size, device=device, seed=config.seed
-            ),
-            total,
-            total,
-            f"validating decision rule {rule}",
-        )
-        assert predictions.logits is not None
-        logits_by_rule[rule], labels = predictions.logits, predictions.labels
-    chosen, scores = choose_decision(rules, logits_by_rule, labels)
+        return {"chosen": config.decision, "how": "fixed by the training configuration"}, None
+    predictions = yield from _relabel(
+        predict(
+            model,
+            task,
+            val_set,
+            batch_size=config.batch_size,
+            device=device,
+            seed=config.seed,
+            per_rule=rule_logits,
+        ),
+        total,
+        total,
+        "validating the decision rules",
+    )
+    chosen, scores = choose_decision(rules, predictions.logits_by_rule, predictions.labels)
     set_decision(chosen)
-    return {
+    info = {
         "chosen": chosen,
         "how": "best balanced accuracy on the validation data, then lowest NLL after "
         "temperature scaling",
         "candidates": scores,
     }
+    return info, _from_logits(predictions.logits_by_rule[chosen], predictions.labels)
 
 
 def _relabel(

@@ -383,6 +383,15 @@ class AttentionMIL(nn.Module):
             config["decision"] = rule
             config["decision_k"] = self.decision_k
 
+    def rule_logits(self, output: MILOutput) -> dict[str, Tensor]:
+        """The slide logits of ``output`` under every decision rule (one forward for all)."""
+        if output.bag_logits is None or output.instance_logits is None:
+            raise ValueError("the output carries no bag and instance logits")
+        return {
+            rule: self.decide(output.bag_logits, output.instance_logits, output.mask, rule)
+            for rule in self.decision_rules
+        }
+
     def instance_logits(self, features: Tensor) -> Tensor:
         """The head applied to each instance alone (the bag made of that instance):
         ``(B, N, D) -> (B, N, n_classes)``."""
