@@ -22,7 +22,7 @@ Metadata keys: ``format``, ``format_version``, ``model_name``, ``model_config``
 seed, epochs, metrics; or null), ``extra``, ``package_version``,
 ``torch_version``, ``created`` (UTC, ISO 8601).
 
-Safety: nothing here unpickles. ``.pt``/``.pth``/``.pkl``/``.ckpt`` and other
+Safety (the file guard is :mod:`.safetensors_file`): nothing here unpickles. ``.pt``/``.pth``/``.pkl``/``.ckpt`` and other
 pickle or zip (``torch.save``) files are refused by name and by their first
 bytes, whatever their name; weights are read with ``safetensors`` and loaded
 with ``load_state_dict(strict=True)`` after the names, shapes and class count
@@ -35,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import struct
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,27 +45,31 @@ import torch.nn as nn
 
 from napari_histattn.atomic import atomic_write
 from napari_histattn.errors import CheckpointError, ExportError
+from napari_histattn.models.safetensors_file import (
+    PICKLE_SUFFIXES,
+    parse_header,
+    read_head,
+    refuse_pickle_bytes,
+    refuse_pickle_name,
+)
+
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "PICKLE_SUFFIXES",
+    "LoadedCheckpoint",
+    "load",
+    "read_metadata",
+    "save",
+    "sidecar_path",
+    "weights_path",
+]
 
 FORMAT_NAME = "napari-histattn"
 FORMAT_VERSION = 1
 WEIGHTS_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".json"
 _META_KEY = "napari_histattn"
-
-#: Suffixes of pickle-based formats, refused before a single byte is read.
-PICKLE_SUFFIXES = frozenset({".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".tar", ".joblib"})
-
-# safetensors headers are JSON; a longer header than this is corrupt, not a model.
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
-
-_PICKLE_REFUSAL = (
-    "pickle checkpoints are refused because loading them can run arbitrary code. "
-    "If you trust where it came from, convert it in a separate Python session: "
-    "state = torch.load(path, weights_only=True); model = "
-    "napari_histattn.models.create_model(name, **config); model.load_state_dict(state); "
-    "napari_histattn.models.checkpoint.save('model.safetensors', model, class_names=..., "
-    "preprocessing=...)"
-)
 
 
 @dataclass
@@ -110,7 +113,7 @@ class LoadedCheckpoint:
             value = float(calibration.get("temperature", 1.0))
         except (TypeError, ValueError):
             return 1.0
-        return value if value > 0 and value == value and value != float("inf") else 1.0
+        return value if 0 < value < float("inf") else 1.0
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -260,46 +263,6 @@ def save(
     return target
 
 
-def _looks_like_pickle(head: bytes) -> bool:
-    # Pickle protocol 2+ opens with PROTO (0x80, version); torch.save writes a zip.
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
-        return True
-    return head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")
-
-
-def _refuse_pickle_name(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(path, _PICKLE_REFUSAL)
-
-
-def _refuse_pickle_bytes(path: Path, head: bytes) -> None:
-    if _looks_like_pickle(head):
-        raise CheckpointError(
-            path, "the file is a pickle or zip (torch.save) archive; " + _PICKLE_REFUSAL
-        )
-
-
-def _parse_header(path: Path, head: bytes, size: int) -> dict[str, Any]:
-    """Parse the safetensors JSON header from the start of the file."""
-    if len(head) < 8:
-        raise CheckpointError(path, f"file too short ({size} bytes) to be a safetensors file")
-    (length,) = struct.unpack("<Q", head[:8])
-    if length < 2 or length > _MAX_HEADER_BYTES or 8 + length > size:
-        raise CheckpointError(
-            path,
-            f"not a safetensors file, or truncated (header length {length}, file size {size} bytes)",
-        )
-    if len(head) < 8 + length:
-        raise CheckpointError(path, "truncated safetensors header")
-    try:
-        header = json.loads(head[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"corrupt safetensors header: {exc}") from exc
-    if not isinstance(header, dict):
-        raise CheckpointError(path, "corrupt safetensors header: not a JSON object")
-    return header
-
-
 def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     raw = header.get("__metadata__") or {}
     text = raw.get(_META_KEY) if isinstance(raw, dict) else None
@@ -332,22 +295,6 @@ def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     return metadata
 
 
-def _read_head(path: Path) -> tuple[bytes, int]:
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) == 8:
-                (length,) = struct.unpack("<Q", head)
-                if 2 <= length <= min(_MAX_HEADER_BYTES, size - 8):
-                    head += fh.read(length)
-    except FileNotFoundError:
-        raise CheckpointError(path, "file not found") from None
-    except OSError as exc:
-        raise CheckpointError(path, f"cannot read: {exc}") from exc
-    return head, size
-
-
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The metadata of a checkpoint, read from its header without building the model.
 
@@ -370,11 +317,11 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         If the file is missing, a pickle, or not a napari-histattn checkpoint.
     """
     raw_path = Path(path)
-    _refuse_pickle_name(raw_path)
+    refuse_pickle_name(raw_path)
     target = weights_path(raw_path)
-    head, size = _read_head(target)
-    _refuse_pickle_bytes(target, head)
-    return _metadata_from_header(target, _parse_header(target, head, size))
+    head, size = read_head(target)
+    refuse_pickle_bytes(target, head)
+    return _metadata_from_header(target, parse_header(target, head, size))
 
 
 def _check_sidecar(path: Path, digest: str) -> None:
@@ -448,12 +395,12 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "auto") -> L
     from napari_histattn.models.registry import create_model, list_models
 
     raw_path = Path(path)
-    _refuse_pickle_name(raw_path)
+    refuse_pickle_name(raw_path)
     torch_device = resolve_device(device)
     target = weights_path(raw_path)
-    head, size = _read_head(target)
-    _refuse_pickle_bytes(target, head)
-    metadata = _metadata_from_header(target, _parse_header(target, head, size))
+    head, size = read_head(target)
+    refuse_pickle_bytes(target, head)
+    metadata = _metadata_from_header(target, parse_header(target, head, size))
     try:
         data = target.read_bytes()
     except OSError as exc:
