@@ -108,12 +108,7 @@ class LoadedCheckpoint:
     @property
     def temperature(self) -> float:
         """The calibration temperature the checkpoint records (1.0: uncalibrated)."""
-        calibration = self.metadata.get("calibration") or {}
-        try:
-            value = float(calibration.get("temperature", 1.0))
-        except (TypeError, ValueError):
-            return 1.0
-        return value if 0 < value < float("inf") else 1.0
+        return float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
 
 
 def weights_path(path: str | os.PathLike[str]) -> Path:
@@ -291,6 +286,12 @@ def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     ):
         raise CheckpointError(
             path, "metadata model_config and preprocessing must be objects and class_names a list"
+        )
+    calibration = metadata.get("calibration") or {}
+    t = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
+    if not (isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < float("inf")):
+        raise CheckpointError(
+            path, f"calibration must hold a positive temperature, got {calibration!r}"
         )
     return metadata
 

@@ -35,8 +35,20 @@ _PICKLE_REFUSAL = (
 )
 
 
+def _is_safetensors_head(head: bytes) -> bool:
+    """A plausible header length followed by the JSON header's opening brace."""
+    if len(head) < 9:
+        return False
+    (length,) = struct.unpack("<Q", head[:8])
+    return 2 <= length <= _MAX_HEADER_BYTES and head[8:9] == b"{"
+
+
 def looks_like_pickle(head: bytes) -> bool:
-    # Pickle protocol 2+ opens with PROTO (0x80, version); torch.save writes a zip.
+    # Pickle protocol 2+ opens with PROTO (0x80, version); torch.save writes a zip. A
+    # safetensors header length such as 896 (0x0380) also starts 0x80 0x03, so a file that
+    # parses as safetensors is not taken for a pickle.
+    if _is_safetensors_head(head):
+        return False
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return True
     return head[:4] in (b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")

@@ -240,3 +240,38 @@ def test_resolve_device() -> None:
 def test_explicit_cuda_without_cuda_is_a_clear_error() -> None:
     with pytest.raises(HistattnError, match="'cuda' requested but CUDA is not available"):
         resolve_device("cuda")
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, "hot", True, [1.0]])
+def test_a_checkpoint_with_an_invalid_temperature_is_refused(tmp_path: Path, bad) -> None:
+    model = create_model("amil", encoder="none", embed_dim=4, n_classes=2)
+    good = checkpoint.save(
+        tmp_path / "good.safetensors",
+        model,
+        class_names=["a", "b"],
+        preprocessing={},
+        calibration={"temperature": 2.0},
+    )
+    assert checkpoint.load(good, device="cpu").temperature == 2.0
+    path = checkpoint.save(
+        tmp_path / "bad.safetensors",
+        model,
+        class_names=["a", "b"],
+        preprocessing={},
+        calibration={"temperature": bad},
+    )
+    with pytest.raises(CheckpointError, match="positive temperature"):
+        checkpoint.load(path, device="cpu")
+
+
+def test_a_safetensors_header_length_that_starts_like_a_pickle_is_not_one() -> None:
+    import struct
+
+    from napari_histattn.models.safetensors_file import looks_like_pickle
+
+    # Header lengths 640, 896, 1152, 1408 (0x0280...0x0580) begin with the bytes of PROTO 2-5.
+    for length in (640, 896, 1152, 1408):
+        head = struct.pack("<Q", length) + b'{"__metadata__": {}}'
+        assert head[0] == 0x80 and not looks_like_pickle(head)
+    for protocol in (2, 3, 4, 5):
+        assert looks_like_pickle(pickle.dumps({"w": [1.0]}, protocol=protocol)[:64])
