@@ -67,7 +67,9 @@ def _labels(rows: list[tuple[Path, str]], path: Path) -> Path:
     return path
 
 
-def _localisation(result, slide: Path) -> dict[str, float]:
+def _localisation(result, slide: Path, size: int = 2048) -> dict[str, float]:
+    """Attention mass in the lesion and localisation AUC over tissue cells (and against
+    look-alike cells alone) of a ``size``^2 generated slide, from its ``.mask.png``."""
     from PIL import Image
 
     from napari_histattn.stats import roc_auc_binary
@@ -77,7 +79,7 @@ def _localisation(result, slide: Path) -> dict[str, float]:
     rows, cols = att.shape
     ys = (np.arange(rows) + 0.5) * result.geometry.stride_l0_xy[1]
     xs = (np.arange(cols) + 0.5) * result.geometry.stride_l0_xy[0]
-    sy, sx = mask.shape[0] / 2048, mask.shape[1] / 2048
+    sy, sx = mask.shape[0] / size, mask.shape[1] / size
     lab = mask[
         np.clip((ys * sy).astype(int), 0, mask.shape[0] - 1)[:, None],
         np.clip((xs * sx).astype(int), 0, mask.shape[1] - 1)[None, :],

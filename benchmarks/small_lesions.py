@@ -26,7 +26,6 @@ validation choose the decision rule and the temperature. Results go to
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -40,6 +39,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 WORK = ROOT / "benchmarks" / "_work" / "small-lesions"
 BASE = ROOT / "benchmarks" / "_work" / "slide-labels"
 START, END = "<!-- small-lesions:start -->", "<!-- small-lesions:end -->"
+
+from slide_labels import _labels, _localisation  # noqa: E402  (the same slide files and masks)
 
 
 def _make(folder: Path, n: int, first_seed: int, size: int, radii: tuple[float, ...]) -> list:
@@ -77,46 +78,11 @@ def _base_train() -> list:
     return rows
 
 
-def _labels(rows: list, path: Path) -> Path:
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["slide", "label", "patient"])
-        for slide, label in rows:
-            writer.writerow([str(slide), label, slide.stem])
-    return path
-
-
 def _lesion_fraction(slide: Path) -> float:
     from PIL import Image
 
     mask = np.asarray(Image.open(slide.with_suffix(".mask.png")))
     return float((mask == 3).sum() / max(1, (mask > 0).sum()))
-
-
-def _localisation(result, slide: Path, size: int) -> dict[str, float]:
-    from PIL import Image
-
-    from napari_histattn.stats import roc_auc_binary
-
-    mask = np.asarray(Image.open(slide.with_suffix(".mask.png")))
-    att = np.asarray(result.attention, dtype=np.float64)
-    rows, cols = att.shape
-    ys = (np.arange(rows) + 0.5) * result.geometry.stride_l0_xy[1]
-    xs = (np.arange(cols) + 0.5) * result.geometry.stride_l0_xy[0]
-    sy, sx = mask.shape[0] / size, mask.shape[1] / size
-    lab = mask[
-        np.clip((ys * sy).astype(int), 0, mask.shape[0] - 1)[:, None],
-        np.clip((xs * sx).astype(int), 0, mask.shape[1] - 1)[None, :],
-    ]
-    tissue = np.isfinite(att) & (lab > 0)
-    score = np.where(np.isfinite(att), att, 0.0)
-    lesion = lab == 3
-    vs = tissue & ((lab == 3) | (lab == 2))
-    return {
-        "mass": float(score[lesion].sum() / max(score[tissue].sum(), 1e-12)),
-        "auc_tissue": roc_auc_binary(lesion[tissue], score[tissue]),
-        "auc_lookalike": roc_auc_binary(lesion[vs], score[vs]),
-    }
 
 
 def _features(rows: list, encoder: str, weights: Path | None, out: Path) -> float:

@@ -31,6 +31,7 @@ __all__ = [
     "choose_decision",
     "fit_temperature",
     "nll",
+    "softmax",
 ]
 
 #: The temperatures searched (log-spaced bounds). Validation sets of a few slides cannot
@@ -81,8 +82,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, iterations: int = 60
     return best if nll(logits, labels, best) <= nll(logits, labels, 1.0) else 1.0
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    return np.exp(_log_softmax(logits))
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(n, C)`` logits (float64)."""
+    return np.asarray(np.exp(_log_softmax(np.asarray(logits, dtype=np.float64))))
 
 
 @dataclass(frozen=True)
@@ -104,8 +106,8 @@ class Calibration:
             n=int(len(labels)),
             nll_before=nll(logits, labels),
             nll_after=nll(logits, labels, t),
-            ece_before=expected_calibration_error(labels, _softmax(logits)),
-            ece_after=expected_calibration_error(labels, _softmax(logits / t)),
+            ece_before=expected_calibration_error(labels, softmax(logits)),
+            ece_after=expected_calibration_error(labels, softmax(logits / t)),
         )
 
     def as_dict(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from napari_histattn.models.device import resolve_device
 from napari_histattn.progress import Progress
-from napari_histattn.training.calibration import Calibration
+from napari_histattn.training.calibration import Calibration, softmax
 from napari_histattn.training.metrics import classification_metrics, jsonable
 from napari_histattn.training.predict import (
     EvalResult,
@@ -43,7 +43,6 @@ from napari_histattn.training.predict import (
     choose_decision_rule,
     evaluate,
     predict,
-    softmax_np,
 )
 from napari_histattn.training.tasks import Task
 from napari_histattn.training.transforms import sample_generator
@@ -381,7 +380,7 @@ def train(
         assert predictions.logits is not None
         if config.calibrate and len(np.unique(predictions.labels)) > 1:
             calibration = Calibration.fit(predictions.logits, predictions.labels)
-            probabilities = softmax_np(predictions.logits / calibration.temperature)
+            probabilities = softmax(predictions.logits / calibration.temperature)
         else:
             probabilities = predictions.probabilities
         val_metrics = classification_metrics(

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from napari_histattn.models.device import resolve_device
 from napari_histattn.progress import Progress
-from napari_histattn.training.calibration import choose_decision
+from napari_histattn.training.calibration import choose_decision, softmax
 from napari_histattn.training.metrics import classification_metrics
 from napari_histattn.training.tasks import Batch, Task
 from napari_histattn.training.transforms import sample_generator
@@ -33,7 +33,6 @@ __all__ = [
     "choose_decision_rule",
     "evaluate",
     "predict",
-    "softmax_np",
 ]
 
 
@@ -138,14 +137,7 @@ def predict(
 def _from_logits(logits: np.ndarray, labels: np.ndarray) -> Predictions:
     """Predictions (temperature 1) from logits kept by another pass."""
     loss = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
-    return Predictions(softmax_np(logits), labels, loss, logits)
-
-
-def softmax_np(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of a NumPy array."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True))
+    return Predictions(softmax(logits), labels, loss, logits)
 
 
 def choose_decision_rule(
