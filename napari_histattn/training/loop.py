@@ -39,10 +39,10 @@ from napari_histattn.training.predict import (
     Predictions,
     _batches,
     _n_batches,
-    _relabel,
     choose_decision_rule,
     evaluate,
     predict,
+    validate,
 )
 from napari_histattn.training.tasks import Task
 from napari_histattn.training.transforms import sample_generator
@@ -325,18 +325,13 @@ def train(
         val_loss: float | None = None
         val_accuracy: float | None = None
         if val_set is not None and n_val:
-            predictions = yield from _relabel(
-                predict(
-                    model,
-                    task,
-                    val_set,
-                    batch_size=config.batch_size,
-                    device=device,
-                    seed=config.seed,
-                ),
-                done,
-                total,
-                f"epoch {epoch + 1}/{config.epochs} validating",
+            predictions = yield from validate(
+                model,
+                task,
+                val_set,
+                config,
+                device,
+                (done, total, f"epoch {epoch + 1}/{config.epochs} validating"),
             )
             done += _n_batches(n_val, config.batch_size)
             val_loss = predictions.loss
@@ -363,18 +358,8 @@ def train(
             model, task, val_set, config, device, total
         )
         predictions = chosen or (
-            yield from _relabel(
-                predict(
-                    model,
-                    task,
-                    val_set,
-                    batch_size=config.batch_size,
-                    device=device,
-                    seed=config.seed,
-                ),
-                total,
-                total,
-                "validating the best epoch",
+            yield from validate(
+                model, task, val_set, config, device, (total, total, "validating the best epoch")
             )
         )
         assert predictions.logits is not None

@@ -33,6 +33,7 @@ __all__ = [
     "choose_decision_rule",
     "evaluate",
     "predict",
+    "validate",
 ]
 
 
@@ -140,6 +141,37 @@ def _from_logits(logits: np.ndarray, labels: np.ndarray) -> Predictions:
     return Predictions(softmax(logits), labels, loss, logits)
 
 
+def validate(
+    model: nn.Module,
+    task: Task,
+    val_set: Dataset[Any],
+    config: Any,
+    device: torch.device,
+    progress: tuple[int, int, str],
+    per_rule: Callable[[Any], dict[str, Tensor]] | None = None,
+) -> Generator[Progress, None, Predictions]:
+    """:func:`predict` on the validation data with the training settings (``config``:
+    batch size and seed), its progress shown as ``(offset, total, message)`` of the
+    ``"train"`` stage."""
+    offset, total, message = progress
+    return (
+        yield from _relabel(
+            predict(
+                model,
+                task,
+                val_set,
+                batch_size=config.batch_size,
+                device=device,
+                seed=config.seed,
+                per_rule=per_rule,
+            ),
+            offset,
+            total,
+            message,
+        )
+    )
+
+
 def choose_decision_rule(
     model: nn.Module,
     task: Task,
@@ -162,19 +194,14 @@ def choose_decision_rule(
     if config.decision != "auto":
         set_decision(config.decision)
         return {"chosen": config.decision, "how": "fixed by the training configuration"}, None
-    predictions = yield from _relabel(
-        predict(
-            model,
-            task,
-            val_set,
-            batch_size=config.batch_size,
-            device=device,
-            seed=config.seed,
-            per_rule=rule_logits,
-        ),
-        total,
-        total,
-        "validating the decision rules",
+    predictions = yield from validate(
+        model,
+        task,
+        val_set,
+        config,
+        device,
+        (total, total, "validating the decision rules"),
+        per_rule=rule_logits,
     )
     chosen, scores = choose_decision(rules, predictions.logits_by_rule, predictions.labels)
     set_decision(chosen)
