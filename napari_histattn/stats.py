@@ -1,4 +1,5 @@
-"""Statistics shared by the layers (NumPy only): the binary ROC AUC and temperature scaling.
+"""Statistics shared by the layers (NumPy only): the binary ROC AUC, temperature scaling and
+the spread of a slide probability over sampling rounds.
 
 Lives below ``inference`` and ``training`` so that both score attention maps and
 predictions with one definition (:mod:`napari_histattn.training.metrics`
@@ -8,11 +9,15 @@ re-exports it).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-__all__ = ["apply_temperature", "roc_auc_binary"]
+__all__ = ["UNSTABLE_RANGE", "apply_temperature", "probability_spread", "roc_auc_binary"]
+
+#: A predicted-class probability that moves more than this over sampling rounds is flagged.
+UNSTABLE_RANGE = 0.2
 
 
 def _average_ranks(values: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -61,3 +66,21 @@ def apply_temperature(probabilities: ArrayLike, temperature: float) -> NDArray[n
     logp -= logp.max(axis=-1, keepdims=True)
     out = np.exp(logp)
     return np.asarray(out / out.sum(axis=-1, keepdims=True))
+
+
+def probability_spread(
+    per_round: ArrayLike, unstable_range: float = UNSTABLE_RANGE
+) -> dict[str, Any]:
+    """How the slide probabilities of ``(rounds, C)`` sampling rounds spread: min, max and std
+    per class, and ``unstable`` when the rounds disagree on the call or the predicted class's
+    probability ranges over more than ``unstable_range``."""
+    rounds = np.asarray(per_round, dtype=np.float64)
+    calls = rounds.argmax(axis=1)
+    mean_call = int(rounds.mean(axis=0).argmax())
+    width = float(rounds[:, mean_call].max() - rounds[:, mean_call].min())
+    return {
+        "min": [float(v) for v in rounds.min(axis=0)],
+        "max": [float(v) for v in rounds.max(axis=0)],
+        "std": [float(v) for v in rounds.std(axis=0)],
+        "unstable": bool(len(set(calls.tolist())) > 1 or width > unstable_range),
+    }

@@ -73,7 +73,7 @@ from napari_histattn.models.checkpoint import load as load_checkpoint
 from napari_histattn.models.device import resolve_device
 from napari_histattn.models.family import SlideOutput, family_for_model, runnable_models
 from napari_histattn.progress import Progress
-from napari_histattn.stats import apply_temperature
+from napari_histattn.stats import apply_temperature, probability_spread
 
 __all__ = ["FEATURES_ENV_VAR", "classify", "select_device"]
 
@@ -345,6 +345,11 @@ def _assemble(
         provenance["probabilities_uncalibrated"] = [float(v) for v in probs]
         probs = apply_temperature(probs, temperature)
     provenance["calibration_temperature"] = temperature
+    rounds = provenance.get("round_probabilities")
+    if rounds is not None:  # a sampling family's rounds, on the scale of the call shown
+        provenance["probability_spread"] = probability_spread(
+            apply_temperature(np.asarray(rounds), temperature)
+        )
     side = float(raw.cell_l0)
     geometry = GridGeometry((0.0, 0.0), (side, side), (side, side))
     names = list(ckpt.class_names)

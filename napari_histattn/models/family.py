@@ -214,7 +214,9 @@ class SlideOutput:
         The sampled locations (attention sampling), else ``None``.
     info
         Family-specific provenance; must contain ``"downsample"`` (level-0
-        pixels per model pixel).
+        pixels per model pixel). ``"round_probabilities"`` (``(rounds, C)``, a
+        sampling family's per-round slide probabilities) makes the engine report
+        their spread after calibration.
     """
 
     probabilities: NDArray[np.float64]

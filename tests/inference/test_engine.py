@@ -497,9 +497,33 @@ def test_sampling_rounds_average_independent_draws_and_report_their_spread(
 
 
 def test_spread_flags_rounds_that_disagree() -> None:
-    from napari_histattn.models.attention_sampling.slide import spread
+    from napari_histattn.stats import probability_spread as spread
 
     steady = spread(np.array([[0.2, 0.8], [0.25, 0.75], [0.22, 0.78]]))
     assert not steady["unstable"]
     assert spread(np.array([[0.6, 0.4], [0.4, 0.6]]))["unstable"]  # the call flips
     assert spread(np.array([[0.05, 0.95], [0.3, 0.7]]))["unstable"]  # 0.25 wide
+
+
+def test_the_spread_over_rounds_is_on_the_calibrated_scale(lesion_slide, loaded, tmp_path) -> None:
+    from napari_histattn.models.checkpoint import save
+    from napari_histattn.stats import apply_temperature
+
+    plain = loaded["attention_sampling"]
+    calibrated = save(
+        tmp_path / "as-calibrated.safetensors",
+        plain.model,
+        class_names=plain.class_names,
+        preprocessing=plain.preprocessing,
+        calibration={"temperature": 3.0},
+    )
+    params = {"rounds": 3}
+    raw = run_to_completion(classify(lesion_slide.path, plain, device="cpu", seed=1, params=params))
+    cal = run_to_completion(
+        classify(lesion_slide.path, calibrated, device="cpu", seed=1, params=params)
+    )
+    rounds = np.asarray(raw.provenance["round_probabilities"])
+    np.testing.assert_allclose(
+        cal.provenance["probability_spread"]["max"],
+        apply_temperature(rounds, 3.0).max(axis=0),
+    )

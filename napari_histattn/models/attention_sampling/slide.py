@@ -33,12 +33,10 @@ from napari_histattn.models.family import SampledLocations, SlideOutput, softmax
 from napari_histattn.models.patch_source import patch_origin_hr_xy
 from napari_histattn.progress import Progress
 
-__all__ = ["ROUND_SEED_STRIDE", "run_on_slide", "spread"]
+__all__ = ["ROUND_SEED_STRIDE", "run_on_slide"]
 
 #: Seed offset between sampling rounds (round r draws from ``seed + r * stride``).
 ROUND_SEED_STRIDE = 1_000_003
-#: A predicted-class probability that moves more than this over rounds is flagged.
-UNSTABLE_RANGE = 0.2
 
 
 def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
@@ -147,21 +145,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             "low_res_size_wh": [w, h],
             "replace": replace,
             "sampling_rounds": rounds,
-            **({"probability_spread": spread(per_round)} if rounds > 1 else {}),
+            # The engine turns these into the spread it reports, after calibration.
+            **({"round_probabilities": per_round.tolist()} if rounds > 1 else {}),
         },
     )
-
-
-def spread(per_round: np.ndarray, unstable_range: float = UNSTABLE_RANGE) -> dict[str, Any]:
-    """How the slide probabilities of ``(rounds, C)`` sampling rounds spread: min, max and std
-    per class, and ``unstable`` when the rounds disagree on the call or the predicted class's
-    probability ranges over more than ``unstable_range``."""
-    calls = per_round.argmax(axis=1)
-    mean_call = int(per_round.mean(axis=0).argmax())
-    width = float(per_round[:, mean_call].max() - per_round[:, mean_call].min())
-    return {
-        "min": [float(v) for v in per_round.min(axis=0)],
-        "max": [float(v) for v in per_round.max(axis=0)],
-        "std": [float(v) for v in per_round.std(axis=0)],
-        "unstable": bool(len(set(calls.tolist())) > 1 or width > unstable_range),
-    }
