@@ -43,7 +43,11 @@ from benchmarks._models import data as D  # noqa: E402
 from benchmarks._models import recipes as R  # noqa: E402
 from napari_histattn.models import checkpoint  # noqa: E402
 from napari_histattn.models.registry import create_model  # noqa: E402
-from napari_histattn.training.calibration import Calibration, choose_decision  # noqa: E402
+from napari_histattn.training.calibration import (  # noqa: E402
+    Calibration,
+    choose_decision,
+    shifted,
+)
 
 OUT_DIR = ROOT / "sample_data"
 SEED = 20241126
@@ -415,9 +419,11 @@ def main(argv: list[str] | None = None) -> int:
             model.set_decision(rule)
             probs = R.evaluate_amil(model, val_small, mean=mean, std=std)["probs"]
             log_probs[rule] = np.log(np.clip(probs, 1e-12, None))
-        chosen, candidates = choose_decision(model.decision_rules, log_probs, val_small.y)
-        model.set_decision(chosen)
-        calibration = Calibration.fit(log_probs[chosen], val_small.y)
+        chosen, candidates, threshold = choose_decision(
+            model.decision_rules, log_probs, val_small.y
+        )
+        model.set_decision(chosen, threshold)
+        calibration = Calibration.fit(shifted(log_probs[chosen], threshold), val_small.y)
         _log(f"  chose {chosen!r} ({candidates}); temperature {calibration.temperature:.3f}")
         ev = R.evaluate_amil(model, held, mean=mean, std=std)
         metrics = R.image_metrics(held, ev["probs"], ev["attention"])

@@ -11,6 +11,9 @@ over-confident model. The same ``T`` turns probabilities into calibrated ones,
 attention pooling, top-k instance evidence, the larger of both), fits a
 temperature to each on the validation data and keeps the rule with the highest
 balanced accuracy, then the lowest calibrated NLL (ties keep the earlier rule).
+For two classes each rule is scored at its best threshold on the margin
+``l1 - l0``: a model trained on large lesions ranks small-lesion slides above
+benign ones before it puts them above zero.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from napari_histattn.training.metrics import balanced_accuracy, expected_calibra
 __all__ = [
     "Calibration",
     "apply_temperature",
+    "best_threshold",
     "choose_decision",
     "fit_temperature",
     "nll",
@@ -123,23 +127,53 @@ class Calibration:
         }
 
 
+def best_threshold(margins: np.ndarray, labels: np.ndarray) -> float:
+    """The margin threshold with the best balanced accuracy of ``margin > t`` on ``labels``
+    (0/1); ties keep 0 when it is among them, else the middle of the widest gap."""
+    m = np.asarray(margins, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    u = np.unique(m)
+    if u.size == 0 or np.unique(y).size < 2:
+        return 0.0
+    gaps = np.diff(u)
+    candidates = np.concatenate([[0.0, u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
+    widths = np.concatenate([[np.inf, np.inf], gaps, [np.inf]])
+    scores = np.array([balanced_accuracy(y, (m > c).astype(np.int64)) for c in candidates])
+    tied = np.flatnonzero(scores >= scores.max() - 1e-12)
+    if 0 in tied:
+        return 0.0
+    return float(candidates[tied[np.argmax(widths[tied])]])
+
+
+def shifted(logits: np.ndarray, threshold: float) -> np.ndarray:
+    """Two-class logits with the positive logit lowered by ``threshold``."""
+    out = np.array(logits, dtype=np.float64)
+    out[:, 1] -= threshold
+    return out
+
+
 def choose_decision(
     candidates: Sequence[str], logits_by_rule: dict[str, np.ndarray], labels: np.ndarray
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, dict[str, Any], float]:
     """The rule with the best balanced accuracy on validation, then the lowest NLL after its
-    own temperature; returns it and every candidate's scores (for the checkpoint)."""
+    own temperature; for two classes each rule at its best margin threshold
+    (:func:`best_threshold`). Returns the rule, every candidate's scores (for the
+    checkpoint) and the chosen rule's threshold."""
     scores: dict[str, Any] = {}
     best: tuple[float, float] | None = None
-    chosen = candidates[0]
+    chosen, chosen_t = candidates[0], 0.0
     for rule in candidates:
-        logits = logits_by_rule[rule]
+        logits = np.asarray(logits_by_rule[rule], dtype=np.float64)
+        t = best_threshold(logits[:, 1] - logits[:, 0], labels) if logits.shape[1] == 2 else 0.0
+        logits = shifted(logits, t) if t else logits
         cal = Calibration.fit(logits, labels)
         bacc = balanced_accuracy(labels, logits.argmax(axis=1))
         scores[rule] = {
             "balanced_accuracy": round(float(bacc), 6),
             "nll_calibrated": round(cal.nll_after, 6),
+            "threshold": round(t, 6),
         }
         key = (-float(bacc), cal.nll_after)
         if best is None or key < best:
-            best, chosen = key, rule
-    return chosen, scores
+            best, chosen, chosen_t = key, rule, t
+    return chosen, scores, chosen_t

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from napari_histattn.models.device import resolve_device
 from napari_histattn.progress import Progress
-from napari_histattn.training.calibration import choose_decision, softmax
+from napari_histattn.training.calibration import choose_decision, shifted, softmax
 from napari_histattn.training.metrics import classification_metrics
 from napari_histattn.training.tasks import Batch, Task
 from napari_histattn.training.transforms import sample_generator
@@ -185,7 +185,7 @@ def choose_decision_rule(
     validation predictions under the chosen rule when they were computed (one pass scores
     every rule: they share the forward)."""
     rules: tuple[str, ...] | None = getattr(model, "decision_rules", None)
-    set_decision: Callable[[str], None] | None = getattr(model, "set_decision", None)
+    set_decision: Callable[..., None] | None = getattr(model, "set_decision", None)
     rule_logits: Callable[[Any], dict[str, Tensor]] | None = getattr(model, "rule_logits", None)
     if not rules or set_decision is None or rule_logits is None:
         if config.decision not in ("auto", "attention"):
@@ -203,15 +203,21 @@ def choose_decision_rule(
         (total, total, "validating the decision rules"),
         per_rule=rule_logits,
     )
-    chosen, scores = choose_decision(rules, predictions.logits_by_rule, predictions.labels)
-    set_decision(chosen)
+    chosen, scores, threshold = choose_decision(
+        rules, predictions.logits_by_rule, predictions.labels
+    )
+    set_decision(chosen, threshold)
     info = {
         "chosen": chosen,
-        "how": "best balanced accuracy on the validation data, then lowest NLL after "
-        "temperature scaling",
+        "threshold": threshold,
+        "how": "best balanced accuracy on the validation data (each rule at its best margin "
+        "threshold), then lowest NLL after temperature scaling",
         "candidates": scores,
     }
-    return info, _from_logits(predictions.logits_by_rule[chosen], predictions.labels)
+    logits = predictions.logits_by_rule[chosen]
+    return info, _from_logits(
+        shifted(logits, threshold) if threshold else logits, predictions.labels
+    )
 
 
 def _relabel(

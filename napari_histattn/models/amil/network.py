@@ -168,6 +168,11 @@ class AttentionMIL(nn.Module):
         cannot move; the instance rules keep its evidence.
     decision_k
         Instances averaged by the instance rules.
+    decision_threshold
+        Two classes: the margin ``l1 - l0`` above which the slide is positive (0: the
+        arg-max). Chosen with the rule on validation data: a rule trained on large lesions
+        keeps its order on small ones but not its zero (instance margins of benign slides'
+        most lesion-like tile sit above 0), so the threshold moves with it.
     topk_loss_weight
         Weight of a max-instance loss during training: cross-entropy of the top-k
         instance margin against the slide label (Campanella et al. 2019), which
@@ -194,6 +199,7 @@ class AttentionMIL(nn.Module):
         instance_k: int = 8,
         decision: str = "attention",
         decision_k: int = 1,
+        decision_threshold: float = 0.0,
         topk_loss_weight: float = 0.0,
         annotation_loss_weight: float = 1.0,
     ) -> None:
@@ -235,6 +241,7 @@ class AttentionMIL(nn.Module):
             raise ValueError("decision_k must be >= 1 and the loss weights >= 0")
         self.decision = decision
         self.decision_k = int(decision_k)
+        self.decision_threshold = float(decision_threshold)
         self.topk_loss_weight = float(topk_loss_weight)
         self.annotation_loss_weight = float(annotation_loss_weight)
         #: Weight of the slide-label terms of the loss; 0 in stage 1 of two-stage training
@@ -373,22 +380,27 @@ class AttentionMIL(nn.Module):
         """The decision rules this model can use (all of them with two classes)."""
         return DECISIONS if self.n_classes == 2 else ("attention",)
 
-    def set_decision(self, rule: str) -> None:
-        """Use ``rule`` for the slide call from now on (recorded in ``model_config``)."""
+    def set_decision(self, rule: str, threshold: float = 0.0) -> None:
+        """Use ``rule`` with margin ``threshold`` for the slide call from now on (recorded in
+        ``model_config``)."""
         if rule not in self.decision_rules:
             raise ValueError(f"decision must be one of {self.decision_rules}, got {rule!r}")
-        self.decision = rule
+        if threshold != 0.0 and self.n_classes != 2:
+            raise ValueError("a decision threshold needs two classes")
+        self.decision, self.decision_threshold = rule, float(threshold)
         config = getattr(self, "model_config", None)
         if isinstance(config, dict):
-            config["decision"] = rule
-            config["decision_k"] = self.decision_k
+            config.update(
+                decision=rule, decision_k=self.decision_k, decision_threshold=float(threshold)
+            )
 
     def rule_logits(self, output: MILOutput) -> dict[str, Tensor]:
-        """The slide logits of ``output`` under every decision rule (one forward for all)."""
+        """The slide logits of ``output`` under every decision rule at threshold 0 (one
+        forward for all)."""
         if output.bag_logits is None or output.instance_logits is None:
             raise ValueError("the output carries no bag and instance logits")
         return {
-            rule: self.decide(output.bag_logits, output.instance_logits, output.mask, rule)
+            rule: self.decide(output.bag_logits, output.instance_logits, output.mask, rule, 0.0)
             for rule in self.decision_rules
         }
 
@@ -408,16 +420,25 @@ class AttentionMIL(nn.Module):
         return torch.where(real, top, torch.zeros_like(top)).sum(1) / real.sum(1).clamp_min(1)
 
     def decide(
-        self, bag_logits: Tensor, instance_logits: Tensor, mask: Tensor | None, rule: str
+        self,
+        bag_logits: Tensor,
+        instance_logits: Tensor,
+        mask: Tensor | None,
+        rule: str,
+        threshold: float | None = None,
     ) -> Tensor:
-        """Slide logits under ``rule`` (see the class docstring); the instance rules return
+        """Slide logits under ``rule`` (see the class docstring), the positive logit lowered
+        by the margin ``threshold`` (default: the model's); the instance rules return
         ``[0, margin]`` so that the softmax gives ``sigmoid(margin)``."""
+        t = self.decision_threshold if threshold is None else float(threshold)
         if rule == "attention":
-            return bag_logits
+            if t == 0.0:
+                return bag_logits
+            return bag_logits - torch.tensor([0.0, t], device=bag_logits.device)
         top = self.top_k_margin(instance_logits, mask)
         if rule == "max":
             top = torch.maximum(top, bag_logits[:, 1] - bag_logits[:, 0])
-        return torch.stack([torch.zeros_like(top), top], dim=1)
+        return torch.stack([torch.zeros_like(top), top - t], dim=1)
 
     def loss(self, output: MILOutput, targets: Tensor) -> Tensor:
         """Training loss: cross-entropy of the attention-pooled logits, plus (when weighted

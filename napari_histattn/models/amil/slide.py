@@ -81,6 +81,7 @@ def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str
     return {
         "decision": str(getattr(model, "decision", "attention")),
         "decision_k": int(getattr(model, "decision_k", 1)),
+        "decision_threshold": float(getattr(model, "decision_threshold", 0.0)),
         "attention_weighted_patch_probability": [float(v) for v in weighted],
         "top_patch_probability": [float(v) for v in per_patch.max(axis=0)],
     }
