@@ -441,8 +441,8 @@ def main(argv: list[str] | None = None) -> int:
             "stage2": {**h2.to_dict(), "encode_training_bags_seconds": round(encode_s, 1)},
             "decision": {
                 "chosen": chosen,
-                "how": "best balanced accuracy on small-lesion validation images, then the "
-                "lowest NLL after temperature scaling",
+                "how": "best balanced accuracy on small-lesion validation images, each rule "
+                "at its best margin threshold; ties keep the earlier rule (attention)",
                 "validation": f"{N_SMALL_VAL} images, lesion radius {SMALL_RADIUS_UM} um "
                 f"(seeds {SMALL_VAL_START}-{SMALL_VAL_START + N_SMALL_VAL - 1})",
                 "candidates": candidates,

@@ -10,7 +10,7 @@ over-confident model. The same ``T`` turns probabilities into calibrated ones,
 :func:`choose_decision` tries the slide decision rules a model offers (A-MIL:
 attention pooling, top-k instance evidence, the larger of both), fits a
 temperature to each on the validation data and keeps the rule with the highest
-balanced accuracy, then the lowest calibrated NLL (ties keep the earlier rule).
+balanced accuracy (ties keep the earlier rule: attention pooling, the model's own).
 For two classes each rule is scored at its best threshold on the margin
 ``l1 - l0``: a model trained on large lesions ranks small-lesion slides above
 benign ones before it puts them above zero.
@@ -155,12 +155,12 @@ def shifted(logits: np.ndarray, threshold: float) -> np.ndarray:
 def choose_decision(
     candidates: Sequence[str], logits_by_rule: dict[str, np.ndarray], labels: np.ndarray
 ) -> tuple[str, dict[str, Any], float]:
-    """The rule with the best balanced accuracy on validation, then the lowest NLL after its
-    own temperature; for two classes each rule at its best margin threshold
-    (:func:`best_threshold`). Returns the rule, every candidate's scores (for the
-    checkpoint) and the chosen rule's threshold."""
+    """The rule with the best balanced accuracy on validation (ties keep the earlier rule;
+    the NLL after each rule's own temperature is recorded); for two classes each rule at
+    its best margin threshold (:func:`best_threshold`). Returns the rule, every
+    candidate's scores (for the checkpoint) and the chosen rule's threshold."""
     scores: dict[str, Any] = {}
-    best: tuple[float, float] | None = None
+    best: float | None = None
     chosen, chosen_t = candidates[0], 0.0
     for rule in candidates:
         logits = np.asarray(logits_by_rule[rule], dtype=np.float64)
@@ -173,7 +173,8 @@ def choose_decision(
             "nll_calibrated": round(cal.nll_after, 6),
             "threshold": round(t, 6),
         }
-        key = (-float(bacc), cal.nll_after)
-        if best is None or key < best:
-            best, chosen, chosen_t = key, rule, t
+        # Ties keep the earlier rule: once a threshold separates the validation slides
+        # every rule's calibrated NLL is near 0, so it cannot tell them apart.
+        if best is None or float(bacc) > best + 1e-9:
+            best, chosen, chosen_t = float(bacc), rule, t
     return chosen, scores, chosen_t

@@ -210,8 +210,8 @@ def choose_decision_rule(
     info = {
         "chosen": chosen,
         "threshold": threshold,
-        "how": "best balanced accuracy on the validation data (each rule at its best margin "
-        "threshold), then lowest NLL after temperature scaling",
+        "how": "best balanced accuracy on the validation data, each rule at its best margin "
+        "threshold; ties keep the earlier rule",
         "candidates": scores,
     }
     logits = predictions.logits_by_rule[chosen]
