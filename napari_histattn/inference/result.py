@@ -154,6 +154,9 @@ class ClassificationResult:
             lines.append(
                 f"call: top-{k} patch evidence" + (" or attention" if rule == "max" else "")
             )
+        threshold = float(prov.get("decision_threshold") or 0.0)
+        if threshold:
+            lines.append(f"called {name} above margin {threshold:+.2f} (set on validation data)")
         weighted, top = (
             prov.get("attention_weighted_patch_probability"),
             prov.get("top_patch_probability"),

@@ -106,7 +106,7 @@ def test_the_result_shows_the_confident_patch_beside_the_diluted_attention():
         out = model(_small_focus_bag())
         per_patch = torch.softmax(out.instance_logits[0].double(), 1).numpy()
     info = evidence(model, out.attention[0].numpy(), per_patch)
-    assert info["decision"] == "top_k"
+    assert info["decision"] == "top_k" and info["decision_threshold"] == 0.0
     assert info["top_patch_probability"][1] > 0.99
     assert info["attention_weighted_patch_probability"][1] < 0.02
 
@@ -212,3 +212,15 @@ def test_a_recorded_threshold_moves_the_call_and_survives_a_checkpoint(tmp_path)
     loaded = checkpoint.load(path, device="cpu")
     assert loaded.model.decision_threshold == 12.0
     torch.testing.assert_close(loaded.model(bag).logits, model(bag).logits)
+
+
+def test_the_result_panel_says_when_the_call_threshold_moved():
+    from napari_histattn.inference.result import ClassificationResult
+
+    result = ClassificationResult.__new__(ClassificationResult)
+    result.class_names = ["benign", "lesion"]
+    result.probabilities = np.array([0.2, 0.8])
+    result.provenance = {"decision": "attention", "decision_threshold": -2.5}
+    assert result.evidence_lines() == ["called lesion above margin -2.50 (set on validation data)"]
+    result.provenance = {"decision": "attention", "decision_threshold": 0.0}
+    assert result.evidence_lines() == []
