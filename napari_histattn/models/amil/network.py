@@ -37,6 +37,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from napari_histattn.models.amil.instances import (
+    annotation_loss,
+    clam_instance_loss,
+    top_k_margin,
+)
 from napari_histattn.models.encoders import MIN_PATCH_SIZE, build_encoder
 from napari_histattn.models.outputs import MILOutput
 from napari_histattn.models.registry import ModelExample, register_model
@@ -163,16 +168,13 @@ class AttentionMIL(nn.Module):
         max-instance evidence, as CAMELYON's "one small focus makes a positive
         slide"); ``"max"``, the larger of the two margins. Training picks one on
         validation data (:func:`napari_histattn.training.calibration.choose_decision`).
-        Because the head is linear, the attention logit is the attention-weighted
-        mean of the instance logits, which a focus holding 5 % of the attention
-        cannot move; the instance rules keep its evidence.
+        The head is linear, so the attention logit is the attention-weighted mean of
+        the instance logits, which a focus with 5 % of the attention cannot move.
     decision_k
         Instances averaged by the instance rules.
     decision_threshold
         Two classes: the margin ``l1 - l0`` above which the slide is positive (0: the
-        arg-max). Chosen with the rule on validation data: a rule trained on large lesions
-        keeps its order on small ones but not its zero (instance margins of benign slides'
-        most lesion-like tile sit above 0), so the threshold moves with it.
+        arg-max), chosen with the rule on validation data.
     topk_loss_weight
         Weight of a max-instance loss during training: cross-entropy of the top-k
         instance margin against the slide label (Campanella et al. 2019), which
@@ -412,12 +414,7 @@ class AttentionMIL(nn.Module):
 
     def top_k_margin(self, instance_logits: Tensor, mask: Tensor | None) -> Tensor:
         """``(B,)`` mean of the ``decision_k`` largest instance margins ``l1 - l0``."""
-        margins = instance_logits[..., 1] - instance_logits[..., 0]
-        if mask is not None:
-            margins = margins.masked_fill(~mask, float("-inf"))
-        top = torch.topk(margins, min(self.decision_k, int(margins.shape[1])), dim=1).values
-        real = torch.isfinite(top)
-        return torch.where(real, top, torch.zeros_like(top)).sum(1) / real.sum(1).clamp_min(1)
+        return top_k_margin(instance_logits, mask, self.decision_k)
 
     def decide(
         self,
@@ -442,7 +439,8 @@ class AttentionMIL(nn.Module):
 
     def loss(self, output: MILOutput, targets: Tensor) -> Tensor:
         """Training loss: cross-entropy of the attention-pooled logits, plus (when weighted
-        in) the max-instance loss, the annotation loss and CLAM-SB's instance loss."""
+        in) the max-instance loss, the annotation loss and CLAM-SB's instance loss
+        (:mod:`.instances`)."""
         logits = output.bag_logits if output.bag_logits is not None else output.logits
         bag = self.bag_loss_weight * nn.functional.cross_entropy(logits, targets)
         if output.instance_logits is not None:
@@ -451,34 +449,14 @@ class AttentionMIL(nn.Module):
                 bag = bag + self.topk_loss_weight * nn.functional.binary_cross_entropy_with_logits(
                     margin, targets.float()
                 )
-            labelled = output.instance_targets
-            if labelled is not None and self.annotation_loss_weight > 0:
-                keep = labelled >= 0
-                if output.mask is not None:
-                    keep = keep & output.mask
-                if bool(keep.any()):
-                    bag = bag + self.annotation_loss_weight * nn.functional.cross_entropy(
-                        output.instance_logits[keep], labelled[keep]
-                    )
+            annotated = annotation_loss(output) if self.annotation_loss_weight > 0 else None
+            if annotated is not None:
+                bag = bag + self.annotation_loss_weight * annotated
         w = self.instance_loss_weight
         if w == 0 or output.features is None:
             return bag
-        losses = []
-        for b in range(output.logits.shape[0]):
-            real = slice(None) if output.mask is None else output.mask[b]
-            attention, features = output.attention[b][real], output.features[b][real]
-            k = min(self.instance_k, int(attention.shape[0]) // 3)
-            if k < 1:
-                continue
-            top = torch.topk(attention, k).indices
-            bottom = torch.topk(-attention, k).indices
-            chosen = features[torch.cat([top, bottom])]
-            pseudo = torch.cat([torch.ones(k), torch.zeros(k)]).long().to(chosen.device)
-            classifier = self.instance_classifiers[int(targets[b])]
-            losses.append(nn.functional.cross_entropy(classifier(chosen), pseudo))
-        if not losses:
-            return bag
-        return (1 - w) * bag + w * torch.stack(losses).mean()
+        clam = clam_instance_loss(output, targets, self.instance_classifiers, self.instance_k)
+        return bag if clam is None else (1 - w) * bag + w * clam
 
     def forward(
         self,
