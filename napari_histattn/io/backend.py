@@ -134,6 +134,8 @@ class _Backend(abc.ABC):
     level_tile_sizes: tuple[tuple[int, int], ...] = ()
     mpp_xy: tuple[float, float] | None = None
     mpp_source = "none"
+    #: Why the file's own resolution was not believed (None: nothing to say).
+    mpp_note: str | None = None
     objective_power: float | None = None
     quickhash: str | None = None
     properties: Mapping[str, str] = MappingProxyType({})

@@ -33,6 +33,7 @@ from napari_histattn.io.levels import (
     LevelArray,
     plan_computed_levels,
 )
+from napari_histattn.io.limits import MPP_RANGE, check_geometry, plausible_mpp
 from napari_histattn.io.openslide_backend import _OpenSlideBackend
 
 #: Largest region (width x height) one read may ask for.
@@ -65,6 +66,12 @@ def _check_mpp_override(mpp_override: tuple[float, float]) -> tuple[float, float
         ) from None
     if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
         raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
+    low, high = MPP_RANGE
+    if not (low <= mx <= high and low <= my <= high):
+        raise ValueError(
+            f"mpp_override must be within {low:g}-{high:g} um/px (a microscope's), "
+            f"got {mpp_override!r}"
+        )
     return mx, my
 
 
@@ -108,6 +115,9 @@ class Slide:
         OpenSlide's ``openslide.quickhash-1``.
     properties : Mapping[str, str]
     associated_image_names : tuple of str
+    metadata_warnings : list of str
+        What was wrong with the file's metadata and ignored (a resolution that is a
+        print DPI or outside :data:`~napari_histattn.io.limits.MPP_RANGE`).
     failed_tiles : list of (level, lvl_x, lvl_y)
         Tiles that could not be decoded: level and the tile's top-left corner in
         that level's pixels.
@@ -134,7 +144,13 @@ class Slide:
         self._inflight = 0
         self._warned = False
         self.failed_tiles: list[tuple[int, int, int]] = []
+        self.metadata_warnings: list[str] = []
         self._backend = backend = backend_factory(self)
+        try:  # from the header alone, before anything is decoded
+            check_geometry(path, backend.level_dimensions, backend.level_tile_sizes)
+        except SlideError:
+            backend.close()
+            raise
         self.max_region_pixels = int(max_region_pixels)
         self.max_array_bytes = int(max_array_bytes)
 
@@ -149,8 +165,11 @@ class Slide:
             self.mpp_xy: tuple[float, float] | None = (mx, my)
             self.mpp_source = "override"
         else:
-            self.mpp_xy = backend.mpp_xy
-            self.mpp_source = backend.mpp_source if backend.mpp_xy is not None else "none"
+            self.mpp_xy, implausible = plausible_mpp(backend.mpp_xy)
+            self.mpp_source = backend.mpp_source if self.mpp_xy is not None else "none"
+            self.metadata_warnings += [note for note in (backend.mpp_note, implausible) if note]
+        for note in self.metadata_warnings:
+            logger.warning("%s: %s", path.name, note)
 
         self._n_stored = len(backend.level_dimensions)
         base = self._n_stored - 1

@@ -31,6 +31,7 @@ from napari_histattn.io.backend import (
     _white,
     argb_to_rgb,
 )
+from napari_histattn.io.limits import print_resolution
 
 
 def _native_read_function() -> Any:
@@ -81,7 +82,14 @@ class _OpenSlideBackend(_Backend):
         self.level_tile_sizes = tuple(tiles)
         mx = _parse_float(props.get("openslide.mpp-x"))
         my = _parse_float(props.get("openslide.mpp-y"))
-        if mx is not None and my is not None:
+        dpi = _parse_float(props.get("tiff.XResolution"))
+        if props.get("tiff.ResolutionUnit") == "inch" and dpi and print_resolution(dpi, 25400.0):
+            # OpenSlide turns a TIFF's 72 dpi into 352.78 um/px; that is no microscope's.
+            self.mpp_note = (
+                f"the resolution tag says {dpi:g} pixels per inch, a screen or print DPI, "
+                "not a microscope's: the pixel size is unknown"
+            )
+        elif mx is not None and my is not None:
             self.mpp_xy = (mx, my)
             self.mpp_source = "openslide"
         self.objective_power = _parse_float(props.get("openslide.objective-power"))

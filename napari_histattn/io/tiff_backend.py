@@ -28,6 +28,7 @@ from napari_histattn.io.backend import (
     _white,
     rgba_to_rgb,
 )
+from napari_histattn.io.limits import print_resolution
 
 
 class _TiffLevel:
@@ -143,6 +144,12 @@ class _TiffBackend(_Backend):
         px_x = _rational(xres.value)
         px_y = _rational(yres.value)
         if not px_x or not px_y:
+            return None, "none", None
+        if print_resolution(px_x, um_per_unit) or print_resolution(px_y, um_per_unit):
+            self.mpp_note = (
+                f"the resolution tag says {px_x:g} x {px_y:g} pixels per inch, a screen or "
+                "print DPI, not a microscope's: the pixel size is unknown"
+            )
             return None, "none", None
         return (um_per_unit / px_x, um_per_unit / px_y), "tiff-resolution", None
 

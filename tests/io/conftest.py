@@ -81,7 +81,7 @@ def strip_tiff(io_dir: Path) -> Written:
         resolutionunit="INCH",
         metadata=None,
     )
-    return Written(path, [rgb], (25400 / 300, 25400 / 300))
+    return Written(path, [rgb], None)  # 300 dpi is a print resolution: no pixel size
 
 
 @pytest.fixture(scope="session")

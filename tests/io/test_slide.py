@@ -494,8 +494,9 @@ def test_strip_tiff(strip_tiff: Written) -> None:
         assert slide.backend == "tifffile"
         assert slide.level_dimensions == ((700, 460),)
         assert slide.level_tile_sizes == ((700, 37),)
-        assert slide.mpp_xy == pytest.approx(strip_tiff.mpp_xy)
-        assert slide.mpp_source == "tiff-resolution"
+        # 300 dpi is a print resolution, not a microscope's 84.67 um/px
+        assert slide.mpp_xy is None and slide.mpp_source == "none"
+        assert "print DPI" in slide.metadata_warnings[0]
         np.testing.assert_array_equal(slide.levels[0][...], strip_tiff.levels[0])
         np.testing.assert_array_equal(
             slide.read_level_region(0, (650, 440), (100, 40))[:20, :50],

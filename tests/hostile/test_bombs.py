@@ -1,0 +1,69 @@
+"""Decompression and allocation bombs are refused from the header, before any decode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from craft import write_tiff
+from isolated import run_isolated
+
+from napari_histattn.errors import SlideError
+from napari_histattn.io.limits import MAX_TILE_PIXELS
+from napari_histattn.io.slide import open_slide
+
+OPEN_AND_READ = """
+from napari_histattn.errors import SlideError
+from napari_histattn.io.slide import open_slide
+try:
+    slide = open_slide({path!r})
+    slide.read_region((0, 0), 0, (256, 256))
+    slide.get_thumbnail((256, 256)) if hasattr(slide, "get_thumbnail") else None
+except SlideError as exc:
+    print("REFUSED", exc)
+else:
+    print("OPENED")
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "height", "layout"),
+    [
+        ("one-tile-65536", 65536, 65536, {"tile": (65536, 65536)}),
+        ("one-strip-65536", 65536, 65536, {}),
+        ("tile-1e6", 10**6, 10**6, {"tile": (10**6, 10**6)}),
+        ("level-1e6", 10**6, 10**6, {"tile": (256, 256)}),
+    ],
+)
+def test_a_bomb_is_refused_by_name_without_allocating(
+    tmp_path: Path, name: str, width: int, height: int, layout: dict
+) -> None:
+    path = write_tiff(tmp_path / f"{name}.tiff", width, height, **layout)
+    assert path.stat().st_size < 1000
+    ended = run_isolated(OPEN_AND_READ.format(path=str(path)), memory_gib=2.0)
+    assert not ended.crashed, ended.stderr[-2000:]
+    assert ended.returncode == 0
+    assert "REFUSED" in ended.stdout
+    assert "beyond the limit" in ended.stdout  # the limit is named
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_both_tiff_backends_check_the_tile_size(tmp_path: Path, backend: str) -> None:
+    side = int(MAX_TILE_PIXELS**0.5) * 2
+    path = write_tiff(tmp_path / "big-tile.tiff", side, side, tile=(side, side))
+    with pytest.raises(SlideError, match="per tile"):
+        open_slide(path, backend=backend)
+
+
+def test_ordinary_tiles_and_strips_still_open(tmp_path: Path) -> None:
+    import zlib
+
+    pixels = zlib.compress(b"\x80" * 256 * 256 * 3)
+    tiled = write_tiff(tmp_path / "tiled.tiff", 256, 256, tile=(256, 256), data=pixels)
+    strip = write_tiff(tmp_path / "strip.tiff", 256, 256, data=pixels)
+    for path in (tiled, strip):
+        with open_slide(path) as slide:
+            rgb = slide.read_region((0, 0), 0, (256, 256))
+            assert rgb.shape == (256, 256, 3)
+            assert int(rgb[100, 100, 0]) == 128
+            assert not slide.failed_tiles

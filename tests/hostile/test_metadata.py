@@ -1,0 +1,72 @@
+"""A slide's resolution is believed only when a microscope could have produced it."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import pytest
+from craft import write_tiff
+
+from napari_histattn.io.slide import open_slide
+
+PIXELS = zlib.compress(b"\xe0" * 256 * 256 * 3)
+
+
+def _aperio(tmp_path: Path, mpp: str) -> Path:
+    text = f"Aperio Image Library v12.0.15\n256x256 [0,0 256x256] (256x256) JPEG/RGB Q=70|AppMag = 20|MPP = {mpp}"
+    return write_tiff(
+        tmp_path / "aperio.svs", 256, 256, tile=(256, 256), data=PIXELS, description=text
+    )
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+@pytest.mark.parametrize("mpp", ["1e30", "4e13", "-0.5", "0", "nan", "inf", "0.0000001"])
+def test_an_absurd_mpp_is_unknown_not_believed(tmp_path: Path, backend: str, mpp: str) -> None:
+    with open_slide(_aperio(tmp_path, mpp), backend=backend) as slide:
+        assert slide.mpp_xy is None
+        assert slide.mpp_source == "none"
+        if mpp not in ("-0.5", "0", "nan", "inf"):  # not even a positive number: silently none
+            assert any("outside" in note for note in slide.metadata_warnings)
+        # the slide still opens and reads: a viewer can show it
+        assert slide.read_region((0, 0), 0, (64, 64)).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_a_plausible_mpp_is_kept(tmp_path: Path, backend: str) -> None:
+    with open_slide(_aperio(tmp_path, "0.2527"), backend=backend) as slide:
+        assert slide.mpp_xy == pytest.approx((0.2527, 0.2527))
+        assert slide.metadata_warnings == []
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+@pytest.mark.parametrize("dpi", [72, 96, 300])
+def test_a_print_dpi_is_not_a_pixel_size(tmp_path: Path, backend: str, dpi: int) -> None:
+    path = write_tiff(
+        tmp_path / "photo.tiff",
+        256,
+        256,
+        tile=(256, 256),
+        data=PIXELS,
+        resolution=dpi,
+        resolution_unit=2,
+    )
+    with open_slide(path, backend=backend) as slide:
+        assert slide.mpp_xy is None  # not 352.78 um/px
+        assert any("print DPI" in note for note in slide.metadata_warnings)
+
+
+@pytest.mark.parametrize("backend", ["openslide", "tifffile"])
+def test_a_microscope_resolution_in_centimetres_is_kept(tmp_path: Path, backend: str) -> None:
+    path = write_tiff(
+        tmp_path / "scan.tiff", 256, 256, tile=(256, 256), data=PIXELS, resolution=40000
+    )
+    with open_slide(path, backend=backend) as slide:
+        assert slide.mpp_xy == pytest.approx((0.25, 0.25))
+
+
+@pytest.mark.parametrize("override", [(1e30, 1e30), (1e-9, 1e-9), (float("nan"), 0.5), (-1, 1)])
+def test_an_absurd_override_is_refused(tmp_path: Path, override: tuple[float, float]) -> None:
+    path = write_tiff(tmp_path / "scan.tiff", 256, 256, tile=(256, 256), data=PIXELS)
+    with pytest.raises(ValueError, match="mpp_override"):
+        open_slide(path, mpp_override=override)
