@@ -52,6 +52,7 @@ from napari_histattn.models.safetensors_file import (
     refuse_pickle_bytes,
     refuse_pickle_name,
 )
+from napari_histattn.models.validation import check_preprocessing
 
 __all__ = [
     "FORMAT_NAME",
@@ -261,14 +262,18 @@ def save(
 def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
     raw = header.get("__metadata__") or {}
     text = raw.get(_META_KEY) if isinstance(raw, dict) else None
-    if raw.get("format") != FORMAT_NAME or text is None:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME or not isinstance(text, str):
         raise CheckpointError(
             path, "no napari-histattn metadata in the safetensors header (saved by another tool?)"
         )
     try:
         metadata = json.loads(text)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(path, f"corrupt napari-histattn metadata: {exc}") from exc
+    if not isinstance(metadata, dict):
+        raise CheckpointError(
+            path, f"napari-histattn metadata must be a JSON object, not {type(metadata).__name__}"
+        )
     version = metadata.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(
@@ -280,13 +285,26 @@ def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
         if key not in metadata:
             raise CheckpointError(path, f"metadata lacks {key!r}")
     if not (
-        isinstance(metadata["model_config"], dict)
+        isinstance(metadata["model_name"], str)
+        and isinstance(metadata["model_config"], dict)
         and isinstance(metadata["class_names"], list)
         and isinstance(metadata["preprocessing"], dict)
     ):
         raise CheckpointError(
-            path, "metadata model_config and preprocessing must be objects and class_names a list"
+            path,
+            "metadata model_name must be a string, model_config and preprocessing objects "
+            "and class_names a list",
         )
+    names = metadata["class_names"]
+    if (
+        not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) < len(names)
+    ):
+        raise CheckpointError(
+            path, f"class_names must be distinct non-empty strings, got {str(names)[:80]}"
+        )
+    check_preprocessing(path, metadata["preprocessing"])
     calibration = metadata.get("calibration") or {}
     t = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
     if not (isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < float("inf")):
@@ -420,20 +438,30 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "auto") -> L
             target, f"unknown model {model_name!r}; this napari-histattn knows {', '.join(known)}"
         )
     config = metadata["model_config"]
+    # Built first on the meta device (no memory): a configuration that asks for
+    # embed_dim=10**9 is caught by the shape check below, never allocated.
     try:
-        model = create_model(model_name, **config)
-    except (TypeError, ValueError, KeyError) as exc:
+        with torch.device("meta"):
+            shell = create_model(model_name, **config)
+    except Exception as exc:  # any error of a hostile config: OverflowError, RecursionError ...
         raise CheckpointError(
             target, f"cannot build {model_name!r} from its configuration: {exc}"
         ) from exc
     class_names = [str(name) for name in metadata["class_names"]]
-    n_classes = _model_n_classes(model, config)
+    n_classes = _model_n_classes(shell, config)
     if n_classes is not None and n_classes != len(class_names):
         raise CheckpointError(
             target,
             f"{len(class_names)} class names {class_names} but the model head has {n_classes} classes",
         )
-    _check_state_dict(target, model, tensors)
+    _check_state_dict(target, shell, tensors)
+    del shell
+    try:
+        model = create_model(model_name, **config)
+    except Exception as exc:
+        raise CheckpointError(
+            target, f"cannot build {model_name!r} from its configuration: {exc}"
+        ) from exc
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as exc:

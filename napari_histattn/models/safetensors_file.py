@@ -80,7 +80,8 @@ def parse_header(path: Path, head: bytes, size: int) -> dict[str, Any]:
         raise CheckpointError(path, "truncated safetensors header")
     try:
         header = json.loads(head[8 : 8 + length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        # RecursionError: a header nested thousands deep ([[[[...]]]])
         raise CheckpointError(path, f"corrupt safetensors header: {exc}") from exc
     if not isinstance(header, dict):
         raise CheckpointError(path, "corrupt safetensors header: not a JSON object")
