@@ -383,7 +383,11 @@ class ClassifyWidget(Container):
 
     def _show_result(self, shown: _Shown) -> None:
         result = shown.result
-        lines = [f"predicted: {result.predicted_class}"]
+        reason = result.unreliable_reason()
+        if reason is None:
+            lines = [f"predicted: {result.predicted_class}"]
+        else:  # a warning instead of a diagnosis
+            lines = [f"NOT A DIAGNOSIS: {reason}", "model output (not usable):"]
         lines += [f"  {name}: {p:.3f}" for name, p in result.probabilities_by_class.items()]
         lines += result.evidence_lines()
         lines.append(f"({result.provenance.get('device')}, seed {result.provenance.get('seed')})")

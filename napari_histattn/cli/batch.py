@@ -7,7 +7,10 @@
 opens). Each slide's outputs go to ``DIR/<slide stem>/`` as with ``histattn
 classify``, and ``DIR/batch_summary.csv`` has one row per slide. A slide that
 fails is reported and skipped; the others continue, and the exit code is 1 if
-any failed.
+any failed. A slide whose result is not usable (too many undecodable tiles, see
+:func:`~napari_histattn.inference.result.ClassificationResult.unreliable_reason`)
+has its outputs written, status ``unreliable`` and no predicted class; the exit
+code is then 3 unless a slide failed.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from napari_histattn.cli._parsers import add_command
-from napari_histattn.cli.classify import _check_args, add_classify_arguments, classify_to_folder
+from napari_histattn.cli.classify import (
+    EXIT_UNRELIABLE,
+    _check_args,
+    add_classify_arguments,
+    classify_to_folder,
+)
 
 #: Extensions picked up from a folder (plain images and DICOM files only through a CSV).
 SLIDE_SUFFIXES = frozenset(
@@ -137,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = load(args.checkpoint, device="cpu")  # once; classify moves it to the device
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-    failed = 0
+    failed = unreliable = 0
     for index, (slide, name) in enumerate(zip(slides, _folder_names(slides), strict=True), 1):
         out_dir = args.out / name
         print(f"[{index}/{len(slides)}] {slide}", file=sys.stderr)
@@ -151,12 +159,21 @@ def run(args: argparse.Namespace) -> int:
             print(f"FAILED {slide}: {message}", file=sys.stderr)
             row.update(status="failed", error=f"{type(exc).__name__}: {message}", out_dir="")
         else:
-            row.update(status="ok", predicted_class=result.predicted_class, error="")
             row.update({f"prob_{n}": p for n, p in result.probabilities_by_class.items()})
-            print(f"{slide.name}: {result.predicted_class}")
+            reason = result.unreliable_reason()
+            if reason is None:
+                row.update(status="ok", predicted_class=result.predicted_class, error="")
+                print(f"{slide.name}: {result.predicted_class}")
+            else:  # written, but not a call
+                unreliable += 1
+                row.update(status="unreliable", predicted_class="", error=reason)
+                print(f"UNRELIABLE {slide}: {reason}", file=sys.stderr)
         row["seconds"] = f"{time.perf_counter() - started:.2f}"
         rows.append(row)
     summary = args.out / "batch_summary.csv"
     _write_summary(summary, rows, list(checkpoint.class_names))
-    print(f"{len(slides) - failed} of {len(slides)} slides classified; summary in {summary}")
-    return 1 if failed else 0
+    done = len(slides) - failed - unreliable
+    print(f"{done} of {len(slides)} slides classified; summary in {summary}")
+    if unreliable:
+        print(f"{unreliable} result(s) not usable: damaged slide files", file=sys.stderr)
+    return 1 if failed else EXIT_UNRELIABLE if unreliable else 0

@@ -17,6 +17,10 @@ from typing import Any
 
 from napari_histattn.cli._parsers import add_command
 
+#: Exit status of ``classify`` (and ``batch``) when a result is not a diagnosis: too many
+#: of the patches the model read were undecodable tiles. The outputs are still written.
+EXIT_UNRELIABLE = 3
+
 
 def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``classify`` and ``batch``."""
@@ -165,4 +169,8 @@ def run(args: argparse.Namespace) -> int:
     for line in result.evidence_lines():
         print(f"  {line}")
     print(f"wrote {len(files)} files to {args.out}: " + ", ".join(p.name for p in files.values()))
+    reason = result.unreliable_reason()
+    if reason is not None:  # the outputs say so too; a script must not take this as a call
+        print(f"error: {args.slide.name}: {reason}", file=sys.stderr)
+        return EXIT_UNRELIABLE
     return 0

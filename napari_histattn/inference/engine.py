@@ -60,10 +60,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from napari_histattn import __version__
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.errors import UnsupportedModelError
+from napari_histattn.inference.integrity import (
+    UNREADABLE_LIMIT,
+    failed_rects_l0,
+    unreadable_area,
+    unreadable_mask,
+)
 from napari_histattn.inference.result import ClassificationResult, make_regions
 from napari_histattn.inference.runtime import OOM_ERRORS, SlideRun, given_params
 from napari_histattn.io.regions import GridGeometry, Patch, grid_patches
@@ -368,6 +375,7 @@ def _assemble(
             )
             for j in range(len(attention))
         ]
+    unreadable = _account_unreadable(slide, patches, raw, provenance)
     result = ClassificationResult(
         class_names=names,
         probabilities=probs,
@@ -383,4 +391,31 @@ def _assemble(
         top_k=top_k,
     )
     result.regions = make_regions(result, threshold, top_k)
+    result.unreadable = unreadable
     return result
+
+
+def _account_unreadable(
+    slide: Slide, patches: list[Patch], raw: SlideOutput, provenance: dict[str, Any]
+) -> NDArray[np.bool_] | None:
+    """Record what share of the patches (and sampled draws) came from undecodable tiles;
+    the per-patch mask, or None when every tile decoded."""
+    failed = failed_rects_l0(slide)
+    provenance["unreadable_tiles"] = int(failed.shape[0])
+    if not failed.shape[0]:
+        provenance["unreadable_fraction"] = 0.0
+        return None
+    xy = np.asarray([p.l0_xy for p in patches], dtype=np.float64).reshape(-1, 2)
+    wh = np.asarray([p.size_l0_wh for p in patches], dtype=np.float64).reshape(-1, 2)
+    mask = unreadable_mask(xy, wh, failed)
+    shares = [float(mask.mean()) if mask.size else 0.0]
+    shares.append(unreadable_area(failed, slide.level_dimensions[0]))
+    samples = raw.samples
+    if samples is not None and len(samples):
+        size = np.broadcast_to(np.asarray(samples.patch_l0_wh, dtype=np.float64), (len(samples), 2))
+        drawn = unreadable_mask(samples.origins_l0_xy, size, failed)
+        counts = samples.counts.astype(np.float64)
+        shares.append(float(counts[drawn].sum() / max(1.0, counts.sum())))
+    provenance["unreadable_fraction"] = max(shares)
+    provenance["unreadable_limit"] = UNREADABLE_LIMIT
+    return mask

@@ -315,7 +315,12 @@ def write_outputs(
         provenance={**result.provenance, "predicted_class": result.predicted_class},
         mpp_xy=mpp,
     )
-    written["csv"] = write_patches_csv(paths["csv"], result.patches, class_names=result.class_names)
+    written["csv"] = write_patches_csv(
+        paths["csv"],
+        result.patches,
+        class_names=result.class_names,
+        unreadable=None if result.unreadable is None else result.unreadable.tolist(),
+    )
     if crops and result.regions:
         crop_paths = write_region_crops(
             folder / "crops",

@@ -22,6 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 from shapely.geometry import Point
 
+from napari_histattn.inference.integrity import UNREADABLE_LIMIT
 from napari_histattn.io.regions import (
     DEFAULT_CLASS_NAME,
     GridGeometry,
@@ -70,6 +71,10 @@ class ClassificationResult:
         model gives them (A-MIL, attention CNN); used to classify regions.
     threshold, top_k
         The settings the regions were made with.
+    unreadable
+        ``(len(patches),)`` bool: the patches that overlap a tile that could not be
+        decoded (read as grey placeholders); None when every tile decoded. Its share
+        is ``provenance["unreadable_fraction"]`` (see :meth:`unreliable_reason`).
     """
 
     class_names: list[str]
@@ -84,6 +89,7 @@ class ClassificationResult:
     cell_probs: NDArray[np.float64] | None = field(default=None, repr=False)
     threshold: float = 0.5
     top_k: int | None = 5
+    unreadable: NDArray[np.bool_] | None = field(default=None, repr=False)
 
     @property
     def predicted_index(self) -> int:
@@ -138,6 +144,22 @@ class ClassificationResult:
         x, y, w, h = self.geometry.cell_l0_xywh(r, c)
         return x + w / 2.0, y + h / 2.0
 
+    @property
+    def unreadable_fraction(self) -> float:
+        """Share of the patches the model read that came from undecodable tiles."""
+        return float(self.provenance.get("unreadable_fraction") or 0.0)
+
+    def unreliable_reason(self) -> str | None:
+        """Why this result is not a diagnosis (too many placeholder pixels), else None."""
+        share = self.unreadable_fraction
+        limit = float(self.provenance.get("unreadable_limit", UNREADABLE_LIMIT))
+        if share <= limit:
+            return None
+        return (
+            f"{share:.1%} of what the model read came from tiles that could not be decoded "
+            f"(shown mid-grey; limit {limit:.0%}): the slide file is damaged, do not use this call"
+        )
+
     def evidence_lines(self) -> list[str]:
         """What a reviewer reads beside the probabilities: how the slide call was made,
         the attention-weighted patch probability against the most confident patch (so that
@@ -148,6 +170,12 @@ class ClassificationResult:
         index = 1 if len(self.class_names) == 2 else self.predicted_index
         name = self.class_names[index]
         lines = []
+        tiles = int(prov.get("unreadable_tiles") or 0)
+        if tiles:
+            lines.append(
+                f"{tiles} undecodable tile(s) read as grey: {self.unreadable_fraction:.1%} of the "
+                "patches the model read"
+            )
         rule = prov.get("decision")
         if rule and rule != "attention":
             k = prov.get("decision_k", 1)
@@ -203,6 +231,8 @@ class ClassificationResult:
                 for r in self.regions
             ],
             "samples": None if self.samples is None else self.samples.to_dict(),
+            "unreadable_fraction": self.unreadable_fraction,
+            "unreliable": self.unreliable_reason(),
             "provenance": self.provenance,
         }
 

@@ -44,6 +44,7 @@ def write_patches_csv(
     patches: Iterable[Patch | Mapping[str, Any]],
     *,
     class_names: Sequence[str] | None = None,
+    unreadable: Sequence[bool] | None = None,
 ) -> Path:
     """Write patches as CSV with header ``x,y,w,h,attention,prob_<class>...``, atomically.
 
@@ -58,6 +59,9 @@ def write_patches_csv(
     class_names
         Order of the probability columns; by default the classes in order of first
         appearance. A class missing from a patch gives an empty cell.
+    unreadable
+        One flag per patch: it overlaps a tile that could not be decoded (its pixels
+        were grey placeholders). Given, it adds an ``unreadable`` column (1 or 0).
 
     Returns
     -------
@@ -84,8 +88,12 @@ def write_patches_csv(
         names = [str(n) for n in class_names]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*CSV_BASE_COLUMNS, *(f"{_PROB_PREFIX}{n}" for n in names)])
-    for patch in rows:
+    flags = None if unreadable is None else [bool(f) for f in unreadable]
+    if flags is not None and len(flags) != len(rows):
+        raise ExportError(target, f"{len(flags)} unreadable flags for {len(rows)} patches")
+    extra = [] if flags is None else ["unreadable"]
+    writer.writerow([*CSV_BASE_COLUMNS, *(f"{_PROB_PREFIX}{n}" for n in names), *extra])
+    for i, patch in enumerate(rows):
         writer.writerow(
             [
                 _csv_number(patch.l0_xy[0]),
@@ -94,6 +102,7 @@ def write_patches_csv(
                 _csv_number(patch.size_l0_wh[1]),
                 _csv_number(patch.attention),
                 *(_csv_number(patch.probs[n]) if n in patch.probs else "" for n in names),
+                *([] if flags is None else [int(flags[i])]),
             ]
         )
     with atomic_write(target, "w", newline="") as handle:
