@@ -31,8 +31,7 @@ from shapely.geometry import MultiPolygon, Polygon
 
 from napari_histattn._napari.layers import LayerDataTuple, _units_kwargs
 from napari_histattn._napari.shapes_regions import shapes_to_regions
-from napari_histattn.atomic import describe_os_error
-from napari_histattn.errors import ExportError, HistattnError
+from napari_histattn.errors import HistattnError
 from napari_histattn.inference.outputs import ATTENTION_OPACITY, attention_ramp
 from napari_histattn.io.export import (
     l0_polygon_to_napari_yx,
@@ -40,6 +39,7 @@ from napari_histattn.io.export import (
     write_patches_csv,
     write_region_crops,
 )
+from napari_histattn.io.export.exportset import ExportSet
 from napari_histattn.io.regions import Region
 
 if TYPE_CHECKING:
@@ -435,14 +435,13 @@ def export_result(
     Raises
     ------
     ExportError
-        A file cannot be written; each file is atomic, so an earlier export of
-        the same name is left intact.
+        A file cannot be written, or another export into the folder is running.
+        The files are one set (:class:`~napari_histattn.io.export.exportset.ExportSet`):
+        an earlier export of the same name is left intact on failure, and its
+        crops of regions this export does not write are removed on success.
     """
     paths = export_paths(geojson_path)
-    try:
-        paths["geojson"].parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(paths["geojson"], describe_os_error(exc)) from exc
+    folder = paths["geojson"].parent
     chosen = list(result.regions if regions is None else regions)
     provenance = {
         **result.provenance,
@@ -450,17 +449,29 @@ def export_result(
         "probabilities": result.probabilities_by_class,
         "threshold": result.threshold if threshold is None else float(threshold),
     }
-    written = {
-        "geojson": write_geojson(
-            paths["geojson"], chosen, provenance=provenance, mpp_xy=slide.mpp_xy
-        ),
-        "csv": write_patches_csv(paths["csv"], result.patches, class_names=result.class_names),
-    }
-    if crops and chosen:
-        w, h = slide.level_dimensions[0]
-        files = write_region_crops(
-            paths["crops"], chosen, slide.read_region, top_k=len(chosen), slide_l0_wh=(w, h)
+    names = {key: path.name for key, path in paths.items()}
+    with ExportSet(folder, paths["geojson"].stem) as staged:
+        write_geojson(
+            staged.path(names["geojson"]), chosen, provenance=provenance, mpp_xy=slide.mpp_xy
         )
-        ranked = sorted(chosen, key=lambda r: r.rank)
-        written.update({f"crop_{r.rank}": f for r, f in zip(ranked, files, strict=False)})
+        write_patches_csv(
+            staged.path(names["csv"]),
+            result.patches,
+            class_names=result.class_names,
+            unreadable=None if result.unreadable is None else result.unreadable.tolist(),
+        )
+        crop_names: list[str] = []
+        if crops and chosen:
+            w, h = slide.level_dimensions[0]
+            files = write_region_crops(
+                staged.path(names["crops"]),
+                chosen,
+                slide.read_region,
+                top_k=len(chosen),
+                slide_l0_wh=(w, h),
+            )
+            crop_names = [f"{names['crops']}/{f.name}" for f in files]
+    written = {"geojson": folder / names["geojson"], "csv": folder / names["csv"]}
+    ranked = sorted(chosen, key=lambda r: r.rank)
+    written.update({f"crop_{r.rank}": folder / n for r, n in zip(ranked, crop_names, strict=False)})
     return written

@@ -23,9 +23,13 @@
     Predicted class, probabilities, geometry (with napari scale and translate),
     regions, samples, provenance and the names of the other files. Written last.
 
-Every file is written atomically (:mod:`napari_histattn.atomic`): it appears
-complete or not at all, and a failure raises
-:class:`~napari_histattn.errors.ExportError`.
+``outputs.manifest.json``
+    The files of this run and their SHA-256, written after all of them.
+
+The files are one set (:class:`~napari_histattn.io.export.exportset.ExportSet`):
+staged beside the folder, then put in place together, so that a failure (raised
+as :class:`~napari_histattn.errors.ExportError`) leaves an earlier run's files
+as they were, and a new run never leaves stale crops of an old one.
 
 GUI-free and torch-free: NumPy, Pillow and matplotlib's colormaps only.
 """
@@ -43,8 +47,8 @@ from numpy.typing import NDArray
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from napari_histattn.atomic import atomic_write, describe_os_error
-from napari_histattn.errors import ExportError, HistattnError
+from napari_histattn.atomic import atomic_write
+from napari_histattn.errors import HistattnError
 from napari_histattn.inference.result import ClassificationResult, geometry_dict
 from napari_histattn.io.export import (
     json_safe,
@@ -52,6 +56,7 @@ from napari_histattn.io.export import (
     write_patches_csv,
     write_region_crops,
 )
+from napari_histattn.io.export.exportset import ExportSet
 from napari_histattn.io.frames import grid_geometry_to_napari
 from napari_histattn.io.regions import GridGeometry, percentile_normalise
 from napari_histattn.io.slide import Slide
@@ -257,8 +262,10 @@ def write_outputs(
     slide
         The slide the result was computed on (for the thumbnail and the crops).
     out_dir
-        Folder to write into (created if missing); existing files of the same
-        names are replaced atomically.
+        Folder to write into (created if missing). The files are one set
+        (:class:`~napari_histattn.io.export.exportset.ExportSet`): they replace an
+        earlier run's together or not at all, crops of that run that this one does
+        not write are removed, and other files in the folder are left alone.
     crops
         Also write full-resolution PNG crops of the top-k regions into ``crops/``.
     crop_max_size
@@ -278,19 +285,38 @@ def write_outputs(
     Raises
     ------
     ExportError
-        A file cannot be written (nothing partial is left).
+        A file cannot be written, or another export into the folder is running;
+        the folder is left as it was.
     HistattnError
         ``slide`` is not the slide the result was computed on.
     """
     folder = Path(out_dir)
     _check_same_slide(result, slide)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(folder, describe_os_error(exc)) from exc
-    if not folder.is_dir():
-        raise ExportError(folder, "not a directory")
-    paths = {key: folder / name for key, name in OUTPUT_NAMES.items()}
+    with ExportSet(folder, "outputs") as staged:
+        written = _write_staged(
+            result,
+            slide,
+            staged,
+            crops=crops,
+            crop_max_size=crop_max_size,
+            thumbnail_size=thumbnail_size,
+            alpha=alpha,
+        )
+    return {key: folder / relative for key, relative in written.items()}
+
+
+def _write_staged(
+    result: ClassificationResult,
+    slide: Slide,
+    staged: ExportSet,
+    *,
+    crops: bool,
+    crop_max_size: int,
+    thumbnail_size: int,
+    alpha: float,
+) -> dict[str, str]:
+    """Write the outputs into the staging folder; their names relative to the output folder."""
+    paths = {key: staged.path(name) for key, name in OUTPUT_NAMES.items()}
     written: dict[str, Path] = {}
     mpp = slide.mpp_xy
     slide_wh = (int(slide.level_dimensions[0][0]), int(slide.level_dimensions[0][1]))
@@ -323,7 +349,7 @@ def write_outputs(
     )
     if crops and result.regions:
         crop_paths = write_region_crops(
-            folder / "crops",
+            staged.path("crops"),
             result.regions,
             slide.read_region,
             top_k=len(result.regions),
@@ -350,12 +376,11 @@ def write_outputs(
         "alpha": alpha,
         "normalisation": [1.0, 99.0],
     }
-    summary["files"] = {
-        key: os.path.relpath(path, folder)
-        for key, path in {**written, "summary": paths["summary"]}.items()
-    }
+    written["summary"] = paths["summary"]
+    root = staged.path("summary.json").parent
+    relative = {key: path.relative_to(root).as_posix() for key, path in written.items()}
+    summary["files"] = relative
     text = json.dumps(json_safe(summary), indent=2, allow_nan=False) + "\n"
     with atomic_write(paths["summary"], "w") as handle:
         handle.write(text)
-    written["summary"] = paths["summary"]
-    return written
+    return relative

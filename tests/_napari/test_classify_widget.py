@@ -543,7 +543,10 @@ def test_an_unwritable_export_raises_our_error_and_keeps_the_earlier_file(
         widget.export_to(target)
     monkeypatch.undo()
     assert {k: p.read_bytes() for k, p in written.items()} == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written.values())
+    manifest = "regions.manifest.json"  # the set's manifest, written last
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [manifest, *(p.name for p in written.values())]
+    )
 
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")

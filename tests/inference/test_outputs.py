@@ -163,3 +163,29 @@ def test_overlay_colours_only_attended_cells() -> None:
     assert np.all(out[:50, :50] == 128)  # NaN cell: the slide shows through
     assert not np.all(out[50:, 50:] == 128)
     assert not np.array_equal(out[50:, :50], out[50:, 50:])  # 0.5 and 1.0 differ in colour
+
+
+def test_write_outputs_with_fewer_regions_leaves_no_stale_crops(
+    lesion_slide, checkpoint_paths, tmp_path
+) -> None:
+    from dataclasses import replace
+
+    from napari_histattn.io.export.exportset import read_manifest
+    from napari_histattn.io.grid import Region
+
+    with open_slide(lesion_slide.path) as slide:
+        result = run_to_completion(classify(slide, checkpoint_paths["amil"], device="cpu"))
+        boxes = [box(200 * i, 0, 200 * i + 128, 128) for i in range(3)]
+        regions = [Region(b, "lesion", rank=i + 1, name=None) for i, b in enumerate(boxes)]
+        result = replace(result, regions=regions)
+        out = tmp_path / "out"
+        write_outputs(result, slide, out, crops=True)
+        assert len(list((out / "crops").iterdir())) == len(result.regions)
+        fewer = replace(result, regions=result.regions[:1])
+        files = write_outputs(fewer, slide, out, crops=True)
+    assert [p.name for p in (out / "crops").iterdir()] == [files["crop_1"].name]
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["regions"]) == 1
+    listed = read_manifest(out / "outputs.manifest.json")
+    assert "summary.json" in listed and f"crops/{files['crop_1'].name}" in listed
+    assert np.isfinite(summary["probabilities"]["lesion"])
