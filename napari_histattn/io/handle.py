@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import operator
+import os
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
@@ -35,6 +36,10 @@ from napari_histattn.io.levels import (
 )
 from napari_histattn.io.limits import MPP_RANGE, check_geometry, plausible_mpp
 from napari_histattn.io.openslide_backend import _OpenSlideBackend
+
+#: Largest absolute coordinate a read may use (2^40): far beyond any slide, far
+#: below the 2^63 at which a backend's int64 would wrap.
+MAX_COORDINATE = 2**40
 
 #: Largest region (width x height) one read may ask for.
 DEFAULT_MAX_REGION_PIXELS = 16384 * 16384
@@ -73,6 +78,12 @@ def _check_mpp_override(mpp_override: tuple[float, float]) -> tuple[float, float
             f"got {mpp_override!r}"
         )
     return mx, my
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """What changes when a file is replaced or rewritten: device, inode, size, mtime."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Slide:
@@ -145,6 +156,7 @@ class Slide:
         self._warned = False
         self.failed_tiles: list[tuple[int, int, int]] = []
         self.metadata_warnings: list[str] = []
+        self._identity = _identity(path)
         self._backend = backend = backend_factory(self)
         try:  # from the header alone, before anything is decoded
             check_geometry(path, backend.level_dimensions, backend.level_tile_sizes)
@@ -213,12 +225,28 @@ class Slide:
         self._computed.clear()
         self._backend.close()
 
+    def _check_unchanged(self) -> None:
+        """Refuse to read when the file was replaced or rewritten since it was opened:
+        its pixels would be served under the old file's levels, tiles and mpp."""
+        try:
+            now = _identity(self.path)
+        except OSError as exc:
+            raise SlideError(self.path, f"the file is gone since it was opened ({exc})") from exc
+        if now != self._identity:
+            raise SlideError(
+                self.path,
+                "the file was replaced or modified since it was opened (size, modification "
+                "time or inode changed); close it and open it again",
+            )
+
     @contextlib.contextmanager
     def _reading(self) -> Iterator[None]:
         """Mark a read in flight so that :meth:`close` waits for it."""
         with self._lock:
             if self._closed:
                 raise SlideError(self.path, "the slide is closed")
+        self._check_unchanged()
+        with self._lock:
             self._inflight += 1
         try:
             yield
@@ -289,6 +317,10 @@ class Slide:
             ) from None
         if w < 0 or h < 0:
             raise InvalidRegionError(self.path, f"negative region size {w}x{h}")
+        if max(abs(x), abs(y)) > MAX_COORDINATE:
+            raise InvalidRegionError(
+                self.path, f"{what} {(x, y)} is beyond +-{MAX_COORDINATE:,} px (never wrapped)"
+            )
         if w * h > self.max_region_pixels:
             raise InvalidRegionError(
                 self.path,
