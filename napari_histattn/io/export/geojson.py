@@ -294,21 +294,56 @@ def _measurements_from(properties: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _check_coordinates(value: Any) -> None:
-    # Reject NaN/inf and non-numbers before shapely sees them (it would accept NaN).
-    if isinstance(value, list):
-        for item in value:
-            _check_coordinates(item)
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"coordinate {value!r} is not a number")
-    elif not math.isfinite(value):
-        raise ValueError(f"coordinate {value!r} is not finite")
+#: Limits of what a GeoJSON import reads: beyond them the file is refused, never
+#: allowed to take minutes or gigabytes (a file of overlapping polygons once took 5.6 GB).
+MAX_GEOJSON_BYTES = 256 * 2**20
+MAX_FEATURES = 200_000
+MAX_VERTICES = 5_000_000
+#: A single polygon with more vertices than this is not repaired (make_valid is slow on it).
+MAX_REPAIR_VERTICES = 200_000
+#: Largest absolute coordinate (level-0 pixels): far beyond any slide.
+MAX_COORDINATE = 2.0**40
+
+# Coordinates nest this deep: MultiPolygon > polygon > ring > position > number.
+_DEPTH = {"Polygon": 3, "MultiPolygon": 4}
 
 
-def _polygonal_geometry(geometry: Mapping[str, Any]) -> Polygon | MultiPolygon | None:
+def _check_coordinates(value: Any, depth: int, budget: list[int]) -> None:
+    """Refuse NaN/inf/huge numbers, wrong nesting and too many vertices, iteratively
+    (a list nested 100,000 deep must not reach Python's recursion limit)."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if level == 0:
+            if not isinstance(item, list) or not 2 <= len(item) <= 3:
+                raise ValueError(f"a position must be [x, y], got {str(item)[:40]}")
+            for number in item:
+                if isinstance(number, bool) or not isinstance(number, int | float):
+                    raise ValueError(f"coordinate {number!r} is not a number")
+                if not math.isfinite(number) or abs(number) > MAX_COORDINATE:
+                    raise ValueError(f"coordinate {number!r} is not finite or beyond 2^40")
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise ValueError(f"more than {MAX_VERTICES:,} vertices in the file")
+            continue
+        if not isinstance(item, list):
+            raise ValueError(f"coordinates nest wrongly near {str(item)[:40]}")
+        stack.extend((child, level - 1) for child in item)
+
+
+def _polygonal_geometry(
+    geometry: Mapping[str, Any], budget: list[int], nesting: int = 0
+) -> Polygon | MultiPolygon | None:
     kind = geometry.get("type")
     if kind == "GeometryCollection":
-        parts = [_polygonal_geometry(g) for g in geometry.get("geometries") or []]
+        if nesting > 8:
+            raise ValueError("geometry collections nested more than 8 deep")
+        members = geometry.get("geometries") or []
+        if not isinstance(members, list):
+            raise ValueError("the GeometryCollection has no geometries list")
+        parts = [
+            _polygonal_geometry(g, budget, nesting + 1) for g in members if isinstance(g, Mapping)
+        ]
         polygons = [p for p in parts if p is not None]
         return make_valid_polygonal(shapely.union_all(polygons)) if polygons else None
     if kind not in ("Polygon", "MultiPolygon"):
@@ -316,8 +351,14 @@ def _polygonal_geometry(geometry: Mapping[str, Any]) -> Polygon | MultiPolygon |
     coordinates = geometry.get("coordinates")
     if not isinstance(coordinates, list):
         raise ValueError(f"{kind} has no coordinates list")
-    _check_coordinates(coordinates)
+    before = budget[0]
+    _check_coordinates(coordinates, _DEPTH[kind] - 1, budget)
     shape = shapely.geometry.shape({"type": kind, "coordinates": coordinates})
+    if before - budget[0] > MAX_REPAIR_VERTICES and not shape.is_valid:
+        raise ValueError(
+            f"an invalid {kind} of {before - budget[0]:,} vertices is too large to repair "
+            f"(limit {MAX_REPAIR_VERTICES:,}); simplify it"
+        )
     return make_valid_polygonal(shape)
 
 
@@ -368,6 +409,14 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
     """
     source = Path(path)
     try:
+        size = source.stat().st_size
+    except OSError as exc:
+        raise AnnotationError(source, describe_os_error(exc)) from exc
+    if size > MAX_GEOJSON_BYTES:
+        raise AnnotationError(
+            source, f"{size / 2**20:.0f} MiB is beyond the {MAX_GEOJSON_BYTES // 2**20} MiB limit"
+        )
+    try:
         text = source.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise AnnotationError(source, describe_os_error(exc)) from exc
@@ -379,10 +428,17 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
         raise AnnotationError(
             source, f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
         ) from exc
+    except RecursionError:
+        raise AnnotationError(source, "JSON nested too deeply to be GeoJSON") from None
     try:
         features = _features_of(document)
     except ValueError as exc:
         raise AnnotationError(source, str(exc)) from exc
+    if len(features) > MAX_FEATURES:
+        raise AnnotationError(
+            source, f"{len(features):,} features is beyond the limit of {MAX_FEATURES:,}"
+        )
+    budget = [MAX_VERTICES]
 
     regions: list[Region] = []
     for index, feature in enumerate(features):
@@ -395,7 +451,7 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
         if not isinstance(geometry, Mapping):
             raise AnnotationError(source, f"{where}: geometry is not an object")
         try:
-            polygon = _polygonal_geometry(geometry)
+            polygon = _polygonal_geometry(geometry, budget)
         except (ValueError, TypeError, IndexError, GEOSException) as exc:
             raise AnnotationError(source, f"{where}: invalid geometry ({exc})") from exc
         if polygon is None:
@@ -405,6 +461,10 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
             raise AnnotationError(source, f"{where}: properties is not an object")
         measurements = _measurements_from(properties)
         rank_value = measurements.get("rank")
+        if rank_value is not None and not (
+            math.isfinite(rank_value) and 0 <= rank_value <= MAX_FEATURES
+        ):
+            raise AnnotationError(source, f"{where}: rank {rank_value!r} is not a sane rank")
         rank = int(rank_value) if rank_value is not None else index + 1
         name = properties.get("name")
         regions.append(
