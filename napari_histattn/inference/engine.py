@@ -64,7 +64,7 @@ from numpy.typing import NDArray
 
 from napari_histattn import __version__
 from napari_histattn.errors import HistattnError
-from napari_histattn.inference.errors import UnsupportedModelError
+from napari_histattn.inference.errors import ModelRunError, UnsupportedModelError
 from napari_histattn.inference.integrity import (
     UNREADABLE_LIMIT,
     failed_rects_l0,
@@ -264,6 +264,8 @@ def classify(
             try:
                 raw = yield from family.run(run)
                 break
+            except (HistattnError, GeneratorExit):
+                raise
             except OOM_ERRORS as exc:
                 _free(run.device)
                 if run.batch_size > 1:
@@ -285,6 +287,8 @@ def classify(
                     ) from exc
                 run.messages.append(message)
                 yield from run.report("device", 0, None, message)
+            except Exception as exc:  # a bug or a bad input deep in the model: say where
+                raise ModelRunError(ckpt, run.stage, exc) from exc
 
         result = _assemble(run, raw, top_k=top_k, threshold=threshold, device_requested=device)
         yield from run.report("regions", 1, 1)

@@ -7,6 +7,7 @@ the napari widget report them like every other user-facing error.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from napari_histattn.errors import CheckpointError, HistattnError, SlideError
 
@@ -48,3 +49,20 @@ class NoTissueError(SlideError):
 
 class SlideTooSmallError(SlideError):
     """The slide is smaller than one patch at the model's resolution."""
+
+
+class ModelRunError(HistattnError):
+    """The model failed while classifying (an error inside it, not a bad file).
+
+    Attributes
+    ----------
+    stage
+        The stage that had reported progress last (``"encode"``, ``"low-res"`` ...).
+    """
+
+    def __init__(self, checkpoint: Any, stage: str, exc: BaseException) -> None:
+        self.stage = stage
+        super().__init__(
+            f"model {checkpoint.model_name!r} ({checkpoint.path}) failed during stage "
+            f"{stage!r}: {type(exc).__name__}: {exc}"
+        )

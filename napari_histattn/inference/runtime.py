@@ -48,6 +48,7 @@ OOM_ERRORS: tuple[type[BaseException], ...] = tuple(
     {
         getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),
         torch.cuda.OutOfMemoryError,
+        MemoryError,  # the CPU's: numpy or Python running out while building a batch
     }
 )
 
@@ -89,6 +90,8 @@ class SlideRun:
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     _mark: float = field(default_factory=time.perf_counter)
+    #: The stage that reported progress last (named in errors from inside the model).
+    stage: str = "start"
     # Tile plans and the feature encoder survive an out-of-memory retry.
     plans: dict[tuple[int, float], TilePlan] = field(default_factory=dict)
     _encoder: Any = None
@@ -131,6 +134,7 @@ class SlideRun:
         time between reports is not).
         """
         now = time.perf_counter()
+        self.stage = stage
         self.timings[stage] = self.timings.get(stage, 0.0) + (now - self._mark)
         yield Progress(stage, done, total, message)
         self._mark = time.perf_counter()
