@@ -67,3 +67,48 @@ def test_ordinary_tiles_and_strips_still_open(tmp_path: Path) -> None:
             assert rgb.shape == (256, 256, 3)
             assert int(rgb[100, 100, 0]) == 128
             assert not slide.failed_tiles
+
+
+def test_a_batch_survives_a_bomb_in_the_middle_of_its_folder(tmp_path: Path) -> None:
+    from napari_histattn.io.synthetic import generate_synthetic_slide
+    from napari_histattn.models.checkpoint import save
+    from napari_histattn.models.registry import create_model
+
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for name in ("a-good.tiff", "c-good.tiff"):
+        generate_synthetic_slide(
+            folder / name,
+            768,
+            768,
+            seed=1,
+            n_lesions=1,
+            n_lookalikes=0,
+            lesion_radius_px=80,
+            mpp=0.5,
+        )
+    write_tiff(folder / "b-bomb.tiff", 65536, 65536, tile=(65536, 65536))
+    model = create_model("amil", encoder="tiny", patch_size=16, embed_dim=8, attn_dim=6)
+    ckpt = save(
+        tmp_path / "amil",
+        model,
+        class_names=["benign", "lesion"],
+        preprocessing={"patch_size": 16, "target_mpp": 1.0},
+    )
+    out = tmp_path / "out"
+    ended = run_isolated(
+        f"""
+from napari_histattn.cli import main
+raise SystemExit(main(["batch", {str(folder)!r}, "--checkpoint", {str(ckpt)!r},
+                       "--out", {str(out)!r}, "--quiet", "--device", "cpu"]))
+""",
+        memory_gib=4.0,
+        timeout_s=300,
+    )
+    assert ended.returncode == 1, ended.stderr[-2000:]  # one slide failed, not a crash
+    assert "beyond the limit" in ended.stderr
+    import csv
+
+    with open(out / "batch_summary.csv", newline="") as handle:
+        rows = {Path(r["slide"]).name: r["status"] for r in csv.DictReader(handle)}
+    assert rows == {"a-good.tiff": "ok", "b-bomb.tiff": "failed", "c-good.tiff": "ok"}
