@@ -112,11 +112,14 @@ def find_checkpoints(places: list[Path] | None = None) -> list[CheckpointChoice]
     """
     found: dict[Path, CheckpointChoice] = {}
     for place in checkpoint_dirs() if places is None else places:
-        files = [place] if place.is_file() else sorted(place.glob("*.safetensors"))
+        try:
+            files = [place] if place.is_file() else sorted(place.glob("*.safetensors"))
+        except OSError:  # an unreadable folder lists nothing, it does not break the picker
+            continue
         for file in files:
             try:
                 choice = describe_checkpoint(file)
-            except CheckpointError:
+            except (CheckpointError, OSError):
                 continue
             found.setdefault(choice.path, choice)
     return sorted(found.values(), key=lambda c: (c.path.stem != PREFERRED_DEMO, c.path.stem))

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_histattn.cli._parsers import add_command
+from napari_histattn.cli._parsers import add_command, seed_arg
 
 #: Exit status of ``classify`` (and ``batch``) when a result is not a diagnosis: too many
 #: of the patches the model read were undecodable tiles. The outputs are still written.
@@ -33,7 +33,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:<i> or mps (default auto)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument("--seed", type=seed_arg, default=0, help="sampling seed (default 0)")
     parser.add_argument(
         "--n-patches",
         type=int,

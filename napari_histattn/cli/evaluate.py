@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from napari_histattn.cli._parsers import seed_arg
 from napari_histattn.cli.train import add_data_arguments
 
 
@@ -22,7 +23,9 @@ def register(subparsers: Any) -> None:
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
-        "--seed", type=int, help="attention sampling: sampling seed (default: the training one)"
+        "--seed",
+        type=seed_arg,
+        help="attention sampling: sampling seed (default: the training one)",
     )
     parser.set_defaults(func=run)
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from napari_histattn.cli._parsers import add_command
+from napari_histattn.cli._parsers import add_command, seed_arg
 
 
 def register(subparsers: Any) -> None:
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--tiles-per-slide", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i> or mps")
     parser.add_argument(
         "--init-weights",

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from napari_histattn.cli._parsers import seed_arg
+
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX*,]\s*(\d+)\s*$")
 
 
@@ -107,7 +109,7 @@ def register(subparsers: Any) -> None:
         default=0.5,
         help="micrometres per level-0 pixel (default 0.5)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed (default 0)")
     p.add_argument(
         "--tile-size",
         type=_positive_int,

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from napari_histattn.cli._parsers import seed_arg
 from napari_histattn.errors import HistattnError
 
 #: The built-in models (the parser names them without importing torch).
@@ -129,7 +130,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--folds", type=int, default=5, help="patient-wise folds (1: one split)")
     parser.add_argument("--val-fraction", type=float, default=0.2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument(
         "--image-size", type=int, help="dafl_cnn: resize images to this side (config input_size)"
     )

@@ -215,6 +215,8 @@ def classify(
             ckpt = checkpoint
         else:
             ckpt = load_checkpoint(checkpoint, device="cpu")
+        if ckpt.integrity_note:
+            messages.append(ckpt.integrity_note)
         family = family_for_model(ckpt.model_name)
         if family is None:
             raise UnsupportedModelError(ckpt.path, ckpt.model_name, runnable_models())

@@ -95,6 +95,9 @@ class LoadedCheckpoint:
         SHA-256 of the ``.safetensors`` file.
     path
         The ``.safetensors`` file.
+    integrity_note
+        Why the weights could not be checked against a recorded SHA-256 (no sidecar,
+        or one without ``sha256``); None when they were. Runs report it.
     """
 
     model: nn.Module
@@ -105,6 +108,7 @@ class LoadedCheckpoint:
     metadata: dict[str, Any] = field(repr=False)
     sha256: str
     path: Path
+    integrity_note: str | None = None
 
     @property
     def temperature(self) -> float:
@@ -343,20 +347,39 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _metadata_from_header(target, parse_header(target, head, size))
 
 
-def _check_sidecar(path: Path, digest: str) -> None:
+#: Fields of the sidecar that must say what the weights' own header says.
+_SIDECAR_FIELDS = ("model_name", "model_config", "class_names", "preprocessing", "calibration")
+
+
+def _check_sidecar(path: Path, digest: str, metadata: dict[str, Any]) -> str | None:
+    """Refuse a sidecar whose SHA-256 or description disagrees with the weights; return
+    a note when there is no SHA-256 to check the weights against (None when verified)."""
     sidecar = sidecar_path(path)
     if not sidecar.exists():
-        return
+        return f"no {sidecar.name} beside the weights: their SHA-256 cannot be checked"
     try:
-        recorded = json.loads(sidecar.read_text(encoding="utf-8")).get("sha256")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as exc:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise CheckpointError(path, f"unreadable sidecar {sidecar.name}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"sidecar {sidecar.name} is not a JSON object")
+    recorded = data.get("sha256")
     if recorded is not None and recorded != digest:
         raise CheckpointError(
             path,
             f"SHA-256 {digest} differs from {recorded} recorded in {sidecar.name}: the weights "
             "file was modified, truncated or replaced",
         )
+    differ = [k for k in _SIDECAR_FIELDS if k in data and data[k] != metadata.get(k)]
+    if differ:
+        raise CheckpointError(
+            path,
+            f"{sidecar.name} disagrees with the weights' own metadata on {', '.join(differ)}: "
+            "one of the two files was edited or belongs to another model",
+        )
+    if recorded is None:
+        return f"{sidecar.name} records no SHA-256: the weights cannot be checked"
+    return None
 
 
 def _check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -425,7 +448,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "auto") -> L
     except OSError as exc:
         raise CheckpointError(target, f"cannot read: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
-    _check_sidecar(target, digest)
+    integrity = _check_sidecar(target, digest, metadata)
     try:
         tensors = safetensors_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:
@@ -483,4 +506,5 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "auto") -> L
         metadata=metadata,
         sha256=digest,
         path=target,
+        integrity_note=integrity,
     )

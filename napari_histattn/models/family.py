@@ -119,7 +119,7 @@ class FamilyParam:
             ) from None
         if not (self.minimum <= number <= self.maximum):
             raise HistattnError(
-                f"parameter {self.name!r} must be within {self.minimum:g}-{self.maximum:g}, "
+                f"parameter {self.name!r} must be within {_shown(self.minimum)}-{_shown(self.maximum)}, "
                 f"got {value!r}"
             )
         return number
@@ -376,3 +376,8 @@ def softmax64(logits: Any) -> NDArray[np.float64]:
 
     probs: NDArray[np.float64] = torch.softmax(logits.detach().double(), dim=-1).cpu().numpy()
     return probs
+
+
+def _shown(bound: float) -> str:
+    """A bound as a user reads it: 2147483647, not 2.14748e+09."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"

@@ -143,3 +143,39 @@ except CheckpointError as exc:
 def test_a_good_checkpoint_still_loads(saved: Path) -> None:
     loaded = checkpoint.load(saved, device="cpu")
     assert loaded.preprocessing == GOOD_PRE
+
+
+def test_a_sidecar_that_disagrees_with_the_weights_is_refused(saved: Path) -> None:
+    sidecar = checkpoint.sidecar_path(saved)
+    data = json.loads(sidecar.read_text())
+    data["class_names"] = ["b", "a"]  # same SHA-256, another model's description
+    sidecar.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="disagrees .* class_names"):
+        checkpoint.load(saved)
+
+
+def test_weights_without_a_sha256_to_check_are_reported(saved: Path) -> None:
+    assert checkpoint.load(saved).integrity_note is None
+    sidecar = checkpoint.sidecar_path(saved)
+    data = json.loads(sidecar.read_text())
+    del data["sha256"]
+    sidecar.write_text(json.dumps(data))
+    assert "no SHA-256" in (checkpoint.load(saved).integrity_note or "")
+    sidecar.unlink()
+    assert "cannot be checked" in (checkpoint.load(saved).integrity_note or "")
+
+
+def test_bad_files_in_the_checkpoint_folder_never_break_the_picker(saved: Path) -> None:
+    from napari_histattn._napari.checkpoints import find_checkpoints
+
+    folder = saved.parent
+    _raw_safetensors(folder / "list.safetensors", {"__metadata__": [1, 2], **TENSOR})
+    _raw_safetensors(folder / "deep.safetensors", '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    (folder / "folder.safetensors").mkdir()
+    (folder / "pickle.safetensors").write_bytes(b"\x80\x04K\x01.")
+    (folder / "empty.safetensors").write_bytes(b"")
+    bad_pre = folder / "badpre.safetensors"
+    bad_pre.write_bytes(saved.read_bytes())
+    _with_metadata(bad_pre, preprocessing={"n_patches": 10**9})
+    found = find_checkpoints([folder])
+    assert [c.path.name for c in found] == [saved.name]
