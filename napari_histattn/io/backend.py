@@ -116,6 +116,19 @@ def argb_to_rgb(argb: np.ndarray) -> np.ndarray:
     return argb.view(np.uint8).reshape(h, w, 4)[..., 1:]
 
 
+def significant_bits(top: int) -> int:
+    """Bits a sample needs to hold ``top`` (8 to 16): a 12-bit camera's 4095 needs 12."""
+    return min(16, max(8, int(top).bit_length())) if top > 0 else 16
+
+
+def scale_to_uint8(data: np.ndarray, bits: int) -> np.ndarray:
+    """Samples of ``bits`` significant bits (in a wider integer type) to 0-255, rounded;
+    values above the range (a sample the estimate missed) saturate at 255."""
+    full = (1 << bits) - 1
+    scaled = (np.clip(data, 0, None).astype(np.uint32) * 255 + full // 2) // full
+    return np.minimum(scaled, 255).astype(np.uint8)
+
+
 def _white(size_wh: tuple[int, int]) -> np.ndarray:
     return np.full((size_wh[1], size_wh[0], 3), 255, dtype=np.uint8)
 
@@ -136,6 +149,8 @@ class _Backend(abc.ABC):
     mpp_source = "none"
     #: Why the file's own resolution was not believed (None: nothing to say).
     mpp_note: str | None = None
+    #: Other things about the pixels a user should know (how 16-bit values were scaled).
+    metadata_notes: tuple[str, ...] = ()
     objective_power: float | None = None
     quickhash: str | None = None
     properties: Mapping[str, str] = MappingProxyType({})

@@ -180,6 +180,7 @@ class Slide:
             self.mpp_xy, implausible = plausible_mpp(backend.mpp_xy)
             self.mpp_source = backend.mpp_source if self.mpp_xy is not None else "none"
             self.metadata_warnings += [note for note in (backend.mpp_note, implausible) if note]
+        self.metadata_warnings += list(backend.metadata_notes)
         for note in self.metadata_warnings:
             logger.warning("%s: %s", path.name, note)
 

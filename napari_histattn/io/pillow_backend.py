@@ -13,6 +13,8 @@ from napari_histattn.io.backend import (
     _Backend,
     _pil_to_rgb,
     _white,
+    scale_to_uint8,
+    significant_bits,
 )
 
 
@@ -48,7 +50,13 @@ class _PillowBackend(_Backend):
                 try:
                     with Image.open(self._path) as img:
                         img.load()
-                        rgb = _pil_to_rgb(img)
+                        if img.mode.startswith("I"):  # 16-bit or 32-bit grey
+                            grey = np.asarray(img)
+                            top = int(grey.max()) if grey.size else 0
+                            bits = significant_bits(min(top, 65535))
+                            rgb = np.repeat(scale_to_uint8(grey, bits)[..., None], 3, axis=-1)
+                        else:
+                            rgb = _pil_to_rgb(img)
                 except Exception as exc:
                     raise SlideError(self._path, f"cannot decode the image: {exc}") from exc
                 rgb = np.ascontiguousarray(rgb)

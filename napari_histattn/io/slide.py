@@ -212,12 +212,15 @@ def _tifffile_sees_more(path: Path, openslide_levels: int) -> bool:
     """True for a tiled TIFF that OpenSlide reads as generic-tiff but tifffile reads better.
 
     OpenSlide's generic-tiff takes levels from successive IFDs only: it misses
-    SubIFD pyramids (OME-TIFF, ``tifffile`` output) and OME physical sizes.
+    SubIFD pyramids (OME-TIFF, ``tifffile`` output) and OME physical sizes, and it
+    reads 16-bit samples by their top 8 bits (a 12-bit image comes out black).
     """
     try:
         import tifffile
 
         with tifffile.TiffFile(str(path)) as tif:
+            if tif.pages.first.dtype == np.uint16:  # libtiff's RGBA path keeps the top 8 bits
+                return True
             return bool(tif.is_ome) or len(tif.series[0].levels) > openslide_levels
     except Exception:
         return False

@@ -27,6 +27,8 @@ from napari_histattn.io.backend import (
     _parse_float,
     _white,
     rgba_to_rgb,
+    scale_to_uint8,
+    significant_bits,
 )
 from napari_histattn.io.limits import print_resolution
 
@@ -115,6 +117,14 @@ class _TiffBackend(_Backend):
                 props[f"tiff.{tag.name}"] = str(tag.value)
         self.properties = MappingProxyType(props)
         self.mpp_xy, self.mpp_source, self.objective_power = self._physical(page)
+        self._bits = 8
+        if page.dtype == np.uint16 and int(page.photometric) != 3:
+            self._bits = self._sample_bits()
+            if self._bits < 16:
+                self.metadata_notes = (
+                    f"16-bit samples holding {self._bits}-bit values: scaled from "
+                    f"0-{(1 << self._bits) - 1} to 0-255",
+                )
         self._associated: dict[str, Any] = {}
         for s in tif.series[1:]:
             name = (s.name or "").lower()
@@ -196,8 +206,35 @@ class _TiffBackend(_Backend):
                 self._cache_bytes -= old.nbytes
         return tile
 
-    @staticmethod
-    def _to_rgb(planes: list[np.ndarray | None], page: Any, size_wh: tuple[int, int]) -> np.ndarray:
+    def _sample_bits(self) -> int:
+        """Significant bits of a 16-bit image: from MaxSampleValue, else from the largest
+        value in up to 8 segments of the smallest level (12-bit-in-16 cameras are common;
+        read as 16-bit they would be almost black)."""
+        tag = self._levels[0].page.tags.get("MaxSampleValue")
+        top = 0
+        if tag is not None:
+            top = int(np.max(np.atleast_1d(tag.value)))
+        if not 0 < top < 65535:
+            top = 0
+            lv = self._levels[-1]
+            n = lv.nx * lv.ny * lv.planes
+            for index in sorted({int(i) for i in np.linspace(0, n - 1, min(n, 8)).round()}):
+                nbytes = int(lv.bytecounts[index])
+                if nbytes == 0:
+                    continue
+                fh = self._tif.filehandle
+                fh.seek(int(lv.offsets[index]))
+                try:
+                    seg, _, _ = lv.page.decode(fh.read(nbytes), index, jpegtables=lv.jpegtables)
+                except Exception:  # a damaged segment: the others decide
+                    continue
+                if seg is not None:
+                    top = max(top, int(np.max(seg)))
+        return significant_bits(top)
+
+    def _to_rgb(
+        self, planes: list[np.ndarray | None], page: Any, size_wh: tuple[int, int]
+    ) -> np.ndarray:
         tw, th = size_wh
         if all(p is None for p in planes):
             return _white(size_wh)
@@ -207,8 +244,8 @@ class _TiffBackend(_Backend):
         if photometric == 3:  # palette: 16-bit colour map
             cmap = (np.asarray(page.colormap) >> 8).astype(np.uint8).T
             return np.ascontiguousarray(cmap[data[..., 0]])
-        if data.dtype == np.uint16:
-            data = (data >> 8).astype(np.uint8)
+        if data.dtype == np.uint16:  # scaled by the image's real range, not its type's
+            data = scale_to_uint8(data, self._bits)
         if photometric == 0:  # min-is-white
             data = data.copy()
             data[..., :1] = 255 - data[..., :1]

@@ -70,3 +70,36 @@ def test_an_absurd_override_is_refused(tmp_path: Path, override: tuple[float, fl
     path = write_tiff(tmp_path / "scan.tiff", 256, 256, tile=(256, 256), data=PIXELS)
     with pytest.raises(ValueError, match="mpp_override"):
         open_slide(path, mpp_override=override)
+
+
+@pytest.mark.parametrize(("top", "bits"), [(4095, 12), (1023, 10), (65535, 16)])
+@pytest.mark.parametrize("layout", ["tiled", "strips"])
+def test_16_bit_grey_is_scaled_by_its_real_range(
+    tmp_path: Path, top: int, bits: int, layout: str
+) -> None:
+    import numpy as np
+    import tifffile
+
+    grey = np.linspace(0, top, 256 * 256).reshape(256, 256).astype(np.uint16)
+    path = tmp_path / "grey16.tiff"
+    extra = {"tile": (128, 128)} if layout == "tiled" else {"rowsperstrip": 16}
+    tifffile.imwrite(path, grey, photometric="minisblack", **extra)
+    with open_slide(path) as slide:
+        rgb = slide.read_region((0, 0), 0, (256, 256))
+        assert slide.backend == "tifffile"  # not OpenSlide, which keeps the top 8 bits
+        assert int(rgb.min()) == 0 and int(rgb.max()) == 255  # not black, not clipped white
+        assert abs(int(rgb[128, 128, 0]) - 128) <= 1
+        assert (bits < 16) == any(f"{bits}-bit values" in n for n in slide.metadata_warnings)
+
+
+def test_a_16_bit_png_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    grey = np.linspace(0, 4095, 128 * 128).reshape(128, 128).astype(np.uint16)
+    path = tmp_path / "grey16.png"
+    Image.fromarray(grey).save(path)
+    with open_slide(path) as slide:
+        rgb = slide.read_region((0, 0), 0, (128, 128))
+    assert int(rgb.min()) == 0 and int(rgb.max()) == 255
+    assert 100 < int(rgb[64, 64, 0]) < 156
