@@ -126,7 +126,9 @@ def atomic_write(
         raise ExportError(Path(path), "the target is a directory")
 
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name[:40]}.", suffix=".tmp", dir=directory)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name[:40]}.", suffix=".tmp", dir=directory
+        )
     except OSError as exc:
         raise ExportError(
             Path(path), f"cannot create a file in {str(directory)!r}: {describe_os_error(exc)}"

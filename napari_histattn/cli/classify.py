@@ -80,6 +80,12 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--crops", action="store_true", help="also write full-resolution PNG crops of the regions"
     )
+    parser.add_argument(
+        "--allow-upsample",
+        action="store_true",
+        help="classify a slide whose pixels are more than 4x coarser than the model's "
+        "(refused by default: the model would see blurred pixels)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -125,6 +131,7 @@ def classify_to_folder(
                 params=parse_params(getattr(args, "param", [])),
                 features_dir=getattr(args, "features", None),
                 encoder_weights=getattr(args, "encoder_weights", None),
+                allow_upsample=getattr(args, "allow_upsample", False),
             ),
             disable=args.quiet,
         )

@@ -130,6 +130,7 @@ def classify(
     params: Mapping[str, Any] | None = None,
     features_dir: str | PathLike[str] | None = None,
     encoder_weights: str | PathLike[str] | None = None,
+    allow_upsample: bool = False,
 ) -> Generator[Progress, None, ClassificationResult]:
     """Classify one slide; a generator that yields progress and returns the result.
 
@@ -174,6 +175,10 @@ def classify(
     threshold
         Regions are the connected cells whose percentile-normalised attention is
         at least this (0 to 1).
+    allow_upsample
+        Classify a slide whose pixels are more than
+        :data:`~napari_histattn.inference.patches.MAX_UPSAMPLE` times coarser than the
+        model's (refused by default; a smaller upsampling is noted in the messages).
     cancel
         When set, the run stops at its next progress report by raising
         :class:`~napari_histattn.inference.errors.Cancelled`.
@@ -255,6 +260,7 @@ def classify(
             messages=list(messages),
             features_dirs=_features_dirs(features_dir, the_slide.path),
             encoder_weights=None if encoder_weights is None else Path(encoder_weights),
+            allow_upsample=bool(allow_upsample),
         )
         for name in ignored:
             run.note(f"run parameter {name!r} does not apply to this checkpoint: ignored")

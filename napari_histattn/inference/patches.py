@@ -91,23 +91,32 @@ def tissue_mask(
     return (saturation >= saturation_min) & (brightness <= brightness_max)
 
 
+#: Most a slide is upsampled to reach a model's resolution unless the caller allows
+#: more: a 10 um/px image under a 1 um/px model would be blown up 10x (a 29 um/px
+#: DICOM overview planned 179,427 tiles of mush).
+MAX_UPSAMPLE = 4.0
+
+
 def target_downsample(
     slide: SlideLike,
     *,
     target_mpp: float | None = None,
     level: int | None = None,
     downsample: float | None = None,
+    max_upsample: float | None = MAX_UPSAMPLE,
 ) -> float:
     """Level-0 pixels per output pixel for one of the three ways to say the resolution.
 
     Exactly one of ``target_mpp`` (needs the slide's mpp), ``level`` (a
     pyramid level's downsample) or ``downsample`` may be given; none means 1.
+    A result below ``1 / max_upsample`` (the slide's pixels are that much coarser
+    than the model's) is refused; None allows any upsampling.
 
     Raises
     ------
     HistattnError
-        If several are given, the slide has no mpp for ``target_mpp``, or the
-        value is out of range.
+        If several are given, the slide has no mpp for ``target_mpp``, the
+        value is out of range, or the slide would be upsampled beyond ``max_upsample``.
     """
     given = [v is not None for v in (target_mpp, level, downsample)]
     if sum(given) > 1:
@@ -120,7 +129,16 @@ def target_downsample(
             )
         if target_mpp <= 0:
             raise HistattnError(f"target_mpp must be positive, got {target_mpp}")
-        return float(target_mpp) / float(np.mean(slide.mpp_xy))
+        ds = float(target_mpp) / float(np.mean(slide.mpp_xy))
+        if max_upsample is not None and ds * max_upsample < 1.0:
+            raise HistattnError(
+                f"{slide.path}: the slide has {float(np.mean(slide.mpp_xy)):.3g} um/px and the "
+                f"model works at {target_mpp:g} um/px: the slide would be upsampled "
+                f"{1 / ds:.1f}x, beyond {max_upsample:g}x, and the model would see blurred "
+                "pixels; allow it explicitly (histattn classify --allow-upsample, or "
+                "allow_upsample=True) if that is intended"
+            )
+        return ds
     if level is not None:
         if not 0 <= level < len(slide.level_downsamples):
             raise HistattnError(

@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.errors import Cancelled, NoTissueError, SlideTooSmallError
 from napari_histattn.inference.patches import (
+    MAX_UPSAMPLE,
     SlidePatchSource,
     TilePlan,
     TissueSettings,
@@ -92,6 +93,8 @@ class SlideRun:
     _mark: float = field(default_factory=time.perf_counter)
     #: The stage that reported progress last (named in errors from inside the model).
     stage: str = "start"
+    #: Upsample a slide whose pixels are coarser than the model's beyond MAX_UPSAMPLE.
+    allow_upsample: bool = False
     # Tile plans and the feature encoder survive an out-of-memory retry.
     plans: dict[tuple[int, float], TilePlan] = field(default_factory=dict)
     _encoder: Any = None
@@ -153,12 +156,18 @@ class SlideRun:
     def downsample(self) -> float:
         """Level-0 pixels per model pixel, from the checkpoint's preprocessing."""
         pre = self.pre
-        return target_downsample(
+        ds = target_downsample(
             self.slide,
             target_mpp=pre.get("target_mpp"),
             level=pre.get("level"),
             downsample=pre.get("downsample"),
+            max_upsample=None if self.allow_upsample else MAX_UPSAMPLE,
         )
+        if ds < 1.0:
+            note = f"the slide is upsampled {1 / ds:.1f}x to the model's resolution (its pixels are coarser)"
+            if note not in self.messages:
+                self.note(note)
+        return ds
 
     def tissue_settings(self) -> TissueSettings:
         given = self.pre.get("tissue")
@@ -281,7 +290,9 @@ class SlideRun:
         encoder = self._feature_encoder(described)
         pre = described["preprocessing"]
         mpp = pre.get("target_mpp") if self.slide.mpp_xy is not None else None
-        ds = target_downsample(self.slide, target_mpp=mpp)
+        ds = target_downsample(
+            self.slide, target_mpp=mpp, max_upsample=None if self.allow_upsample else MAX_UPSAMPLE
+        )
         plan = yield from self.plan(int(pre["input_size"]), ds)
         plan = _subplan(plan, subset(len(plan), cap))
         chunks = []
