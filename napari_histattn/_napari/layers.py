@@ -92,6 +92,7 @@ def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple
     meta.setdefault("mpp_source", slide.mpp_source)
     meta.setdefault("associated_images", list(slide.associated_image_names))
     meta["slide"] = slide
+    meta["warnings"] = [*slide.metadata_warnings, *filter(None, [_glass_check(slide)])]
 
     height, width = levels[0].shape[:2]
     multiscale = len(levels) > 1 or height * width > SMALL_SINGLE_LEVEL_PX
@@ -109,6 +110,21 @@ def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple
         **_units_kwargs(mpp_xy is not None),
     }
     return (data, kwargs, "image")
+
+
+def _glass_check(slide: Slide, max_pixels: int = 4 * 2**20) -> str | None:
+    """:func:`~napari_histattn.inference.integrity.glass_warning` on the smallest stored
+    level when it is small (never on a computed level: that would read level 0)."""
+    from napari_histattn.inference.integrity import glass_warning
+
+    stored = slide.level_count - len(slide.computed_levels)
+    w, h = slide.level_dimensions[stored - 1]
+    if w * h > max_pixels:
+        return None
+    try:
+        return glass_warning(slide.read_level_region(stored - 1, (0, 0), (w, h)))
+    except Exception:  # a probe; reading errors surface when the layer is drawn
+        return None
 
 
 def _stem(path: Path) -> str:

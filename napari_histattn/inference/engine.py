@@ -68,6 +68,7 @@ from napari_histattn.inference.errors import ModelRunError, UnsupportedModelErro
 from napari_histattn.inference.integrity import (
     UNREADABLE_LIMIT,
     failed_rects_l0,
+    glass_warning,
     unreadable_area,
     unreadable_mask,
 )
@@ -388,6 +389,8 @@ def _assemble(
             for j in range(len(attention))
         ]
     unreadable = _account_unreadable(slide, patches, raw, provenance)
+    glass = glass_warning(slide.thumbnail(256))
+    provenance["glass_warning"] = glass
     result = ClassificationResult(
         class_names=names,
         probabilities=probs,

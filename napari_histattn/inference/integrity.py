@@ -73,3 +73,33 @@ def unreadable_area(
         r0, r1 = int(np.floor(y0 * sy)), int(np.ceil(min(y1, h) * sy))
         covered[max(0, r0) : r1, max(0, c0) : c1] = True
     return float(covered.mean())
+
+
+#: Glass (the brightest tenth of a slide's pixels) darker than this mean RGB, or with
+#: channels further apart than GLASS_MAX_TINT, is not the near-white glass of a
+#: bright-field slide: the colours are probably wrong (YCbCr frames read as RGB).
+GLASS_MIN_BRIGHTNESS = 170
+GLASS_MAX_TINT = 60
+
+
+def glass_colour(rgb: NDArray[np.uint8]) -> tuple[int, int, int]:
+    """Mean colour of the brightest tenth of the pixels of an RGB view (the glass)."""
+    flat = np.asarray(rgb, dtype=np.float64).reshape(-1, 3)
+    if not flat.shape[0]:
+        return (255, 255, 255)
+    brightness = flat.mean(axis=1)
+    cut = np.quantile(brightness, 0.9)
+    top = flat[brightness >= cut]
+    return (int(round(top[:, 0].mean())), int(round(top[:, 1].mean())), int(round(top[:, 2].mean())))
+
+
+def glass_warning(rgb: NDArray[np.uint8]) -> str | None:
+    """Why the slide's glass does not look like glass, or None when it does."""
+    r, g, b = glass_colour(rgb)
+    if (r + g + b) / 3 >= GLASS_MIN_BRIGHTNESS and max(r, g, b) - min(r, g, b) <= GLASS_MAX_TINT:
+        return None
+    return (
+        f"the glass is not near white (its colour is RGB {r}, {g}, {b}): the colours may be "
+        "wrong (for example YCbCr frames read as RGB) or this is not a bright-field slide; "
+        "the model was not trained on such pixels"
+    )

@@ -170,6 +170,8 @@ class ClassificationResult:
         index = 1 if len(self.class_names) == 2 else self.predicted_index
         name = self.class_names[index]
         lines = []
+        if prov.get("glass_warning"):
+            lines.append(f"warning: {prov['glass_warning']}")
         tiles = int(prov.get("unreadable_tiles") or 0)
         if tiles:
             lines.append(

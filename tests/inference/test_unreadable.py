@@ -120,3 +120,25 @@ def test_batch_marks_the_damaged_slide_and_goes_on(
     assert rows["damaged.tiff"]["status"] == "unreliable"
     assert rows["damaged.tiff"]["predicted_class"] == ""
     assert rows["lesion.tiff"]["status"] == "ok"
+
+
+def test_glass_that_is_not_white_is_flagged(tmp_path, checkpoint_paths) -> None:
+    """Teal tissue on salmon glass (YCbCr frames read as RGB) is flagged, not trusted."""
+    from inference_helpers import write_flat_tiff
+
+    from napari_histattn._napari.layers import slide_layer_data
+    from napari_histattn.inference.integrity import glass_warning
+    from napari_histattn.io.slide import open_slide
+
+    salmon = write_flat_tiff(tmp_path / "salmon.tiff", (250, 160, 140), (512, 512))
+    white = write_flat_tiff(tmp_path / "white.tiff", (245, 244, 246), (512, 512))
+    assert glass_warning(np.full((8, 8, 3), (245, 244, 246), dtype=np.uint8)) is None
+    result = run_to_completion(classify(salmon, checkpoint_paths["amil"], device="cpu"))
+    assert "not near white" in result.provenance["glass_warning"]
+    assert result.evidence_lines()[0].startswith("warning: the glass is not near white")
+    with open_slide(salmon) as slide:
+        _, kwargs, _ = slide_layer_data(slide)
+        assert any("not near white" in w for w in kwargs["metadata"]["warnings"])
+    with open_slide(white) as slide:
+        _, kwargs, _ = slide_layer_data(slide)
+        assert kwargs["metadata"]["warnings"] == []
