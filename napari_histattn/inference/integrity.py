@@ -16,6 +16,8 @@ good tile by decoding, and is not counted.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -39,7 +41,7 @@ def failed_rects_l0(slide: Slide) -> NDArray[np.float64]:
 
 
 def unreadable_mask(
-    xy_l0: NDArray[np.floating], wh_l0: NDArray[np.floating], failed_l0: NDArray[np.float64]
+    xy_l0: NDArray[Any], wh_l0: NDArray[Any], failed_l0: NDArray[np.float64]
 ) -> NDArray[np.bool_]:
     """Which patches (top-left ``xy_l0`` and size ``wh_l0``, ``(n, 2)`` level-0 pixels)
     overlap an undecodable tile's rectangle (``failed_l0`` from :func:`failed_rects_l0`)."""
@@ -90,7 +92,11 @@ def glass_colour(rgb: NDArray[np.uint8]) -> tuple[int, int, int]:
     brightness = flat.mean(axis=1)
     cut = np.quantile(brightness, 0.9)
     top = flat[brightness >= cut]
-    return (int(round(top[:, 0].mean())), int(round(top[:, 1].mean())), int(round(top[:, 2].mean())))
+    return (
+        int(round(top[:, 0].mean())),
+        int(round(top[:, 1].mean())),
+        int(round(top[:, 2].mean())),
+    )
 
 
 def glass_warning(rgb: NDArray[np.uint8]) -> str | None:
