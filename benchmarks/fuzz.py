@@ -37,7 +37,8 @@ def _commit(path: Path) -> str:
     done = subprocess.run(
         ["git", "-C", str(path), "log", "-1", "--format=%h %s"], capture_output=True, text=True
     )
-    return done.stdout.strip()[:70] or str(path)
+    text = done.stdout.strip()
+    return (text if len(text) <= 60 else text[:57].rsplit(" ", 1)[0] + " ...") or str(path)
 
 
 def _row(label: str, counts: Counter[str], seconds: float) -> str:

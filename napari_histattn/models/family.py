@@ -288,7 +288,7 @@ def tile_params(patch_size: DefaultFn) -> tuple[FamilyParam, FamilyParam]:
             "tile side in model pixels",
             patch_size,
             1,
-            16384,
+            2048,  # as a checkpoint's patch_size (models/validation.py)
             # A model trained on cached features takes its encoder's tiles.
             applies=lambda config, pre: pre.get("input") != "features",
         ),

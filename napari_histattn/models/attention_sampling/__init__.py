@@ -28,6 +28,7 @@ from napari_histattn.models.attention_sampling.task import (
     make_task,
 )
 from napari_histattn.models.family import Family, FamilyParam, register_family
+from napari_histattn.models.validation import INT_FIELDS
 
 __all__ = [
     "AGGREGATIONS",
@@ -70,9 +71,15 @@ FAMILY = register_family(
                 "high-resolution patches drawn from the attention distribution",
                 _n_patches,
                 1,
+                INT_FIELDS["n_patches"][1],
             ),
             FamilyParam(
-                "patch_size", "patch size (px)", "patch side in model pixels", _patch_size, 1, 16384
+                "patch_size",
+                "patch size (px)",
+                "patch side in model pixels",
+                _patch_size,
+                1,
+                INT_FIELDS["patch_size"][1],
             ),
             FamilyParam(
                 "rounds",
