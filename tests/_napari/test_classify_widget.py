@@ -610,3 +610,18 @@ def test_demo_without_a_checkpoint_says_where_it_looked() -> None:
 
     with pytest.raises(HistattnError, match="--checkpoint"):
         _classify_and_wait(NoModel())
+
+
+def test_a_result_built_on_undecodable_tiles_shows_a_warning_not_a_diagnosis(
+    make_napari_viewer, qtbot, widget_slide, as_checkpoint
+) -> None:
+    viewer, widget = _open(make_napari_viewer, widget_slide.path, as_checkpoint)
+    _classify(qtbot, widget)
+    shown = next(iter(widget._shown.values()))
+    assert widget.result_label.value.startswith("predicted: ")
+    shown.result.provenance.update(unreadable_tiles=12, unreadable_fraction=0.2)
+    widget._show_result(shown)
+    text = widget.result_label.value
+    assert text.startswith("NOT A DIAGNOSIS: 20.0% of what the model read")
+    assert "predicted:" not in text
+    assert "12 undecodable tile(s)" in text
