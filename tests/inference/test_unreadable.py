@@ -31,6 +31,11 @@ def _damage(src: Path, dst: Path, share: float) -> Path:
     return dst
 
 
+def _cli(command: str, source: Path, checkpoint: Path, out: Path) -> int:
+    argv = [command, str(source), "--checkpoint", str(checkpoint), "--out", str(out)]
+    return main([*argv, "--quiet", "--device", "cpu"])
+
+
 @pytest.fixture(scope="module")
 def damaged(lesion_slide, tmp_path_factory) -> Path:
     return _damage(lesion_slide.path, tmp_path_factory.mktemp("damaged") / "damaged.tiff", 0.4)
@@ -60,20 +65,7 @@ def test_the_cli_exits_non_zero_and_every_output_says_so(
     damaged, checkpoint_paths, tmp_path, capsys
 ) -> None:
     out = tmp_path / "out"
-    code = main(
-        [
-            "classify",
-            str(damaged),
-            "--checkpoint",
-            str(checkpoint_paths["amil"]),
-            "--out",
-            str(out),
-            "--quiet",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert code == 3
+    assert _cli("classify", damaged, checkpoint_paths["amil"], out) == 3
     assert "do not use this call" in capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unreliable"] and summary["unreadable_fraction"] > UNREADABLE_LIMIT
@@ -101,20 +93,7 @@ def test_batch_marks_the_damaged_slide_and_goes_on(
     listing = tmp_path / "slides.csv"
     listing.write_text(f"slide\n{damaged}\n{lesion_slide.path}\n")
     out = tmp_path / "batch"
-    code = main(
-        [
-            "batch",
-            str(listing),
-            "--checkpoint",
-            str(checkpoint_paths["amil"]),
-            "--out",
-            str(out),
-            "--quiet",
-            "--device",
-            "cpu",
-        ]
-    )
-    assert code == 3
+    assert _cli("batch", listing, checkpoint_paths["amil"], out) == 3
     with open(out / "batch_summary.csv", newline="") as handle:
         rows = {Path(r["slide"]).name: r for r in csv.DictReader(handle)}
     assert rows["damaged.tiff"]["status"] == "unreliable"
