@@ -97,7 +97,12 @@ def plausible_mpp(
 def print_resolution(px_per_unit: float, um_per_unit: float) -> bool:
     """Whether a TIFF resolution is a screen or print DPI rather than a microscope's.
 
-    Ordinary image files carry 72, 96 or 300 dpi (unit inch); read as a physical
-    size, 72 dpi would be 352.78 um/px.
+    Ordinary image files carry 72, 96 or 300 dpi, in inches or converted to
+    centimetres (72 dpi is 28.35 px/cm); read as a physical size, 72 dpi would be
+    352.78 um/px. Anything at or below :data:`MAX_PRINT_DPI` (21 um/px) from a
+    resolution tag is taken for one: a true 20-30 um/px overview image stored with
+    such tags loses its pixel size, which a user can give back as an override.
     """
-    return um_per_unit == 25400.0 and 0 < px_per_unit <= MAX_PRINT_DPI
+    if px_per_unit <= 0 or um_per_unit <= 0:
+        return False
+    return px_per_unit * 25400.0 / um_per_unit <= MAX_PRINT_DPI * (1 + 1e-9)

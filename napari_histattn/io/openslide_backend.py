@@ -82,12 +82,22 @@ class _OpenSlideBackend(_Backend):
         self.level_tile_sizes = tuple(tiles)
         mx = _parse_float(props.get("openslide.mpp-x"))
         my = _parse_float(props.get("openslide.mpp-y"))
-        dpi = _parse_float(props.get("tiff.XResolution"))
-        if props.get("tiff.ResolutionUnit") == "inch" and dpi and print_resolution(dpi, 25400.0):
-            # OpenSlide turns a TIFF's 72 dpi into 352.78 um/px; that is no microscope's.
+        per_unit = _parse_float(props.get("tiff.XResolution"))
+        um_per_unit = {"inch": 25400.0, "centimeter": 10000.0}.get(
+            props.get("tiff.ResolutionUnit", ""), 0.0
+        )
+        # OpenSlide turns a TIFF's 72 dpi into 352.78 um/px; that is no microscope's
+        # (only when its mpp came from that tag: a vendor's own mpp is kept).
+        if (
+            mx is not None
+            and per_unit is not None
+            and um_per_unit > 0
+            and math.isclose(mx, um_per_unit / per_unit, rel_tol=1e-6)
+            and print_resolution(per_unit, um_per_unit)
+        ):
             self.mpp_note = (
-                f"the resolution tag says {dpi:g} pixels per inch, a screen or print DPI, "
-                "not a microscope's: the pixel size is unknown"
+                f"the resolution tag says {per_unit * 25400.0 / um_per_unit:.4g} pixels per "
+                "inch, a screen or print DPI, not a microscope's: the pixel size is unknown"
             )
         elif mx is not None and my is not None:
             self.mpp_xy = (mx, my)

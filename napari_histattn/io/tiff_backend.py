@@ -156,9 +156,10 @@ class _TiffBackend(_Backend):
         if not px_x or not px_y:
             return None, "none", None
         if print_resolution(px_x, um_per_unit) or print_resolution(px_y, um_per_unit):
+            dpi = px_x * 25400.0 / um_per_unit
             self.mpp_note = (
-                f"the resolution tag says {px_x:g} x {px_y:g} pixels per inch, a screen or "
-                "print DPI, not a microscope's: the pixel size is unknown"
+                f"the resolution tag says {dpi:.4g} pixels per inch, a screen or print DPI, "
+                "not a microscope's: the pixel size is unknown"
             )
             return None, "none", None
         return (um_per_unit / px_x, um_per_unit / px_y), "tiff-resolution", None

@@ -41,15 +41,17 @@ def test_a_plausible_mpp_is_kept(tmp_path: Path, backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["openslide", "tifffile"])
 @pytest.mark.parametrize("dpi", [72, 96, 300])
-def test_a_print_dpi_is_not_a_pixel_size(tmp_path: Path, backend: str, dpi: int) -> None:
+@pytest.mark.parametrize("unit", ["inch", "centimetre"])
+def test_a_print_dpi_is_not_a_pixel_size(tmp_path: Path, backend: str, dpi: int, unit: str) -> None:
+    per_unit, code = (dpi, 2) if unit == "inch" else (dpi / 2.54, 3)
     path = write_tiff(
         tmp_path / "photo.tiff",
         256,
         256,
         tile=(256, 256),
         data=PIXELS,
-        resolution=dpi,
-        resolution_unit=2,
+        resolution=per_unit,
+        resolution_unit=code,
     )
     with open_slide(path, backend=backend) as slide:
         assert slide.mpp_xy is None  # not 352.78 um/px
@@ -103,3 +105,30 @@ def test_a_16_bit_png_is_scaled_not_clipped_to_white(tmp_path: Path) -> None:
         rgb = slide.read_region((0, 0), 0, (128, 128))
     assert int(rgb.min()) == 0 and int(rgb.max()) == 255
     assert 100 < int(rgb[64, 64, 0]) < 156
+
+
+def test_a_vendor_mpp_is_kept_beside_a_print_dpi_tag(tmp_path: Path) -> None:
+    """An SVS whose TIFF tags also say 72 dpi: Aperio's own MPP is the pixel size."""
+    text = "Aperio Image Library v12.0.15\n256x256 (256x256) JPEG/RGB Q=70|AppMag = 20|MPP = 0.25"
+    path = write_tiff(
+        tmp_path / "scan.svs",
+        256,
+        256,
+        tile=(256, 256),
+        data=PIXELS,
+        description=text,
+        resolution=72,
+        resolution_unit=2,
+    )
+    with open_slide(path, backend="openslide") as slide:
+        assert slide.mpp_xy == pytest.approx((0.25, 0.25))
+        assert slide.metadata_warnings == []
+
+
+def test_the_real_72_dpi_tiff_has_no_pixel_size(shared_slides: Path) -> None:
+    """boxes.tiff stores 28.35 px/cm (72 dpi): it used to read as 352.78 um/px."""
+    with open_slide(shared_slides / "boxes.tiff") as slide:
+        assert slide.mpp_xy is None and slide.mpp_source == "none"
+        assert "print DPI" in slide.metadata_warnings[0]
+    with open_slide(shared_slides / "CMU-1-Small-Region.svs") as slide:
+        assert slide.mpp_xy == pytest.approx((0.499, 0.499))  # Aperio's own MPP, kept
