@@ -34,12 +34,8 @@ from napari_histattn.io.levels import (
     LevelArray,
     plan_computed_levels,
 )
-from napari_histattn.io.limits import MPP_RANGE, check_geometry, plausible_mpp
+from napari_histattn.io.limits import MAX_COORDINATE, MPP_RANGE, check_geometry, plausible_mpp
 from napari_histattn.io.openslide_backend import _OpenSlideBackend
-
-#: Largest absolute coordinate a read may use (2^40): far beyond any slide, far
-#: below the 2^63 at which a backend's int64 would wrap.
-MAX_COORDINATE = 2**40
 
 #: Largest region (width x height) one read may ask for.
 DEFAULT_MAX_REGION_PIXELS = 16384 * 16384

@@ -22,6 +22,7 @@ from napari_histattn.errors import SlideError
 from napari_histattn.units import MPP_RANGE
 
 __all__ = [
+    "MAX_COORDINATE",
     "MAX_LEVEL_PIXELS",
     "MAX_LEVEL_SIDE",
     "MAX_TILE_PIXELS",
@@ -37,6 +38,9 @@ MAX_LEVEL_SIDE = 2**20
 MAX_LEVEL_PIXELS = 2**37
 #: Most pixels in one stored tile or strip: what one decode allocates (2^26: 256 MiB as RGBA).
 MAX_TILE_PIXELS = 2**26
+#: Largest absolute coordinate, in level-0 pixels, a read or an annotation may use
+#: (2^40): far beyond any slide, far below the 2^63 at which an int64 would wrap.
+MAX_COORDINATE = 2**40
 #: A resolution tag in pixels per inch at or below this is a screen or print DPI
 #: (72, 96, 300, 600 ...), not a microscope's: 1200 dpi is 21 um/px.
 MAX_PRINT_DPI = 1200.0

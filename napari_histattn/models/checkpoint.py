@@ -52,7 +52,7 @@ from napari_histattn.models.safetensors_file import (
     refuse_pickle_bytes,
     refuse_pickle_name,
 )
-from napari_histattn.models.validation import check_preprocessing
+from napari_histattn.models.validation import check_metadata, check_sidecar
 
 __all__ = [
     "FORMAT_NAME",
@@ -285,36 +285,7 @@ def _metadata_from_header(path: Path, header: dict[str, Any]) -> dict[str, Any]:
             f"checkpoint format version {version!r} is newer than this napari-histattn "
             f"understands ({FORMAT_VERSION}); update napari-histattn",
         )
-    for key in ("model_name", "model_config", "class_names", "preprocessing"):
-        if key not in metadata:
-            raise CheckpointError(path, f"metadata lacks {key!r}")
-    if not (
-        isinstance(metadata["model_name"], str)
-        and isinstance(metadata["model_config"], dict)
-        and isinstance(metadata["class_names"], list)
-        and isinstance(metadata["preprocessing"], dict)
-    ):
-        raise CheckpointError(
-            path,
-            "metadata model_name must be a string, model_config and preprocessing objects "
-            "and class_names a list",
-        )
-    names = metadata["class_names"]
-    if (
-        not names
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) < len(names)
-    ):
-        raise CheckpointError(
-            path, f"class_names must be distinct non-empty strings, got {str(names)[:80]}"
-        )
-    check_preprocessing(path, metadata["preprocessing"])
-    calibration = metadata.get("calibration") or {}
-    t = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
-    if not (isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < float("inf")):
-        raise CheckpointError(
-            path, f"calibration must hold a positive temperature, got {calibration!r}"
-        )
+    check_metadata(path, metadata)
     return metadata
 
 
@@ -345,41 +316,6 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     head, size = read_head(target)
     refuse_pickle_bytes(target, head)
     return _metadata_from_header(target, parse_header(target, head, size))
-
-
-#: Fields of the sidecar that must say what the weights' own header says.
-_SIDECAR_FIELDS = ("model_name", "model_config", "class_names", "preprocessing", "calibration")
-
-
-def _check_sidecar(path: Path, digest: str, metadata: dict[str, Any]) -> str | None:
-    """Refuse a sidecar whose SHA-256 or description disagrees with the weights; return
-    a note when there is no SHA-256 to check the weights against (None when verified)."""
-    sidecar = sidecar_path(path)
-    if not sidecar.exists():
-        return f"no {sidecar.name} beside the weights: their SHA-256 cannot be checked"
-    try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(path, f"unreadable sidecar {sidecar.name}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(path, f"sidecar {sidecar.name} is not a JSON object")
-    recorded = data.get("sha256")
-    if recorded is not None and recorded != digest:
-        raise CheckpointError(
-            path,
-            f"SHA-256 {digest} differs from {recorded} recorded in {sidecar.name}: the weights "
-            "file was modified, truncated or replaced",
-        )
-    differ = [k for k in _SIDECAR_FIELDS if k in data and data[k] != metadata.get(k)]
-    if differ:
-        raise CheckpointError(
-            path,
-            f"{sidecar.name} disagrees with the weights' own metadata on {', '.join(differ)}: "
-            "one of the two files was edited or belongs to another model",
-        )
-    if recorded is None:
-        return f"{sidecar.name} records no SHA-256: the weights cannot be checked"
-    return None
 
 
 def _check_state_dict(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
@@ -448,7 +384,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "auto") -> L
     except OSError as exc:
         raise CheckpointError(target, f"cannot read: {exc}") from exc
     digest = hashlib.sha256(data).hexdigest()
-    integrity = _check_sidecar(target, digest, metadata)
+    integrity = check_sidecar(target, sidecar_path(target), digest, metadata)
     try:
         tensors = safetensors_load(data)
     except (SafetensorError, ValueError, RuntimeError) as exc:

@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from napari_histattn.errors import HistattnError
+from napari_histattn.models.validation import INT_FIELDS
 
 if TYPE_CHECKING:
     from napari_histattn.models.tasks import Task
@@ -288,7 +289,7 @@ def tile_params(patch_size: DefaultFn) -> tuple[FamilyParam, FamilyParam]:
             "tile side in model pixels",
             patch_size,
             1,
-            2048,  # as a checkpoint's patch_size (models/validation.py)
+            INT_FIELDS["patch_size"][1],  # as a checkpoint's patch_size
             # A model trained on cached features takes its encoder's tiles.
             applies=lambda config, pre: pre.get("input") != "features",
         ),

@@ -1,4 +1,4 @@
-"""Checks on a checkpoint's ``preprocessing`` before anything trusts it.
+"""Checks on a checkpoint's metadata, ``preprocessing`` and sidecar before anything trusts them.
 
 A checkpoint is a file from somewhere else. Its ``preprocessing`` says how big a
 patch is, how many patches to sample, what to normalise by; a hostile or damaged
@@ -11,6 +11,7 @@ zero. Fields it does not know are left alone (a family may add its own).
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 from napari_histattn.errors import CheckpointError
 from napari_histattn.units import MPP_RANGE
 
-__all__ = ["INT_FIELDS", "check_preprocessing"]
+__all__ = ["INT_FIELDS", "check_metadata", "check_preprocessing", "check_sidecar"]
 
 #: Integer fields and their inclusive bounds. A patch of 4000 px or 10^9 patches
 #: would allocate gigabytes per slide; no model here needs more than these.
@@ -113,3 +114,79 @@ def check_preprocessing(path: Path, pre: Mapping[str, Any]) -> None:
     for key in ("input",):
         if pre.get(key) is not None and not isinstance(pre[key], str):
             raise refuse(key, "a string")
+
+
+def check_metadata(path: Path, metadata: dict[str, Any]) -> None:
+    """Refuse checkpoint metadata whose fields are missing or of the wrong type, whose
+    class names are not distinct strings, whose preprocessing or temperature is bad.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the field.
+    """
+    for key in ("model_name", "model_config", "class_names", "preprocessing"):
+        if key not in metadata:
+            raise CheckpointError(path, f"metadata lacks {key!r}")
+    if not (
+        isinstance(metadata["model_name"], str)
+        and isinstance(metadata["model_config"], dict)
+        and isinstance(metadata["class_names"], list)
+        and isinstance(metadata["preprocessing"], dict)
+    ):
+        raise CheckpointError(
+            path,
+            "metadata model_name must be a string, model_config and preprocessing objects "
+            "and class_names a list",
+        )
+    names = metadata["class_names"]
+    if (
+        not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) < len(names)
+    ):
+        raise CheckpointError(
+            path, f"class_names must be distinct non-empty strings, got {str(names)[:80]}"
+        )
+    check_preprocessing(path, metadata["preprocessing"])
+    calibration = metadata.get("calibration") or {}
+    t = calibration.get("temperature", 1.0) if isinstance(calibration, dict) else None
+    if not (isinstance(t, int | float) and not isinstance(t, bool) and 0 < t < float("inf")):
+        raise CheckpointError(
+            path, f"calibration must hold a positive temperature, got {calibration!r}"
+        )
+
+
+#: Fields of the sidecar that must say what the weights' own header says.
+_SIDECAR_FIELDS = ("model_name", "model_config", "class_names", "preprocessing", "calibration")
+
+
+def check_sidecar(path: Path, sidecar: Path, digest: str, metadata: dict[str, Any]) -> str | None:
+    """Refuse a sidecar whose SHA-256 or description disagrees with the weights (``path``,
+    whose SHA-256 is ``digest``); return a note when there is no SHA-256 to check the
+    weights against (None when verified)."""
+    if not sidecar.exists():
+        return f"no {sidecar.name} beside the weights: their SHA-256 cannot be checked"
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(path, f"unreadable sidecar {sidecar.name}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(path, f"sidecar {sidecar.name} is not a JSON object")
+    recorded = data.get("sha256")
+    if recorded is not None and recorded != digest:
+        raise CheckpointError(
+            path,
+            f"SHA-256 {digest} differs from {recorded} recorded in {sidecar.name}: the weights "
+            "file was modified, truncated or replaced",
+        )
+    differ = [k for k in _SIDECAR_FIELDS if k in data and data[k] != metadata.get(k)]
+    if differ:
+        raise CheckpointError(
+            path,
+            f"{sidecar.name} disagrees with the weights' own metadata on {', '.join(differ)}: "
+            "one of the two files was edited or belongs to another model",
+        )
+    if recorded is None:
+        return f"{sidecar.name} records no SHA-256: the weights cannot be checked"
+    return None

@@ -365,12 +365,9 @@ def all_mutants(
     for path in seeds["slide"]:
         mutants += binary_mutants(path, "slide", out, per_seed, rng)
     checkpoint = seeds["checkpoint"][0]
+    (out / "classify").mkdir(exist_ok=True)
     for path in seeds["classify"]:
-        for m in (
-            binary_mutants(path, "classify", out / "classify", max(1, per_seed // 2), rng)
-            if (out / "classify").mkdir(exist_ok=True) is None
-            else []
-        ):
+        for m in binary_mutants(path, "classify", out / "classify", max(1, per_seed // 2), rng):
             m.extra["checkpoint"] = str(checkpoint)
             mutants.append(m)
     mutants += checkpoint_mutants(checkpoint, out, per_seed, rng)

@@ -20,6 +20,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from napari_histattn import __version__
 from napari_histattn.atomic import atomic_write, describe_os_error
 from napari_histattn.errors import AnnotationError, ExportError
+from napari_histattn.io.limits import MAX_COORDINATE
 from napari_histattn.io.regions import Region, make_valid_polygonal
 
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/napari-histattn")
@@ -301,8 +302,6 @@ MAX_FEATURES = 200_000
 MAX_VERTICES = 5_000_000
 #: A single polygon with more vertices than this is not repaired (make_valid is slow on it).
 MAX_REPAIR_VERTICES = 200_000
-#: Largest absolute coordinate (level-0 pixels): far beyond any slide.
-MAX_COORDINATE = 2.0**40
 
 # Coordinates nest this deep: MultiPolygon > polygon > ring > position > number.
 _DEPTH = {"Polygon": 3, "MultiPolygon": 4}

@@ -412,10 +412,6 @@ class AttentionMIL(nn.Module):
         branches = int(self.pooling.n_branches)
         return self.head(features.repeat(1, 1, branches) if branches > 1 else features)
 
-    def top_k_margin(self, instance_logits: Tensor, mask: Tensor | None) -> Tensor:
-        """``(B,)`` mean of the ``decision_k`` largest instance margins ``l1 - l0``."""
-        return top_k_margin(instance_logits, mask, self.decision_k)
-
     def decide(
         self,
         bag_logits: Tensor,
@@ -432,7 +428,7 @@ class AttentionMIL(nn.Module):
             if t == 0.0:
                 return bag_logits
             return bag_logits - torch.tensor([0.0, t], device=bag_logits.device)
-        top = self.top_k_margin(instance_logits, mask)
+        top = top_k_margin(instance_logits, mask, self.decision_k)
         if rule == "max":
             top = torch.maximum(top, bag_logits[:, 1] - bag_logits[:, 0])
         return torch.stack([torch.zeros_like(top), top - t], dim=1)
@@ -445,7 +441,7 @@ class AttentionMIL(nn.Module):
         bag = self.bag_loss_weight * nn.functional.cross_entropy(logits, targets)
         if output.instance_logits is not None:
             if self.topk_loss_weight > 0 and self.n_classes == 2 and self.bag_loss_weight > 0:
-                margin = self.top_k_margin(output.instance_logits, output.mask)
+                margin = top_k_margin(output.instance_logits, output.mask, self.decision_k)
                 bag = bag + self.topk_loss_weight * nn.functional.binary_cross_entropy_with_logits(
                     margin, targets.float()
                 )
