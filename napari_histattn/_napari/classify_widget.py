@@ -104,6 +104,15 @@ class ClassifyWidget(Container):
                 raise HistattnError(f"a model family declares parameter {name!r}, a widget name")
             setattr(self, name, control)
         self.batch_size = SpinBox(label="batch size", min=1, max=65536)
+        # A slide much coarser than the model's resolution is refused (the model would
+        # see blurred pixels); this is the explicit "yes, I mean it".
+        self.allow_upsample = CheckBox(
+            text="allow upsampling a coarse slide (blurred input)", value=False
+        )
+        self.allow_upsample.tooltip = (
+            "A slide more than 4x coarser than the model's resolution is refused; "
+            "tick to run it anyway (the result says how much it was upsampled)."
+        )
         self._family: Any = None
         self._param_names: set[str] = set()
         self.classify_button = PushButton(label="", text="Classify")
@@ -128,6 +137,7 @@ class ClassifyWidget(Container):
                 self.device,
                 *self.params.values(),
                 self.batch_size,
+                self.allow_upsample,
                 self.classify_button,
                 self.cancel_button,
                 self.progress,
@@ -272,6 +282,7 @@ class ClassifyWidget(Container):
             batch_size=int(self.batch_size.value),
             params=self.param_values(),
             threshold=float(self.threshold.value),
+            allow_upsample=bool(self.allow_upsample.value),
             cancel=run.cancel,
         )
         run.worker = worker

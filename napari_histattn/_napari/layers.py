@@ -82,7 +82,16 @@ def slide_layer_data(slide: Slide, *, name: str | None = None) -> LayerDataTuple
         has one small level. ``kwargs["scale"]`` is in micrometres per pixel
         (y, x) when the slide's mpp is known, else ``(1, 1)`` with
         ``metadata["mpp_source"] == "none"``.
+
+    Raises
+    ------
+    SlideError
+        The slide has no overview (``Slide.overview_problem``): napari would decode
+        every level-0 pixel to draw it zoomed out.
     """
+    problem = getattr(slide, "overview_problem", None)
+    if problem:  # napari would read every level-0 pixel to draw the zoomed-out view
+        raise SlideError(slide.path, problem)
     levels = list(slide.levels)
     mpp_xy = slide.mpp_xy
     scale_yx = tuple(float(v) for v in frames.napari_scale_yx(mpp_xy, 1.0))

@@ -20,6 +20,7 @@ from napari_histattn.errors import HistattnError
 _SUBCOMMANDS = (
     "demo",
     "synth",
+    "pyramid",
     "features",
     "pretrain",
     "train",

@@ -135,8 +135,8 @@ def target_downsample(
                 f"{slide.path}: the slide has {float(np.mean(slide.mpp_xy)):.3g} um/px and the "
                 f"model works at {target_mpp:g} um/px: the slide would be upsampled "
                 f"{1 / ds:.1f}x, beyond {max_upsample:g}x, and the model would see blurred "
-                "pixels; allow it explicitly (histattn classify --allow-upsample, or "
-                "allow_upsample=True) if that is intended"
+                "pixels; allow it explicitly (the widget's 'allow upsampling' box, "
+                "histattn classify --allow-upsample, or allow_upsample=True) if that is intended"
             )
         return ds
     if level is not None:

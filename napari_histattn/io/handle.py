@@ -34,7 +34,13 @@ from napari_histattn.io.levels import (
     LevelArray,
     plan_computed_levels,
 )
-from napari_histattn.io.limits import MAX_COORDINATE, MPP_RANGE, check_geometry, plausible_mpp
+from napari_histattn.io.limits import (
+    MAX_COORDINATE,
+    MPP_RANGE,
+    check_geometry,
+    overview_problem,
+    plausible_mpp,
+)
 from napari_histattn.io.openslide_backend import _OpenSlideBackend
 
 #: Largest region (width x height) one read may ask for.
@@ -182,7 +188,15 @@ class Slide:
 
         self._n_stored = len(backend.level_dimensions)
         base = self._n_stored - 1
-        sizes = plan_computed_levels(backend.level_dimensions[base])
+        #: Why this slide has no overview (its smallest level is too large to compute
+        #: one from), or ``None``; :meth:`thumbnail` and the napari layer refuse with it.
+        self.overview_problem = overview_problem(path, backend.level_dimensions[base], base + 1)
+        if self.overview_problem is not None:
+            self.metadata_warnings.append(self.overview_problem)
+            logger.warning("%s", self.overview_problem)
+        sizes = (
+            [] if self.overview_problem else plan_computed_levels(backend.level_dimensions[base])
+        )
         self._computed = ComputedLevels(
             self._read_checked,
             base,
@@ -450,6 +464,12 @@ class Slide:
         Read whole from the smallest level that is at least ``max_size`` on its
         longer side (or the smallest level when that one would be too large to
         read whole), then resized with a box filter.
+
+        Raises
+        ------
+        SlideError
+            The slide has no level small enough to read whole and is too large to
+            compute one from (:attr:`overview_problem` says so and how to fix it).
         """
         from PIL import Image
 
@@ -461,6 +481,8 @@ class Slide:
         if w * h > 4096 * 4096:
             k = order[0]
             w, h = self.level_dimensions[k]
+        if self.overview_problem is not None and w * h > 4096 * 4096:
+            raise SlideError(self.path, self.overview_problem)
         rgb = self.read_level_region(k, (0, 0), (w, h))
         scale = max_size / max(w, h)
         if scale >= 1:

@@ -25,6 +25,7 @@ __all__ = [
     "MAX_COORDINATE",
     "MAX_LEVEL_PIXELS",
     "MAX_LEVEL_SIDE",
+    "MAX_OVERVIEW_SOURCE_PIXELS",
     "MAX_TILE_PIXELS",
     "MPP_RANGE",
     "check_geometry",
@@ -38,6 +39,11 @@ MAX_LEVEL_SIDE = 2**20
 MAX_LEVEL_PIXELS = 2**37
 #: Most pixels in one stored tile or strip: what one decode allocates (2^26: 256 MiB as RGBA).
 MAX_TILE_PIXELS = 2**26
+#: Most pixels an overview (thumbnail, zoomed-out view, tissue mask) may be computed
+#: from when the smallest stored level is large, as in an image without a pyramid
+#: (2^30, about 32,768^2: a minute or so of decoding on a laptop). Beyond it the
+#: slide refuses to build one and says how to write a pyramid.
+MAX_OVERVIEW_SOURCE_PIXELS = 2**30
 #: Largest absolute coordinate, in level-0 pixels, a read or an annotation may use
 #: (2^40): far beyond any slide, far below the 2^63 at which an int64 would wrap.
 MAX_COORDINATE = 2**40
@@ -110,3 +116,22 @@ def print_resolution(px_per_unit: float, um_per_unit: float) -> bool:
     if px_per_unit <= 0 or um_per_unit <= 0:
         return False
     return px_per_unit * 25400.0 / um_per_unit <= MAX_PRINT_DPI * (1 + 1e-9)
+
+
+def overview_problem(
+    path: Path, smallest_level_wh: tuple[int, int], stored_levels: int
+) -> str | None:
+    """Why no overview is computed for a slide whose smallest stored level is this large.
+
+    ``None`` when the level is within :data:`MAX_OVERVIEW_SOURCE_PIXELS`.
+    """
+    w, h = smallest_level_wh
+    if w * h <= MAX_OVERVIEW_SOURCE_PIXELS:
+        return None
+    size = f"{w:,} x {h:,} px"
+    what = f"has no pyramid and is {size}" if stored_levels == 1 else f"has no level below {size}"
+    return (
+        f"{path.name} {what}: an overview would decode all {w * h / 1e9:.1f} G px "
+        f"(more than the {MAX_OVERVIEW_SOURCE_PIXELS / 1e9:.1f} G px limit). Write a pyramidal "
+        f"copy once with: histattn pyramid {path.name} {path.stem}.pyramid.tiff"
+    )

@@ -625,3 +625,29 @@ def test_a_result_built_on_undecodable_tiles_shows_a_warning_not_a_diagnosis(
     assert text.startswith("NOT A DIAGNOSIS: 20.0% of what the model read")
     assert "predicted:" not in text
     assert "12 undecodable tile(s)" in text
+
+
+def test_a_coarse_slide_is_refused_until_upsampling_is_allowed_in_the_widget(
+    make_napari_viewer, qtbot, tmp_path: Path, tiny_checkpoints: dict[str, Path], errors
+) -> None:
+    import tifffile
+
+    # 10 um/px against the A-MIL checkpoint's 2 um/px: a 5x upsampling, beyond the 4x limit.
+    rgb = np.full((256, 256, 3), 245, np.uint8)
+    rgb[40:220, 40:220] = (190, 110, 170)  # a pink block of "tissue"
+    coarse = tmp_path / "coarse.tif"
+    tifffile.imwrite(coarse, rgb, resolution=(1e3, 1e3), resolutionunit="CENTIMETER")
+    viewer, widget = _open(make_napari_viewer, coarse, tiny_checkpoints["amil"])
+    widget.device.value = "cpu"
+    assert not widget.allow_upsample.value  # refused unless asked
+    _classify(qtbot, widget)
+    assert len(errors) == 1 and "upsampled 5.0x, beyond 4x" in errors[0]
+    assert "'allow upsampling' box" in errors[0]  # the message names the control
+    assert widget.result_layers() == {}
+
+    widget.allow_upsample.value = True
+    _classify(qtbot, widget)
+    assert len(errors) == 1
+    result = widget.result_for(viewer.layers[0])
+    assert any("upsampled 5.0x" in m for m in result.provenance["messages"])
+    assert "heatmap" in widget.result_layers()

@@ -28,8 +28,79 @@ def tiff_bytes(
     description: str | None = None,
     samples: int = 3,
     bits: int = 8,
+    every_tile: bool = False,
 ) -> bytes:
-    """One IFD, one tile (or strip) holding ``data`` (default: a tiny deflate stream)."""
+    """One IFD, one tile (or strip) holding ``data`` (default: a tiny deflate stream).
+
+    With ``every_tile``, the image has all the tiles its size needs and every one
+    of them points at the same ``data``: a small file that decodes to a huge image.
+    """
+    if every_tile and tile is not None:
+        n = -(-width // tile[0]) * -(-height // tile[1])
+        probe = _tiff_bytes(
+            width,
+            height,
+            tile,
+            rows_per_strip,
+            data,
+            compression,
+            resolution,
+            resolution_unit,
+            description,
+            samples,
+            bits,
+            n,
+            0,
+        )
+        payload_len = len(zlib.compress(b"\0" * 64) if data is None else data)
+        data_at = len(probe) - payload_len
+        return _tiff_bytes(
+            width,
+            height,
+            tile,
+            rows_per_strip,
+            data,
+            compression,
+            resolution,
+            resolution_unit,
+            description,
+            samples,
+            bits,
+            n,
+            data_at,
+        )
+    return _tiff_bytes(
+        width,
+        height,
+        tile,
+        rows_per_strip,
+        data,
+        compression,
+        resolution,
+        resolution_unit,
+        description,
+        samples,
+        bits,
+        1,
+        None,
+    )
+
+
+def _tiff_bytes(
+    width: int,
+    height: int,
+    tile: tuple[int, int] | None,
+    rows_per_strip: int | None,
+    data: bytes | None,
+    compression: int,
+    resolution: float | None,
+    resolution_unit: int,
+    description: str | None,
+    samples: int,
+    bits: int,
+    n_tiles: int,
+    data_at_known: int | None,
+) -> bytes:
     payload = zlib.compress(b"\0" * 64) if data is None else data
     entries: list[tuple[int, int, list[int] | bytes]] = []
     extra = bytearray()
@@ -56,8 +127,11 @@ def tiff_bytes(
     if tile is not None:
         entries.append((322, LONG, [tile[0]]))
         entries.append((323, LONG, [tile[1]]))
-        entries.append((324, LONG, [0]))  # tile offset, patched below
-        entries.append((325, LONG, [len(payload)]))
+        if data_at_known is None:
+            entries.append((324, LONG, [0]))  # tile offset, patched below
+        else:
+            entries.append((324, LONG, [data_at_known] * n_tiles))
+        entries.append((325, LONG, [len(payload)] * n_tiles))
     entries.sort(key=lambda e: e[0])
     ifd_size = 2 + 12 * len(entries) + 4
     extra_at = base + ifd_size
@@ -74,7 +148,7 @@ def tiff_bytes(
             fmt = "H" if kind == SHORT else "I"
             raw = struct.pack(f"<{len(values)}{fmt}", *values)  # type: ignore[arg-type]
             count = len(values)  # type: ignore[arg-type]
-        if tag in (273, 324):
+        if tag in (273, 324) and data_at_known is None:
             offsets.append(len(ifd) + 8)
         if len(raw) <= 4:
             value = raw.ljust(4, b"\0")

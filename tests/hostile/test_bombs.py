@@ -112,3 +112,54 @@ raise SystemExit(main(["batch", {str(folder)!r}, "--checkpoint", {str(ckpt)!r},
     with open(out / "batch_summary.csv", newline="") as handle:
         rows = {Path(r["slide"]).name: r["status"] for r in csv.DictReader(handle)}
     assert rows == {"a-good.tiff": "ok", "b-bomb.tiff": "failed", "c-good.tiff": "ok"}
+
+
+OVERVIEW = """
+from napari_histattn.errors import SlideError
+from napari_histattn.io.slide import open_slide
+from napari_histattn._napari.layers import slide_layer_data
+
+with open_slide({path!r}) as slide:
+    assert slide.read_level_region(0, (0, 0), (600, 600))[300, 300, 0] == 255
+    assert not slide.failed_tiles
+    for what, call in [("thumbnail", slide.thumbnail), ("layer", lambda: slide_layer_data(slide))]:
+        try:
+            call()
+        except SlideError as exc:
+            print("REFUSED", what, exc)
+        else:
+            print("BUILT", what)
+"""
+
+
+def test_a_huge_flat_image_never_decodes_all_of_level_0_for_an_overview(tmp_path: Path) -> None:
+    import zlib
+
+    # 130 KB on disk, 65536^2 px of white when decoded: 16,384 tiles that all point
+    # at one deflate stream. An overview would decode 4.3 G px (minutes, on main
+    # before this check: the computed levels recursed down to level 0).
+    white = zlib.compress(b"\xff" * 512 * 512 * 3, 9)
+    path = write_tiff(
+        tmp_path / "flat.tiff", 65536, 65536, tile=(512, 512), data=white, every_tile=True
+    )
+    assert path.stat().st_size < 300_000
+    ended = run_isolated(OVERVIEW.format(path=str(path)), memory_gib=3.0, timeout_s=60)
+    assert not ended.crashed, ended.stderr[-2000:]
+    assert ended.stdout.count("REFUSED") == 2, ended.stdout
+    assert "has no pyramid and is 65,536 x 65,536 px" in ended.stdout
+    assert "histattn pyramid flat.tiff flat.pyramid.tiff" in ended.stdout  # the way out
+
+
+def test_a_flat_image_within_the_overview_limit_gets_computed_levels(tmp_path: Path) -> None:
+    import zlib
+
+    grey = zlib.compress(b"\x80" * 512 * 512 * 3, 9)
+    path = write_tiff(
+        tmp_path / "flat.tiff", 6144, 6144, tile=(512, 512), data=grey, every_tile=True
+    )
+    with open_slide(path) as slide:
+        assert slide.overview_problem is None
+        assert slide.computed_levels
+        thumb = slide.thumbnail(512)
+    assert thumb.shape == (512, 512, 3)
+    assert int(thumb[256, 256, 0]) == 128

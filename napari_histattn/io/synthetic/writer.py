@@ -20,6 +20,7 @@ import math
 import os
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,16 @@ from napari_histattn.io.synthetic.render import BACKGROUND
 from napari_histattn.io.synthetic.scene import Scene
 from napari_histattn.io.synthetic.tiles import (
     SyntheticWriteError,
-    _encode,
     _init_worker,
-    _LevelBuilder,
     _render_row,
     _render_row_in_worker,
     _RowJob,
-    _TiffThread,
+)
+from napari_histattn.io.tiff_writer import (
+    LevelBuilder,
+    TiffStreamWriter,
+    encode_jpeg,
+    level_builders,
 )
 from napari_histattn.progress import Progress
 
@@ -191,18 +195,28 @@ def write_synthetic_slide(
     t = tile_size
     n_rows = math.ceil(scene.height / t)
     n_cols = math.ceil(scene.width / t)
-    glass = _encode(np.full((t, t, 3), BACKGROUND, np.uint8), jpeg_quality)
+    glass = encode_jpeg(np.full((t, t, 3), BACKGROUND, np.uint8), jpeg_quality)
     tmp_tiff = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    builders: list[_LevelBuilder] = []
-    writer: _TiffThread | None = None
+    builders: list[LevelBuilder] = []
+    writer: TiffStreamWriter | None = None
     pool: Any = None
     ok = False
     try:
-        for d in dims[1:]:
-            builders.append(_LevelBuilder(d, t, level_factor, jpeg_quality, path.parent, glass))
-        for a, b in zip(builders, builders[1:], strict=False):
-            a.next = b
-        writer = _TiffThread(tmp_tiff, dims, t, scene, jpeg_quality)
+        builders = level_builders(
+            dims,
+            t,
+            level_factor,
+            partial(encode_jpeg, quality=jpeg_quality),
+            path.parent,
+            BACKGROUND,
+        )
+        desc = (
+            f"napari-histattn synthetic H&E slide|seed={scene.seed}|mpp={scene.mpp}"
+            f"|lesions={len(scene.lesions)}|lookalikes={len(scene.lookalikes)}"
+        )
+        writer = TiffStreamWriter(
+            tmp_tiff, dims, t, mpp_xy=(scene.mpp, scene.mpp), description=desc
+        )
         job = _RowJob(scene, t, level_factor, jpeg_quality, n_cols)
         if workers > 1:
             import multiprocessing
