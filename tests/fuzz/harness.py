@@ -303,7 +303,8 @@ def campaign(mutants: list[Mutant], **runner: Any) -> tuple[Counter[str], list[d
 
 
 def make_seeds(folder: Path, shared_slides: Path | None = None) -> dict[str, list[Path]]:
-    """Seed files by job kind: a generated pyramid TIFF and a PNG, a tiny A-MIL
+    """Seed files by job kind: a generated pyramid TIFF, an OME-TIFF with a SubIFD
+    pyramid and a 12-bit-in-16 grey TIFF (both read by tifffile), a PNG, a tiny A-MIL
     checkpoint, the generator's GeoJSON, and the team's small real slides if present."""
     import numpy as np
     from PIL import Image
@@ -325,6 +326,7 @@ def make_seeds(folder: Path, shared_slides: Path | None = None) -> dict[str, lis
     )
     png = folder / "patch.png"
     Image.fromarray(np.full((64, 96, 3), (200, 120, 160), dtype=np.uint8)).save(png)
+    ome, grey16 = _tifffile_seeds(folder, made.path)
     model = create_model("amil", encoder="tiny", patch_size=16, embed_dim=8, attn_dim=6)
     ckpt = save(
         folder / "tiny_amil",
@@ -338,7 +340,7 @@ def make_seeds(folder: Path, shared_slides: Path | None = None) -> dict[str, lis
         },
     )
     seeds: dict[str, list[Path]] = {
-        "slide": [made.path, png],
+        "slide": [made.path, png, ome, grey16],
         "classify": [made.path],
         "checkpoint": [ckpt],
         "geojson": [made.path.with_suffix(".geojson")],
@@ -351,6 +353,32 @@ def make_seeds(folder: Path, shared_slides: Path | None = None) -> dict[str, lis
         if (shared_slides / "boxes_0.dcm").is_file() and (shared_slides / "boxes_1.dcm").is_file():
             seeds["dicom"] = [shared_slides / "boxes_0.dcm", shared_slides / "boxes_1.dcm"]
     return seeds
+
+
+def _tifffile_seeds(folder: Path, synthetic: Path) -> tuple[Path, Path]:
+    """An OME-TIFF (tiled, JPEG, two SubIFD levels, physical size) cut from the
+    generated slide, and a tiled 12-bit-in-16 grey TIFF: the tifffile backend's paths."""
+    import numpy as np
+    import tifffile
+
+    from napari_histattn.io.slide import open_slide
+
+    with open_slide(synthetic) as slide:
+        rgb = slide.read_level_region(0, (0, 0), (512, 512))
+    ome = folder / "cut.ome.tiff"
+    with tifffile.TiffWriter(ome, ome=True) as tw:
+        options = {"tile": (128, 128), "compression": "jpeg", "photometric": "rgb"}
+        tw.write(
+            rgb,
+            subifds=1,
+            metadata={"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "axes": "YXS"},
+            **options,
+        )
+        tw.write(rgb[::2, ::2], subfiletype=1, **options)
+    grey16 = folder / "grey12.tif"
+    ramp = (np.arange(256 * 256, dtype=np.uint32).reshape(256, 256) % 4096).astype(np.uint16)
+    tifffile.imwrite(grey16, ramp, tile=(128, 128), compression="zlib")
+    return ome, grey16
 
 
 def all_mutants(
