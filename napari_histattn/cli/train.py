@@ -172,6 +172,30 @@ def register(subparsers: Any) -> None:
         "then on slide labels plus annotations (stage 2); 0 trains both at once",
     )
     parser.add_argument(
+        "--stage1-tiles",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --stage1-epochs: stage 1 trains the encoder as a patch classifier on at "
+        "most N annotated tiles per class per slide each epoch (balanced: a small lesion "
+        "counts as much as the tissue around it); default: stage 1 trains the bag model on "
+        "every annotated tile",
+    )
+    parser.add_argument(
+        "--instance-class",
+        action="append",
+        metavar="NAME",
+        help="with --stage1-tiles: an annotation class that is its own class in stage 1 "
+        "(lookalike, tissue) beside the slide classes; --annotation-class NAME=CLASS still "
+        "says what it counts as in stage 2 (repeatable)",
+    )
+    parser.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="pixel training: stage 2 learns attention and head only, the encoder stays as "
+        "stage 1 (or --encoder-weights) left it",
+    )
+    parser.add_argument(
         "--decision",
         choices=("auto", "attention", "top_k", "max"),
         default="auto",
@@ -235,6 +259,9 @@ def run(args: argparse.Namespace) -> int:
         encoder_weights=args.encoder_weights,
         annotations=_annotations(args),
         stage1_epochs=args.stage1_epochs,
+        stage1_per_class=_stage1_tiles(args),
+        instance_classes=tuple(args.instance_class or ()),
+        freeze_encoder=args.freeze_encoder,
     )
     summary = data.summary()
     print(
@@ -297,6 +324,23 @@ def _annotations(args: argparse.Namespace) -> Any:
             raise HistattnError(f"--annotation-class expects NAME=CLASS, got {item!r}")
         class_map[name.strip()] = target.strip() or None
     return Annotations(args.annotations, class_map, args.annotation_rule, args.annotation_overlap)
+
+
+def _stage1_tiles(args: argparse.Namespace) -> int | None:
+    """``--stage1-tiles`` checked against the options it needs."""
+    if args.freeze_encoder and args.features is not None:
+        raise HistattnError("--freeze-encoder trains on pixels; cached --features have no encoder")
+    if args.stage1_tiles is None:
+        if args.instance_class:
+            raise HistattnError("--instance-class needs --stage1-tiles N")
+        return None
+    if args.stage1_tiles < 1:
+        raise HistattnError(f"--stage1-tiles must be >= 1, got {args.stage1_tiles}")
+    if not args.stage1_epochs:
+        raise HistattnError("--stage1-tiles needs --stage1-epochs N (N > 0)")
+    if args.features is not None:
+        raise HistattnError("--stage1-tiles trains the encoder, so it reads pixels, not --features")
+    return int(args.stage1_tiles)
 
 
 def _fmt(value: float) -> str:

@@ -60,6 +60,7 @@ from napari_histattn.training.loop import (
     train,
 )
 from napari_histattn.training.metrics import classification_metrics
+from napari_histattn.training.patch_stage import freeze_encoder, stage1_on_patches
 from napari_histattn.training.reports import write_evaluation, write_sample_csv
 from napari_histattn.training.splits import cross_validation_folds
 from napari_histattn.training.transforms import Augment, Normalise
@@ -120,6 +121,16 @@ class ExperimentSpec:
         With ``annotations``: epochs of stage 1 (the annotated tiles of the annotated
         training slides, annotation loss only) before stage 2 (every slide, slide labels
         plus the annotation loss); 0 trains both at once.
+    stage1_per_class
+        Stage 1 as a patch classifier (:mod:`~napari_histattn.training.patch_stage`):
+        at most this many annotated tiles per class per slide each epoch, the encoder
+        and a head over the slide classes plus ``instance_classes``; None: stage 1
+        trains the bag model on every annotated tile.
+    instance_classes
+        Annotation classes that are their own class in a patch-classifier stage 1
+        (look-alikes, normal tissue), beside the slide classes.
+    freeze_encoder
+        Stage 2 trains attention and head only (pixel training).
     """
 
     model_name: str
@@ -135,6 +146,9 @@ class ExperimentSpec:
     encoder_weights: Path | None = None
     annotations: Annotations | None = None
     stage1_epochs: int = 0
+    stage1_per_class: int | None = None
+    instance_classes: tuple[str, ...] = ()
+    freeze_encoder: bool = False
 
 
 @dataclass
@@ -274,12 +288,22 @@ def cross_validate(
         if isinstance(train_set, FeatureBagDataset):
             model.set_feature_scaling(*train_set.feature_stats())  # type: ignore[operator]
         warm = warm_start(model, spec.encoder_weights)
-        if labeller is not None and spec.stage1_epochs > 0:
+        stage1_record: dict[str, Any] = {}
+        if labeller is not None and spec.stage1_epochs > 0 and spec.stage1_per_class:
+            stage1_record = yield from _staged(
+                stage1_on_patches(
+                    model, train_data, labeller, spec, config, normalise, class_names
+                ),
+                f"{stage} stage 1",
+            )
+        elif labeller is not None and spec.stage1_epochs > 0:
             annotated = _stage1_set(train_data, labeller, spec, config, probe, normalise)
             yield from _staged(
                 stage1(model, task, annotated, spec, class_names), f"{stage} stage 1"
             )
             _close(annotated)
+        if spec.freeze_encoder:
+            stage1_record["frozen_encoder_parameters"] = freeze_encoder(model)
         result = yield from _staged(
             train(
                 model,
@@ -306,6 +330,7 @@ def cross_validate(
                         if labeller is not None
                         else {}
                     ),
+                    **({"stage1": stage1_record} if stage1_record else {}),
                 },
                 val_groups=_groups_if_meaningful(val_data),
             ),

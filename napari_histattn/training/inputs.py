@@ -63,6 +63,7 @@ def make_dataset(
     seed: int,
     labeller: InstanceLabeller | None = None,
     labelled_only: bool = False,
+    per_class: int | None = None,
 ) -> Dataset[Any]:
     """The dataset for a family's ``input`` kind over ``data``.
 
@@ -80,6 +81,7 @@ def make_dataset(
             seed,
             labeller=labeller,
             labelled_only=labelled_only,
+            per_class=per_class,
         )
     if input_kind == "sampling":
         return SlideSamplingDataset(data, _slide_options(options, config), normalise)

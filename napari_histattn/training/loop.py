@@ -219,6 +219,17 @@ def _make_scheduler(
     return None
 
 
+def train_mode(model: nn.Module) -> None:
+    """``model.train()``, except normalisation layers whose parameters are all frozen:
+    they stay in eval mode, so a frozen encoder's running statistics do not drift."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters(recurse=False))
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+
+
 def train(
     model: nn.Module,
     task: Task,
@@ -289,7 +300,7 @@ def train(
     stale = 0
     stopped_early = False
     for epoch in range(config.epochs):
-        model.train()
+        train_mode(model)
         _set_epoch(train_set, epoch)
         order = torch.randperm(n_train, generator=sample_generator(config.seed, epoch, -1))
         loss_sum, seen = 0.0, 0

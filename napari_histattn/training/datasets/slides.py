@@ -100,9 +100,12 @@ class _SlideCache:
 class SlideBagDataset(Dataset[tuple[Tensor, int]]):
     """A-MIL bags: the tissue patches of each slide (or image), read lazily.
 
-    Item ``(patches (n, 3, p, p), label)``. The tile plan of a slide is computed
-    once (tissue on a thumbnail); each access reads only the patches of the bag
-    (at most ``options.max_patches``). Augmentation is drawn per patch.
+    Item ``(patches (n, 3, p, p), label)``, or ``(patches, instance_labels (n,),
+    label)`` with a ``labeller``. The tile plan of a slide is computed once (tissue
+    on a thumbnail); each access reads only the patches of the bag (at most
+    ``options.max_patches``). Augmentation is drawn per patch. ``labelled_only``
+    keeps the annotated tiles only, and ``per_class`` at most that many of each
+    annotation class (stage 1 of two-stage training).
     """
 
     def __init__(
@@ -114,11 +117,15 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
         seed: int = 0,
         labeller: InstanceLabeller | None = None,
         labelled_only: bool = False,
+        per_class: int | None = None,
     ) -> None:
+        if per_class is not None and (not labelled_only or per_class < 1):
+            raise ValueError("per_class needs labelled_only and must be >= 1")
         self.data = data
         self.options = options
         self.labeller = labeller
         self.labelled_only = labelled_only
+        self.per_class = per_class
         self.augment = None if augment is None else replace(augment, per_instance=True)
         self.normalise = normalise or Normalise()
         self.seed = seed
@@ -155,9 +162,12 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
     def chosen_tiles(self, index: int) -> np.ndarray:
         """Indices into :meth:`plan` of the patches item ``index`` reads now."""
         if self.labelled_only:
-            chosen = np.flatnonzero(self.tile_labels(index) >= 0)
+            labels = self.tile_labels(index)
+            chosen = np.flatnonzero(labels >= 0)
             if chosen.size == 0:
                 raise DatasetError(self.data.samples[index].path, "no annotated tiles")
+            if self.per_class is not None:
+                return self._balanced(index, chosen, labels[chosen])
             cap = self.options.max_patches
             if cap is not None and chosen.size > cap:
                 gen = sample_generator(self.seed, self.epoch, index)
@@ -171,6 +181,20 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
             return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
         gen = sample_generator(self.seed, self.epoch, index)
         return np.sort(torch.randperm(n, generator=gen)[:cap].numpy())
+
+    def _balanced(self, index: int, chosen: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """At most ``per_class`` of the annotated tiles of each class, drawn anew each epoch:
+        a small lesion's tiles are then as frequent as those of the tissue around it."""
+        gen = sample_generator(self.seed, self.epoch, index)
+        picks = []
+        for value in np.unique(labels):
+            members = chosen[labels == value]
+            assert self.per_class is not None
+            if members.size > self.per_class:
+                order = torch.randperm(members.size, generator=gen)[: self.per_class].numpy()
+                members = members[order]
+            picks.append(members)
+        return np.sort(np.concatenate(picks))
 
     def raw(self, index: int) -> Tensor:
         """The bag's patches without augmentation or normalisation."""
