@@ -14,7 +14,12 @@ size, a negative three look-alikes. Recipes (the supervision each row uses):
 - ``ssl+ann10``: as ``ssl``, plus the generator's ground-truth GeoJSON as annotations
   on 10 % of the training slides (``--annotations``, two-stage);
 - ``ssl+ann100``: annotations on every training slide (the generator's patch labels:
-  the upper bound).
+  the upper bound);
+- ``px+...``: the same on pixels, the encoder learning from the SSL weights;
+- ``patch+ssl+ann10`` / ``patch+ssl+ann100``: the demo recipe through ``histattn train``:
+  stage 1 a patch classifier over lesion, look-alike and tissue outlines on balanced
+  tiles (``--stage1-tiles 128 --instance-class lookalike --instance-class tissue``),
+  stage 2 on slide labels with the encoder frozen (``--freeze-encoder``).
 
 Every recipe trains with the max-instance loss (``topk_loss_weight=0.5``) and lets
 validation choose the decision rule and the temperature. Results go to
@@ -51,6 +56,9 @@ RECIPES = {
     "px+ssl": "encoder trained from SSL weights, slide labels only",
     "px+ssl+ann10": "encoder trained from SSL weights, slide labels + annotations on 10 % of slides",
     "px+ssl+ann100": "encoder trained from SSL weights, annotations on every slide (upper bound)",
+    "patch+ssl+ann10": "stage 1 a patch classifier on balanced tiles of lesion, look-alike and "
+    "tissue outlines on 10 % of slides, stage 2 slide labels with the encoder frozen",
+    "patch+ssl+ann100": "as above with outlines on every slide (upper bound)",
     "demo": "`sample_data/demo_amil`: encoder trained on generator patch labels in 3 classes",
 }
 
@@ -139,6 +147,9 @@ def run_recipe(
             shutil.copy(slide.with_suffix(".geojson"), notes / f"{slide.stem}.geojson")
         argv += ["--annotations", str(notes), "--stage1-epochs", "5" if feats else "10"]
         argv += ["--annotation-class", "tissue=benign", "--annotation-class", "lookalike=benign"]
+        if name.startswith("patch"):  # the demo recipe's stage 1 and frozen stage 2
+            argv += ["--stage1-tiles", "128", "--freeze-encoder"]
+            argv += ["--instance-class", "lookalike", "--instance-class", "tissue"]
     started = time.perf_counter()
     assert cli(argv) == 0
     train_s = time.perf_counter() - started
@@ -254,7 +265,7 @@ def main() -> int:
             rows.append({"recipe": recipe, "annotated_slides": 0, "train_s": float("nan")})
             rows[-1] |= score(ckpt, test, None)
             continue
-        pixels = recipe.startswith("px")
+        pixels = recipe.startswith(("px", "patch"))
         ssl = args.ssl_weights if "ssl" in recipe else None
         source = None if pixels else feats["ssl" if ssl else "none"]
         every = [s for s, _ in train]

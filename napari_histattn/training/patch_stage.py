@@ -36,7 +36,7 @@ from napari_histattn.training.datasets.annotated import Annotations, InstanceLab
 from napari_histattn.training.datasets.layouts import LabelledData
 from napari_histattn.training.evaluation import _close
 from napari_histattn.training.inputs import family_of, make_dataset
-from napari_histattn.training.loop import TrainConfig
+from napari_histattn.training.loop import TrainConfig, train_mode
 from napari_histattn.training.transforms import Normalise
 
 __all__ = [
@@ -119,7 +119,7 @@ def patch_stage1(
     losses: list[float] = []
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
-        model.train()
+        train_mode(model)
         counts[:], hits[:], losses = 0, 0, []
         order = torch.randperm(n, generator=order_gen).tolist()
         for start in range(0, n, batch):
