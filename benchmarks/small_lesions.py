@@ -59,6 +59,8 @@ RECIPES = {
     "patch+ssl+ann10": "stage 1 a patch classifier on balanced tiles of lesion, look-alike and "
     "tissue outlines on 10 % of slides, stage 2 slide labels with the encoder frozen",
     "patch+ssl+ann100": "as above with outlines on every slide (upper bound)",
+    "patch1+ssl+ann10": "as patch+ssl+ann10 with 32-px tiles at 1.0 um/px (the demo's tile scale)",
+    "patch1+ssl+ann100": "as patch+ssl+ann100 with 32-px tiles at 1.0 um/px",
     "demo": "`sample_data/demo_amil`: encoder trained on generator patch labels in 3 classes",
 }
 
@@ -133,7 +135,10 @@ def run_recipe(
     if feats is not None:
         argv += ["--features", str(feats), "--epochs", "40", "--lr", "2e-3"]
     else:
-        argv += ["--target-mpp", "0.5", "--max-patches", "512", "--epochs", "30", "--lr", "1e-3"]
+        mpp = "1.0" if name.startswith("patch1") else "0.5"  # 32 px at 1 um/px: 4.6x the area
+        argv += ["--target-mpp", mpp, "--max-patches", "512", "--epochs", "30", "--lr", "1e-3"]
+        if name.startswith("patch1"):
+            argv += ["--config", "patch_size=32"]
         if ssl is not None:
             argv += ["--encoder-weights", str(ssl)]
     argv += ["--model", "amil", "--folds", "1", "--val-fraction", "0.25"]

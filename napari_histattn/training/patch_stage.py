@@ -92,13 +92,15 @@ def patch_stage1(
     settings: TrainConfig,
     epochs: int,
     chunk_size: int | None = 256,
+    tile_batch: int = 64,
 ) -> Generator[Progress, None, dict[str, Any]]:
     """Train ``model.encoder`` plus a linear head over ``classes`` on ``dataset``'s
     annotated tiles, then start ``model``'s slide head from it.
 
     ``dataset`` yields ``(patches, instance_labels, slide_label)`` (a
-    ``SlideBagDataset`` with ``labelled_only`` and ``per_class``). Yields progress
-    per batch of slides; returns what stage 1 did (for the checkpoint's training
+    ``SlideBagDataset`` with ``labelled_only`` and ``per_class``); the tiles of
+    ``settings.batch_size`` slides at a time are shuffled and learnt ``tile_batch``
+    at a time. Yields progress per group of slides; returns what stage 1 did (for the checkpoint's training
     record): classes, tiles per class in the last epoch, loss and balanced
     accuracy of the last epoch.
     """
@@ -113,7 +115,7 @@ def patch_stage1(
     order_gen = torch.Generator().manual_seed(settings.seed)
     n, batch = len(dataset), max(1, settings.batch_size)
     steps = epochs * -(-n // batch)
-    done = 0
+    done = optimiser_steps = 0
     counts = np.zeros(len(classes), np.int64)
     hits = np.zeros(len(classes), np.int64)
     losses: list[float] = []
@@ -126,22 +128,31 @@ def patch_stage1(
             items = [dataset[i] for i in order[start : start + batch]]
             patches = torch.cat([item[0] for item in items])
             labels = torch.cat([item[1] for item in items])
-            keep = labels >= 0
-            logits = head(model.encode(patches[keep], chunk_size=chunk_size))
-            target = labels[keep].to(device)
-            loss = nn.functional.cross_entropy(logits, target)
-            if not torch.isfinite(loss):
-                raise HistattnError(f"stage 1 diverged at epoch {epoch + 1} (loss {loss.item()})")
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss))
-            y = target.cpu().numpy()
-            counts += np.bincount(y, minlength=len(classes))
-            hits += np.bincount(y[logits.argmax(1).cpu().numpy() == y], minlength=len(classes))
+            keep = torch.nonzero(labels >= 0).flatten()
+            # The tiles of these slides, shuffled, in minibatches: one optimiser step per
+            # ``tile_batch`` tiles, not per group of slides (a few steps an epoch stalls).
+            keep = keep[torch.randperm(keep.numel(), generator=order_gen)]
+            for first in range(0, keep.numel(), tile_batch):
+                pick = keep[first : first + tile_batch]
+                logits = head(model.encode(patches[pick], chunk_size=chunk_size))
+                target = labels[pick].to(device)
+                loss = nn.functional.cross_entropy(logits, target)
+                if not torch.isfinite(loss):
+                    raise HistattnError(
+                        f"stage 1 diverged at epoch {epoch + 1} (loss {loss.item()})"
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                losses.append(float(loss.detach()))
+                y = target.cpu().numpy()
+                counts += np.bincount(y, minlength=len(classes))
+                right = y[logits.argmax(1).cpu().numpy() == y]
+                hits += np.bincount(right, minlength=len(classes))
+                optimiser_steps += 1
             done += 1
             yield Progress(
-                "stage 1 patches", done, steps, f"epoch {epoch + 1}/{epochs} loss {loss:.3f}"
+                "stage 1 patches", done, steps, f"epoch {epoch + 1}/{epochs} loss {losses[-1]:.3f}"
             )
     _start_head(model, head, targets)
     seen = counts > 0
@@ -149,6 +160,8 @@ def patch_stage1(
         "form": "patches",
         "classes": list(classes),
         "epochs": epochs,
+        "optimiser_steps": optimiser_steps,
+        "tile_batch": tile_batch,
         "tiles_last_epoch": {c: int(k) for c, k in zip(classes, counts, strict=True)},
         "loss_last_epoch": float(np.mean(losses)) if losses else float("nan"),
         "balanced_accuracy_last_epoch": float(np.mean(hits[seen] / counts[seen]))

@@ -181,3 +181,39 @@ def test_cli_checks_the_patch_stage_options(cohort, tmp_path, capsys) -> None:
     feats = ["--features", str(tmp_path), "--freeze-encoder"]
     assert main([*base, *feats]) == 1
     assert "no encoder" in capsys.readouterr().err
+
+
+class _ColourTiles:
+    """Three 'slides' of 60 tiles whose class is their colour (red, green, blue)."""
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.items = []
+        for _ in range(3):
+            labels = torch.arange(60) % 3
+            patches = 0.1 * torch.rand(60, 3, 16, 16, generator=gen)
+            patches[torch.arange(60), labels] += 0.8
+            self.items.append((patches, labels, 0))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+        return self.items[index]
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+def test_the_patch_classifier_learns_in_tile_minibatches() -> None:
+    from napari_histattn.training.patch_stage import patch_stage1
+
+    model = create_model("amil", n_classes=2, **AMIL)
+    settings = TrainConfig(epochs=1, batch_size=2, lr=1e-2, device="cpu", seed=0)
+    record = run_to_completion(
+        patch_stage1(model, _ColourTiles(), ["r", "g", "b"], [0, 1, 0], settings, 6, tile_batch=16)
+    )
+    # 2 slide groups an epoch (120 and 60 tiles): 8 + 4 steps of at most 16 tiles.
+    assert record["optimiser_steps"] == 6 * (8 + 4)
+    assert record["tiles_last_epoch"] == {"r": 60, "g": 60, "b": 60}
+    assert record["balanced_accuracy_last_epoch"] > 0.9
