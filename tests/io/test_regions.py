@@ -266,3 +266,33 @@ def test_project_classes_have_distinct_colours() -> None:
     names = ["lesion", "benign", "lookalike", "normal", DEFAULT_CLASS_NAME]
     colours = [class_colour(n) for n in names]
     assert len(set(colours)) == len(names), dict(zip(names, colours, strict=True))
+
+
+@pytest.mark.parametrize("rank_by", ["mass", "max", "mean"])
+@pytest.mark.parametrize("seed", range(6))
+def test_top_k_builds_only_what_can_rank_and_finds_the_same_regions(
+    rank_by: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from napari_histattn.io import regions as regions_module
+
+    rng = np.random.default_rng(seed)
+    # Speckle: hundreds of components; quantised values make ties in every key.
+    attention = np.round(rng.random((60, 80)) * 8) / 8
+    attention[rng.random((60, 80)) < 0.1] = np.nan
+    geometry = GridGeometry(origin_l0_xy=(3, 5), stride_l0_xy=(16, 16), patch_l0_wh=(16, 16))
+    kwargs = dict(normalise=False, min_cells=2, rank_by=rank_by, mpp_xy=(0.5, 0.5))
+    every = threshold_regions(attention, geometry, 0.6, **kwargs)
+    assert len(every) > 50
+    built: list[int] = []
+    real = regions_module._cells_polygon
+
+    def counting(rows, cols, grid):  # type: ignore[no-untyped-def]
+        built.append(len(rows))
+        return real(rows, cols, grid)
+
+    monkeypatch.setattr(regions_module, "_cells_polygon", counting)
+    top = threshold_regions(attention, geometry, 0.6, top_k=5, **kwargs)
+    assert len(built) == 5  # the five that rank first, not the hundreds
+    expected = top_k_regions(every, 5, by=rank_by)
+    assert [r.polygon.wkt for r in top] == [r.polygon.wkt for r in expected]
+    assert [r.measurements for r in top] == [r.measurements for r in expected]
