@@ -56,6 +56,7 @@ RECIPES = {
     "px+ssl": "encoder trained from SSL weights, slide labels only",
     "px+ssl+ann10": "encoder trained from SSL weights, slide labels + annotations on 10 % of slides",
     "px+ssl+ann100": "encoder trained from SSL weights, annotations on every slide (upper bound)",
+    "px1+ssl": "encoder trained from SSL weights, slide labels only, 32-px tiles at 1.0 um/px",
     "patch+ssl+ann10": "stage 1 a patch classifier on balanced tiles of lesion, look-alike and "
     "tissue outlines on 10 % of slides, stage 2 slide labels with the encoder frozen",
     "patch+ssl+ann100": "as above with outlines on every slide (upper bound)",
@@ -135,9 +136,10 @@ def run_recipe(
     if feats is not None:
         argv += ["--features", str(feats), "--epochs", "40", "--lr", "2e-3"]
     else:
-        mpp = "1.0" if name.startswith("patch1") else "0.5"  # 32 px at 1 um/px: 4.6x the area
+        coarse = name.startswith(("patch1", "px1"))  # 32 px at 1 um/px: 5.2x the area
+        mpp = "1.0" if coarse else "0.5"
         argv += ["--target-mpp", mpp, "--max-patches", "512", "--epochs", "30", "--lr", "1e-3"]
-        if name.startswith("patch1"):
+        if coarse:
             argv += ["--config", "patch_size=32"]
         if ssl is not None:
             argv += ["--encoder-weights", str(ssl)]
