@@ -130,21 +130,17 @@ def _cells_polygon(
     """
     pw = geometry.patch_l0_wh[0] / geometry.stride_l0_xy[0]
     ph = geometry.patch_l0_wh[1] / geometry.stride_l0_xy[1]
-    boxes: list[Polygon] = []
     order = np.lexsort((cols, rows))
-    rows, cols = rows[order], cols[order]
+    rows, cols = rows[order].astype(np.float64), cols[order].astype(np.float64)
     if pw >= 1.0:
         # Consecutive cells of a row touch or overlap: merge them into one box first.
-        start = 0
-        for i in range(1, len(rows) + 1):
-            if i == len(rows) or rows[i] != rows[start] or cols[i] != cols[i - 1] + 1:
-                r, c0, c1 = int(rows[start]), int(cols[start]), int(cols[i - 1])
-                boxes.append(box(c0, r, c1 + pw, r + ph))
-                start = i
+        starts = np.ones(len(rows), dtype=bool)
+        starts[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1] + 1)
+        first = np.flatnonzero(starts)
+        last = np.append(first[1:], len(rows)) - 1
+        boxes = shapely.box(cols[first], rows[first], cols[last] + pw, rows[first] + ph)
     else:
-        boxes = [
-            box(int(c), int(r), int(c) + pw, int(r) + ph) for r, c in zip(rows, cols, strict=True)
-        ]
+        boxes = shapely.box(cols, rows, cols + pw, rows + ph)
     # simplify(0) drops the collinear vertices where the merged boxes met.
     union = shapely.union_all(boxes).simplify(0.0)
     sx, sy = geometry.stride_l0_xy
@@ -354,10 +350,15 @@ class _ComponentScores:
             empty = np.zeros(0)
             return cls(empty.astype(np.int64), empty, empty)
         index = np.arange(1, count + 1)
+        inside = labels > 0  # only the thresholded cells: a fraction of the map
+        cell_labels, cell_values = labels[inside], values[inside]
         return cls(
-            np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.int64),
-            np.asarray(ndimage.sum_labels(values, labels, index), dtype=np.float64),
-            np.asarray(ndimage.maximum(values, labels, index), dtype=np.float64),
+            np.bincount(cell_labels, minlength=count + 1)[1:].astype(np.int64),
+            np.asarray(
+                np.bincount(cell_labels, weights=cell_values, minlength=count + 1)[1:],
+                dtype=np.float64,
+            ),
+            np.asarray(ndimage.maximum(cell_values, cell_labels, index), dtype=np.float64),
         )
 
 
