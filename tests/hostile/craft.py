@@ -35,55 +35,14 @@ def tiff_bytes(
     With ``every_tile``, the image has all the tiles its size needs and every one
     of them points at the same ``data``: a small file that decodes to a huge image.
     """
+    layout = (width, height, tile, rows_per_strip, data, compression, resolution,
+              resolution_unit, description, samples, bits)  # fmt: skip
     if every_tile and tile is not None:
         n = -(-width // tile[0]) * -(-height // tile[1])
-        probe = _tiff_bytes(
-            width,
-            height,
-            tile,
-            rows_per_strip,
-            data,
-            compression,
-            resolution,
-            resolution_unit,
-            description,
-            samples,
-            bits,
-            n,
-            0,
-        )
         payload_len = len(zlib.compress(b"\0" * 64) if data is None else data)
-        data_at = len(probe) - payload_len
-        return _tiff_bytes(
-            width,
-            height,
-            tile,
-            rows_per_strip,
-            data,
-            compression,
-            resolution,
-            resolution_unit,
-            description,
-            samples,
-            bits,
-            n,
-            data_at,
-        )
-    return _tiff_bytes(
-        width,
-        height,
-        tile,
-        rows_per_strip,
-        data,
-        compression,
-        resolution,
-        resolution_unit,
-        description,
-        samples,
-        bits,
-        1,
-        None,
-    )
+        data_at = len(_tiff_bytes(*layout, n, 0)) - payload_len  # offsets do not change sizes
+        return _tiff_bytes(*layout, n, data_at)
+    return _tiff_bytes(*layout, 1, None)
 
 
 def _tiff_bytes(
