@@ -11,7 +11,6 @@ Errors reach the user as napari notifications and the widget returns to idle.
 
 from __future__ import annotations
 
-import textwrap
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ from napari_histattn._napari.family_params import (
     param_controls,
     param_values,
 )
+from napari_histattn._napari.result_panel import panel_text
 from napari_histattn.errors import HistattnError
 from napari_histattn.progress import Progress
 
@@ -67,10 +67,6 @@ class _Shown:
     source: rl.SlideSource
     layers: dict[str, Any] = field(default_factory=dict)
     regions: list[Any] = field(default_factory=list)
-
-
-#: Characters per line of the result panel.
-RESULT_WIDTH = 64
 
 
 class ClassifyWidget(Container):
@@ -398,23 +394,7 @@ class ClassifyWidget(Container):
             self._on_progress(run, run.last)  # show the chosen layer's own progress
 
     def _show_result(self, shown: _Shown) -> None:
-        result = shown.result
-        reason = result.unreliable_reason()
-        if reason is None:
-            lines = [f"predicted: {result.predicted_class}"]
-        else:  # a warning instead of a diagnosis
-            lines = [f"NOT A DIAGNOSIS: {reason}", "model output (not usable):"]
-        evidence = result.evidence_lines()
-        lines += [line for line in evidence if line.startswith("warning:")]  # before the numbers
-        lines += [f"  {name}: {p:.3f}" for name, p in result.probabilities_by_class.items()]
-        lines += [line for line in evidence if not line.startswith("warning:")]
-        lines.append(f"({result.provenance.get('device')}, seed {result.provenance.get('seed')})")
-        if shown.regions:
-            lines.append("attended regions (green outlines):")
-            lines += [f"  {line}" for line in rl.region_lines(shown.regions)]
-        # Wrapped: one long line widened the dock until the canvas had no room left.
-        wrapped = [textwrap.fill(line, RESULT_WIDTH, subsequent_indent="    ") for line in lines]
-        self.result_label.value = "\n".join(wrapped)
+        self.result_label.value = panel_text(shown.result, shown.regions)
         self.export_button.enabled = True
 
     # ------------------------------------------------------------------ result layers

@@ -10,7 +10,6 @@ Open slides with :func:`napari_histattn.io.slide.open_slide`.
 from __future__ import annotations
 
 import contextlib
-import math
 import operator
 import os
 import threading
@@ -36,8 +35,8 @@ from napari_histattn.io.levels import (
 )
 from napari_histattn.io.limits import (
     MAX_COORDINATE,
-    MPP_RANGE,
     check_geometry,
+    check_mpp_override,
     overview_problem,
     plausible_mpp,
 )
@@ -62,24 +61,6 @@ class InvalidRegionError(SlideError, ValueError):
         self.path = Path(path)
         self.cause = cause
         Exception.__init__(self, f"Invalid read from slide {str(self.path)!r}: {cause}")
-
-
-def _check_mpp_override(mpp_override: tuple[float, float]) -> tuple[float, float]:
-    try:
-        mx, my = (float(v) for v in mpp_override)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"mpp_override must be two positive numbers, got {mpp_override!r}"
-        ) from None
-    if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
-        raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
-    low, high = MPP_RANGE
-    if not (low <= mx <= high and low <= my <= high):
-        raise ValueError(
-            f"mpp_override must be within {low:g}-{high:g} um/px (a microscope's), "
-            f"got {mpp_override!r}"
-        )
-    return mx, my
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:
@@ -149,7 +130,7 @@ class Slide:
         computed_cache_bytes: int = 128 * 2**20,
     ) -> None:
         if mpp_override is not None:
-            mx, my = _check_mpp_override(mpp_override)
+            mx, my = check_mpp_override(mpp_override)
         self.path = path
         self._closed = False
         self._lock = threading.Lock()

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_TILE_PIXELS",
     "MPP_RANGE",
     "check_geometry",
+    "check_mpp_override",
     "plausible_mpp",
     "print_resolution",
 ]
@@ -135,3 +136,22 @@ def overview_problem(
         f"(more than the {MAX_OVERVIEW_SOURCE_PIXELS / 1e9:.1f} G px limit). Write a pyramidal "
         f"copy once with: histattn pyramid {path.name} {path.stem}.pyramid.tiff"
     )
+
+
+def check_mpp_override(mpp_override: tuple[float, float]) -> tuple[float, float]:
+    """A user's ``(mpp_x, mpp_y)``: two finite numbers within :data:`MPP_RANGE`, else ValueError."""
+    try:
+        mx, my = (float(v) for v in mpp_override)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"mpp_override must be two positive numbers, got {mpp_override!r}"
+        ) from None
+    if not (math.isfinite(mx) and math.isfinite(my) and mx > 0 and my > 0):
+        raise ValueError(f"mpp_override must be two positive numbers, got {mpp_override!r}")
+    low, high = MPP_RANGE
+    if not (low <= mx <= high and low <= my <= high):
+        raise ValueError(
+            f"mpp_override must be within {low:g}-{high:g} um/px (a microscope's), "
+            f"got {mpp_override!r}"
+        )
+    return mx, my

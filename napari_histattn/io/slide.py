@@ -49,9 +49,9 @@ from napari_histattn.io.handle import (
     InvalidRegionError,
     Slide,
     SlideReadWarning,
-    _check_mpp_override,
 )
 from napari_histattn.io.levels import DEFAULT_MAX_ARRAY_BYTES
+from napari_histattn.io.limits import check_mpp_override
 from napari_histattn.io.openslide_backend import _OpenSlideBackend
 from napari_histattn.io.pillow_backend import _PillowBackend
 from napari_histattn.io.tiff_backend import _TiffBackend
@@ -136,7 +136,7 @@ def open_slide(
         chained as ``__cause__``).
     """
     if mpp_override is not None:
-        _check_mpp_override(mpp_override)
+        check_mpp_override(mpp_override)
     if backend is not None and backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS} or None, got {backend!r}")
     p = Path(path)

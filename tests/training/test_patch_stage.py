@@ -107,16 +107,24 @@ def test_balanced_tiles_cap_every_annotation_class_and_change_each_epoch(cohort)
     bags.close()
 
 
-def test_two_stage_on_patches_records_stage1_and_freezes_the_encoder(cohort, tmp_path) -> None:
-    labels, notes = cohort
-    data = read_slide_csv(labels)
-    spec = ExperimentSpec(
+def _spec(max_patches: int, **options: object) -> ExperimentSpec:
+    """One fold of two-epoch A-MIL training on pixels (seed 4), with ``options``."""
+    return ExperimentSpec(
         model_name="amil",
         model_config=AMIL,
         train=TrainConfig(epochs=2, batch_size=2, lr=1e-2, device="cpu", seed=4, patience=None),
         folds=1,
         val_fraction=0.34,
-        slide_options=SlideOptions(target_mpp=1.0, max_patches=64),
+        slide_options=SlideOptions(target_mpp=1.0, max_patches=max_patches),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_two_stage_on_patches_records_stage1_and_freezes_the_encoder(cohort, tmp_path) -> None:
+    labels, notes = cohort
+    data = read_slide_csv(labels)
+    spec = _spec(
+        64,
         annotations=Annotations(notes, MAP),
         stage1_epochs=2,
         stage1_per_class=8,
@@ -138,15 +146,7 @@ def test_two_stage_on_patches_records_stage1_and_freezes_the_encoder(cohort, tmp
 def test_a_frozen_encoder_does_not_learn_in_stage_2(cohort, tmp_path) -> None:
     labels, _ = cohort
     data = read_slide_csv(labels)
-    spec = ExperimentSpec(
-        model_name="amil",
-        model_config=AMIL,
-        train=TrainConfig(epochs=2, batch_size=2, lr=1e-2, device="cpu", seed=4, patience=None),
-        folds=1,
-        val_fraction=0.34,
-        slide_options=SlideOptions(target_mpp=1.0, max_patches=32),
-        freeze_encoder=True,
-    )
+    spec = _spec(32, freeze_encoder=True)
     result = run_to_completion(cross_validate(data, spec, tmp_path / "run"))
     trained = load(result.folds[0].checkpoint_path).model
     seed_everything(4)  # the experiment builds its model right after seeding
