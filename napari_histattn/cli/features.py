@@ -7,7 +7,8 @@
 file is complete and was made from the same slide file, encoder, weights and
 tissue settings is skipped; a torn file is redone. A slide that fails is
 reported and skipped; ``DIR/features_summary.csv`` lists every slide, and the
-exit code is 1 if any failed.
+exit code is 1 if any failed. Slides run on Dask as ``histattn batch`` runs them
+(``--dask-workers``, ``--scheduler``; each worker makes the encoder once).
 
 Pretrained weights are local files: ``--encoder uni --encoder-weights
 ~/models/uni/pytorch_model.safetensors`` (``histattn encoders`` lists the
@@ -21,10 +22,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_histattn.cli._parsers import add_command
+from napari_histattn.cli._parsers import add_cluster_arguments, add_command, cluster_spec
 
 
 def register(subparsers: Any) -> None:
@@ -50,6 +52,7 @@ def register(subparsers: Any) -> None:
         "--workers", type=int, default=2, metavar="N", help="reader threads (default 2)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_cluster_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -62,61 +65,131 @@ def _slides(source: Path) -> list[Path]:
     return list_slides(source)
 
 
-def run(args: argparse.Namespace) -> int:
-    from napari_histattn.cli.batch import _write_rows
-    from napari_histattn.errors import HistattnError
-    from napari_histattn.inference.features import extract_features, feature_path, is_done
-    from napari_histattn.io.slide import open_slide
+@dataclass(frozen=True)
+class FeatureJob:
+    """One slide of ``histattn features``: what a worker needs (plain, picklable values)."""
+
+    slide: Path
+    target: Path
+    encoder: str
+    encoder_weights: Path | None
+    random_weights: bool
+    batch_size: int
+    device: str
+    reader_threads: int
+    progress: bool = False
+
+
+_ENCODERS: dict[tuple[str, str | None, bool], Any] = {}
+
+
+def _encoder(job: FeatureJob) -> Any:
+    """The job's encoder, made (and its weights read) once per process."""
     from napari_histattn.models.encoders import create_encoder
+
+    weights = None if job.encoder_weights is None else str(job.encoder_weights)
+    key = (job.encoder, weights, job.random_weights)
+    if key not in _ENCODERS:
+        pretrained = False if job.random_weights else None
+        _ENCODERS[key] = create_encoder(job.encoder, job.encoder_weights, pretrained=pretrained)
+    return _ENCODERS[key]
+
+
+def features_job(job: FeatureJob) -> dict[str, Any]:
+    """Encode one slide's tissue tiles into its feature file (a cohort task)."""
+    from napari_histattn.inference.cohort import worker_torch_threads
+    from napari_histattn.inference.features import extract_features, is_done
+    from napari_histattn.io.slide import open_slide
     from napari_histattn.progress import run_with_tqdm
+
+    worker_torch_threads()
+    started = time.perf_counter()
+    row: dict[str, Any] = {"slide": str(job.slide), "features": str(job.target)}
+    try:
+        encoder = _encoder(job)
+        with open_slide(job.slide) as slide:
+            if is_done(job.target, slide, encoder.describe()):
+                row.update(status="skipped (done)", n_tiles="", error="")
+            else:
+                made = run_with_tqdm(
+                    extract_features(
+                        slide,
+                        encoder,
+                        job.target,
+                        batch_size=job.batch_size,
+                        device=job.device,
+                        workers=job.reader_threads,
+                    ),
+                    disable=not job.progress,
+                )
+                row.update(status="ok", n_tiles=len(made), error="")
+    except Exception as exc:  # one bad slide must not stop the others
+        row.update(failed_features_row(job, exc))
+    row["seconds"] = f"{time.perf_counter() - started:.2f}"
+    return row
+
+
+def failed_features_row(job: FeatureJob, exc: BaseException) -> dict[str, Any]:
+    """The row of a slide whose encoding raised, or whose worker died."""
+    message = str(exc) or type(exc).__name__
+    return {
+        "slide": str(job.slide),
+        "features": str(job.target),
+        "status": "failed",
+        "n_tiles": "",
+        "error": f"{type(exc).__name__}: {message}",
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from napari_histattn.cli.batch import write_rows
+    from napari_histattn.errors import HistattnError
+    from napari_histattn.inference.cohort import run_cohort, runs_here
+    from napari_histattn.inference.features import feature_path
 
     if args.batch_size < 1 or args.workers < 1:
         raise HistattnError("--batch-size and --workers must be at least 1")
     if args.random_weights and args.encoder_weights is not None:
         raise HistattnError("give --encoder-weights or --random-weights, not both")
     slides = _slides(args.slides)
-    encoder = create_encoder(
-        args.encoder, args.encoder_weights, pretrained=False if args.random_weights else None
-    )
+    spec = cluster_spec(args)
+    tile_bars = runs_here(len(slides), spec) and not args.quiet  # a worker's bars go to its log
+    jobs = [
+        FeatureJob(
+            slide,
+            feature_path(args.out, slide),
+            args.encoder,
+            args.encoder_weights,
+            args.random_weights,
+            args.batch_size,
+            args.device,
+            args.workers,
+            tile_bars,
+        )
+        for slide in slides
+    ]
+    encoder = _encoder(jobs[0])  # missing weights fail here, before any slide
     if encoder.weights_path is None:
         print(f"note: encoder {args.encoder!r} has random weights", file=sys.stderr)
-    described = encoder.describe()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    failed = 0
-    for index, slide_path in enumerate(slides, 1):
-        target = feature_path(args.out, slide_path)
-        started = time.perf_counter()
-        row: dict[str, Any] = {"slide": str(slide_path), "features": str(target)}
-        try:
-            with open_slide(slide_path) as slide:
-                if is_done(target, slide, described):
-                    row.update(status="skipped (done)", n_tiles="", error="")
-                    print(
-                        f"[{index}/{len(slides)}] {slide_path.name}: already done", file=sys.stderr
-                    )
-                else:
-                    print(f"[{index}/{len(slides)}] {slide_path}", file=sys.stderr)
-                    made = run_with_tqdm(
-                        extract_features(
-                            slide,
-                            encoder,
-                            target,
-                            batch_size=args.batch_size,
-                            device=args.device,
-                            workers=args.workers,
-                        ),
-                        disable=args.quiet,
-                    )
-                    row.update(status="ok", n_tiles=len(made), error="")
-        except Exception as exc:  # one bad slide must not stop the others
-            failed += 1
-            message = str(exc) or type(exc).__name__
-            print(f"FAILED {slide_path}: {message}", file=sys.stderr)
-            row.update(status="failed", n_tiles="", error=f"{type(exc).__name__}: {message}")
-        row["seconds"] = f"{time.perf_counter() - started:.2f}"
-        rows.append(row)
+
+    def report(index: int, row: dict[str, Any]) -> None:
+        if row["status"] == "failed":
+            print(f"FAILED {row['slide']}: {row['error']}", file=sys.stderr)
+        else:
+            print(f"{Path(row['slide']).name}: {row['status']}", file=sys.stderr)
+
+    rows = run_cohort(
+        features_job,
+        jobs,
+        [job.target.stem for job in jobs],
+        spec,
+        failed_features_row,
+        on_row=report,
+        quiet=args.quiet,
+    )
+    failed = sum(row["status"] == "failed" for row in rows)
     summary = args.out / "features_summary.csv"
-    _write_rows(summary, rows, ["slide", "status", "n_tiles", "features", "seconds", "error"])
+    write_rows(summary, rows, ["slide", "status", "n_tiles", "features", "seconds", "error"])
     print(f"{len(slides) - failed} of {len(slides)} slides have features; summary in {summary}")
     return 1 if failed else 0
