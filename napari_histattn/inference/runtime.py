@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.errors import Cancelled, NoTissueError, SlideTooSmallError
+from napari_histattn.inference.lowres import LowResView
 from napari_histattn.inference.patches import (
     MAX_UPSAMPLE,
     SlidePatchSource,
@@ -30,10 +31,8 @@ from napari_histattn.inference.patches import (
     TissueSettings,
     plan_tiles,
     read_tiles,
-    read_view,
     rgb_to_tensor,
     target_downsample,
-    tissue_mask,
 )
 from napari_histattn.io.slide import Slide
 from napari_histattn.models.checkpoint import LoadedCheckpoint
@@ -222,24 +221,32 @@ class SlideRun:
         mean, std = self.mean_std()
         return rgb_to_tensor(pixels, mean, std).to(self.device)
 
-    def low_res_view(
-        self, downsample: float
-    ) -> tuple[NDArray[np.uint8], NDArray[np.bool_], torch.Tensor]:
-        """The whole slide at ``downsample``: RGB pixels, tissue mask, normalised ``(1, 3, h, w)``.
+    def low_res_tiles(self, downsample: float, tile: int, halo: int) -> LowResView:
+        """The slide at ``downsample`` as normalised tiles with ``halo`` px of context, only
+        where a thumbnail shows tissue (:class:`~napari_histattn.inference.lowres.LowResView`).
 
-        Raises :class:`NoTissueError` when the view shows no tissue.
+        Raises :class:`NoTissueError` when no tile is kept.
         """
-        view = read_view(self.slide, downsample)
-        settings = self.tissue_settings()
-        tissue = tissue_mask(view, settings.saturation_min, settings.brightness_max)
-        if not tissue.any():
-            h, w = view.shape[:2]
-            raise NoTissueError(
-                self.slide.path,
-                f"no tissue found on the {w}x{h} px view at downsample {downsample:g}",
-            )
-        mean, std = self.mean_std()
-        return view, tissue, rgb_to_tensor(view, mean, std).unsqueeze(0).to(self.device)
+        view = LowResView(
+            self.slide,
+            downsample,
+            tile=tile,
+            halo=halo,
+            tissue=self.tissue_settings(),
+            mean=self.mean_std()[0],
+            std=self.mean_std()[1],
+            device=self.device,
+        )
+        if len(view) == 0:
+            raise self.no_tissue(view.size_hw, downsample)
+        return view
+
+    def no_tissue(self, size_hw: tuple[int, int], downsample: float) -> NoTissueError:
+        """The error of a view of ``size_hw`` that shows no tissue."""
+        h, w = size_hw
+        return NoTissueError(
+            self.slide.path, f"no tissue found on the {w}x{h} px view at downsample {downsample:g}"
+        )
 
     def patch_source(self, downsample: float, size_wh: tuple[int, int]) -> SlidePatchSource:
         """Patches of the slide at ``downsample`` in a ``size_wh`` high-resolution frame."""

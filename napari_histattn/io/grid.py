@@ -245,19 +245,35 @@ def percentile_normalise(
         maximum are used instead; a constant map becomes all zeros, since it says
         nothing about where the model looked.
     """
-    if not 0.0 <= lo < hi <= 100.0:
-        raise ValueError(f"need 0 <= lo < hi <= 100, got lo={lo}, hi={hi}")
     values = np.asarray(attention, dtype=np.float64)
     out = np.full(values.shape, np.nan, dtype=np.float64)
     finite = np.isfinite(values)
-    if not finite.any():
-        return out
-    data = values[finite]
-    low, high = np.percentile(data, [lo, hi])
-    if not high > low:
-        low, high = float(data.min()), float(data.max())
-    if not high > low:
-        out[finite] = 0.0
-        return out
-    out[finite] = np.clip((data - low) / (high - low), 0.0, 1.0)
+    bounds = percentile_bounds(values[finite], lo, hi)
+    if bounds is not None:
+        out[finite] = scale_to_bounds(values[finite], bounds)
     return out
+
+
+def percentile_bounds(
+    finite_values: NDArray[np.float64], lo: float = 1.0, hi: float = 99.0
+) -> tuple[float, float] | None:
+    """The raw values :func:`percentile_normalise` maps to 0 and 1 (equal for a constant
+    map), from the finite values; None when there are none."""
+    if not 0.0 <= lo < hi <= 100.0:
+        raise ValueError(f"need 0 <= lo < hi <= 100, got lo={lo}, hi={hi}")
+    if finite_values.size == 0:
+        return None
+    low, high = (float(v) for v in np.percentile(finite_values, [lo, hi]))
+    if not high > low:
+        low, high = float(finite_values.min()), float(finite_values.max())
+    return low, high
+
+
+def scale_to_bounds(
+    values: NDArray[np.float64], bounds: tuple[float, float]
+) -> NDArray[np.float64]:
+    """Finite ``values`` scaled as :func:`percentile_normalise` scales them with ``bounds``."""
+    low, high = bounds
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.float64)
+    return np.asarray(np.clip((values - low) / (high - low), 0.0, 1.0), dtype=np.float64)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,9 +75,18 @@ def test_with_replacement_frequencies_follow_attention() -> None:
     assert ((freq - p).abs()[:4] <= 4.5 * stderr[:4]).all(), freq
 
 
-def test_without_replacement_is_sequential_sampling() -> None:
-    # Gumbel top-k: the first draw follows a; the second follows a renormalised
-    # without the first; every row's draws are distinct.
+@pytest.fixture(params=["gumbel", "cumulative"])
+def large_grid_path(request, monkeypatch) -> str:
+    """Both ways of sampling without replacement: Gumbel keys (small grids) and draw by
+    draw on the cumulative distribution (grids above SEQUENTIAL_ABOVE positions)."""
+    if request.param == "cumulative":
+        monkeypatch.setattr(ats_core, "SEQUENTIAL_ABOVE", 0)
+    return str(request.param)
+
+
+def test_without_replacement_is_sequential_sampling(large_grid_path) -> None:
+    # The first draw follows a; the second follows a renormalised without the first;
+    # every row's draws are distinct.
     p = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
     idx = ats_core.sample_without_replacement(
         p.expand(DRAWS, 4), 2, torch.Generator().manual_seed(2)
@@ -92,12 +102,33 @@ def test_without_replacement_is_sequential_sampling() -> None:
         assert ((freq - prob).abs() <= 4.5 * stderr).all(), (freq, prob)
 
 
+def test_the_cumulative_path_draws_third_and_later_draws_by_the_law(monkeypatch) -> None:
+    # Three draws of five positions (two of zero mass among them): the third draw's
+    # frequencies against the exact law of sequential sampling.
+    monkeypatch.setattr(ats_core, "SEQUENTIAL_ABOVE", 0)
+    p = torch.tensor([0.0, 0.35, 0.25, 0.0, 0.2, 0.15, 0.05], dtype=torch.float64)
+    idx = ats_core.sample_without_replacement(
+        p.expand(DRAWS, 7), 3, torch.Generator().manual_seed(7)
+    )
+    assert all(len(set(row)) == 3 for row in idx.tolist())
+    assert not np.isin(idx.numpy(), [0, 3]).any()
+    exact = torch.zeros(7, dtype=torch.float64)
+    for i in range(7):
+        for j in range(7):
+            for m in range(7):
+                if len({i, j, m}) == 3:
+                    exact[m] += p[i] * p[j] / (1 - p[i]) * p[m] / (1 - p[i] - p[j])
+    third = torch.bincount(idx[:, 2], minlength=7).double() / DRAWS
+    stderr = (exact * (1 - exact) / DRAWS).sqrt()
+    assert ((third - exact).abs() <= 4.5 * stderr + 1e-12).all(), (third, exact)
+
+
 def test_without_replacement_rejects_more_samples_than_positions() -> None:
     with pytest.raises(ValueError, match="cannot draw 6 distinct positions from a grid of 5"):
         ats_core.sample_without_replacement(torch.full((1, 5), 0.2), 6)
 
 
-def test_draws_after_the_mass_is_exhausted_estimate_exactly() -> None:
+def test_draws_after_the_mass_is_exhausted_estimate_exactly(large_grid_path) -> None:
     # Three positions carry all the mass; drawing 5 without replacement takes
     # them first, then zero-probability fillers. Each filler's own estimate is
     # the exact expectation (its own features get no weight), so the estimate

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from numpy.typing import NDArray
 
 from napari_histattn.errors import HistattnError
 from napari_histattn.models import ats_core
@@ -39,6 +40,32 @@ __all__ = ["ROUND_SEED_STRIDE", "run_on_slide"]
 ROUND_SEED_STRIDE = 1_000_003
 
 
+#: Side of the view tiles the attention network runs on (view pixels); each is read
+#: with the network's receptive half-width of context, so the scores are those of one
+#: pass over the whole view. Tests make it small.
+VIEW_TILE = 512
+
+
+def _view_scores(
+    ctx: Any, model: Any, view_ds: float
+) -> Generator[Progress, None, tuple[torch.Tensor, NDArray[np.bool_]]]:
+    """Attention logits over the view (``-inf`` on tiles without tissue) and its tissue."""
+    view = ctx.low_res_tiles(view_ds, VIEW_TILE, model.attention_net.halo)
+    h, w = view.size_hw
+    scores = torch.full((h, w), float("-inf"), dtype=torch.float32)
+    tissue = np.zeros((h, w), dtype=bool)
+    yield from ctx.report("low-res", 0, len(view))
+    for done, tile in enumerate(view, 1):
+        with torch.inference_mode():
+            crop_scores = ctx.call(partial(model.attention_scores, tile.crop), "the low-res view")
+        scores[tile.rows, tile.cols] = crop_scores[0][tile.inner].float().cpu()
+        tissue[tile.rows, tile.cols] = tile.tissue
+        yield from ctx.report("low-res", done, len(view))
+    if not tissue.any():
+        raise ctx.no_tissue((h, w), view_ds)
+    return scores.to(ctx.device), tissue
+
+
 def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     """Attention sampling over ``ctx``'s slide; see the module docstring."""
     model = ctx.model
@@ -51,26 +78,33 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     view_ds = ds * downscale
     ctx.check_size(max(patch_size, downscale) * ds, "one patch")
 
-    yield from ctx.report("low-res", 0, 1)
-    view, tissue, low_res = ctx.low_res_view(view_ds)
-    h, w = int(view.shape[0]), int(view.shape[1])
-    yield from ctx.report("low-res", 1, 1)
-
+    scores, tissue = yield from _view_scores(ctx, model, view_ds)
+    h, w = int(scores.shape[0]), int(scores.shape[1])
     k = h * w
-    replace = bool(getattr(model, "replace", False))
-    if not replace and n > k:
-        ctx.note(f"n_patches {n} exceeds the {k} grid positions; using {k}")
-        n = k
     with torch.inference_mode():
-        _, attention = ctx.call(partial(model.attention_map, low_res), "the low-res view")
+        attention = torch.softmax(scores.reshape(1, k), dim=1).reshape(1, h, w)
+    # Cells of tiles not computed (no tissue on the thumbnail) have attention 0; draws
+    # are made among the others only, so their cost follows the tissue, not the slide.
+    flat = attention.reshape(1, k)
+    computed = torch.nonzero(flat[0] > 0).squeeze(1) if bool((flat == 0).any()) else None
+    drawable = flat if computed is None else flat[:, computed]
+    k_drawn = k if computed is None else int(computed.numel())
+    replace = bool(getattr(model, "replace", False))
+    if not replace and n > k_drawn:
+        ctx.note(f"n_patches {n} exceeds the {k_drawn} grid positions; using {k_drawn}")
+        n = k_drawn
     rounds = max(1, int(ctx.param("rounds") or 1))
     source = ctx.patch_source(ds, (w * downscale, h * downscale))
+    # Round 0 draws from the run's seed itself (one round is the model's own forward).
+    generators = [
+        torch.Generator().manual_seed(int(ctx.seed) + ROUND_SEED_STRIDE * r) for r in range(rounds)
+    ]
+    with torch.inference_mode():
+        rounds_drawn = ats_core.sample_rounds(drawable, n, replace, generators)
     all_idx, all_att, all_feats, round_probs = [], [], [], []
-    for r in range(rounds):
-        # Round 0 draws from the run's seed itself (one round is the model's own forward).
-        generator = torch.Generator().manual_seed(int(ctx.seed) + ROUND_SEED_STRIDE * r)
-        with torch.inference_mode():
-            idx, sample_attention = ats_core.sample(attention.reshape(1, k), n, replace, generator)
+    for r, (idx, sample_attention) in enumerate(rounds_drawn):
+        if computed is not None:
+            idx = computed[idx]
         samples_rc = torch.stack([idx // w, idx % w], dim=-1)[0].cpu()
         # The same centres as AttentionSampling.forward: grid cells map onto the high-res frame.
         centers_hr_xy = grid_to_highres_xy(samples_rc, (h, w), (h * downscale, w * downscale))
@@ -81,7 +115,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             stop = min(start + bs, n)
             patches = source.patches(0, centers_hr_xy[start:stop], patch_size)
             with torch.inference_mode():
-                batch = patches.to(device=ctx.device, dtype=low_res.dtype).unsqueeze(0)
+                batch = patches.to(device=ctx.device, dtype=torch.float32).unsqueeze(0)
                 chunks.append(ctx.call(partial(model.sample_features, batch), "the patches")[0])
             yield from ctx.report("patches", r * n + stop, rounds * n)
         with torch.inference_mode():
