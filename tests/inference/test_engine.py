@@ -255,8 +255,9 @@ def test_attention_sampling_reads_only_the_sampled_patches(lesion_slide, loaded)
 
 
 def test_amil_reads_one_batch_at_a_time(lesion_slide, loaded) -> None:
-    """Bounded memory: between two progress reports at most one batch of tiles is read
-    (adjacent tiles may come in one strip, so count pixels, not calls)."""
+    """Bounded memory: between two progress reports at most two batches of tiles are read
+    (the next batch is read while one is encoded; adjacent tiles may come in one strip,
+    so count pixels, not calls)."""
     with open_slide(lesion_slide.path) as slide:
         ds = 2.0 / 0.5  # the checkpoint's target_mpp over the slide's mpp
         level = slide.best_level_for_downsample(ds)
@@ -270,7 +271,8 @@ def test_amil_reads_one_batch_at_a_time(lesion_slide, loaded) -> None:
                 batches.append(sum(w * h for _, w, h in log.calls[seen:]))
             seen = len(log.calls)
     assert len(batches) > 3
-    assert 0 < max(batches) <= 16 * tile_px
+    assert 0 < max(batches) <= 2 * 16 * tile_px
+    assert sum(batches) <= len(batches) * 16 * tile_px
 
 
 @pytest.mark.parametrize(
@@ -291,7 +293,8 @@ def test_cancel_stops_within_one_batch(name, stage, lesion_slide, loaded) -> Non
         with pytest.raises(Cancelled) as info:
             next(gen)
     assert first.done < first.total  # there was more to do
-    assert len(log.calls) == reads_at_cancel  # no further batch was read
+    # No further batch was read: at most the one being read ahead finished (two tiles).
+    assert len(log.calls) <= reads_at_cancel + 2
     assert info.value.stage == stage
     assert isinstance(info.value, HistattnError)
 

@@ -88,13 +88,12 @@ def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str
 
 
 def _encode_tiles(ctx: Any, plan: Any, chosen: Any) -> Generator[Progress, None, Tensor]:
-    """The model's own encoder over the chosen tiles, one batch at a time (stage ``encode``)."""
+    """The model's own encoder over the chosen tiles, one batch at a time (stage ``encode``),
+    the next batch read while this one is encoded."""
     chunks: list[Tensor] = []
     n = int(chosen.size)
-    for start in range(0, n, ctx.batch_size):
-        stop = min(start + ctx.batch_size, n)
+    for stop, images in ctx.tile_batches(plan, chosen):
         with torch.inference_mode():
-            images = ctx.read_tiles(plan, chosen[start:stop])
             chunks.append(ctx.call(partial(ctx.model.encode, images, chunk_size=None), "the tiles"))
         yield from ctx.report("encode", stop, n)
     return torch.cat(chunks)
