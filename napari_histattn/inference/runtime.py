@@ -217,7 +217,9 @@ class SlideRun:
 
     def read_tiles(self, plan: TilePlan, indices: NDArray[np.int64]) -> torch.Tensor:
         """Tiles ``indices`` of ``plan`` as a normalised ``(n, 3, p, p)`` tensor on the device."""
-        pixels = read_tiles(self.slide, plan, indices)
+        return self._to_model(read_tiles(self.slide, plan, indices))
+
+    def _to_model(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
         mean, std = self.mean_std()
         # Channels-last: oneDNN's convolutions on it are 1.6x faster for our encoders.
         tiles = rgb_to_tensor(pixels, mean, std).to(self.device)
@@ -237,15 +239,17 @@ class SlideRun:
         starts = list(range(0, n, size))
         if not starts:
             return
+        # The thread reads uint8 pixels only; the float tensors are made here, so that the
+        # large buffers are allocated and freed by one thread.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="histattn-tiles") as pool:
-            ahead = pool.submit(self.read_tiles, plan, indices[0:size])
+            ahead = pool.submit(read_tiles, self.slide, plan, indices[0:size])
             for start in starts:
-                tiles = ahead.result()
+                pixels = ahead.result()
                 if start + size < n:
                     ahead = pool.submit(
-                        self.read_tiles, plan, indices[start + size : start + 2 * size]
+                        read_tiles, self.slide, plan, indices[start + size : start + 2 * size]
                     )
-                yield min(start + size, n), tiles
+                yield min(start + size, n), self._to_model(pixels)
 
     def low_res_tiles(self, downsample: float, tile: int, halo: int) -> LowResView:
         """The slide at ``downsample`` as normalised tiles with ``halo`` px of context, only
