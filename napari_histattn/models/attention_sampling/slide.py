@@ -1,7 +1,10 @@
 """Attention sampling over a whole slide (stages ``low-res``, ``sample``, ``patches``, ``aggregate``).
 
 The low-resolution view (the slide at ``downsample * downscale``, read from the
-best pyramid level and resized) goes through the attention network;
+pyramid level closest to it) goes through the attention network in tiles with the
+network's receptive half-width of context (the scores of one pass, in bounded
+memory); tiles that a thumbnail shows as glass are not read and get attention 0, the
+softmax is over the rest;
 ``n_patches`` locations are drawn from its distribution with a
 ``torch.Generator`` seeded by the run's seed; only those patches are read at
 high resolution, in batches of ``batch_size``, and aggregated as the model does
@@ -86,7 +89,8 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     # Cells of tiles not computed (no tissue on the thumbnail) have attention 0; draws
     # are made among the others only, so their cost follows the tissue, not the slide.
     flat = attention.reshape(1, k)
-    computed = torch.nonzero(flat[0] > 0).squeeze(1) if bool((flat == 0).any()) else None
+    ran = torch.isfinite(scores.reshape(-1))
+    computed = None if bool(ran.all()) else torch.nonzero(ran).squeeze(1)
     drawable = flat if computed is None else flat[:, computed]
     k_drawn = k if computed is None else int(computed.numel())
     replace = bool(getattr(model, "replace", False))
