@@ -316,11 +316,22 @@ def run(args: argparse.Namespace) -> int:
     }
     # Stage bars per slide only here; a worker's would go to its log.
     options["quiet"] = args.quiet or not runs_here(len(slides), spec)
+    # Absolute paths: a worker of a remote cluster does not share this process's folder.
+    for name in ("features", "encoder_weights"):
+        if options.get(name) is not None:
+            options[name] = Path(options[name]).absolute()
     jobs = [
-        SlideJob(slide, args.out / name, args.checkpoint, checkpoint.sha256, options, args.redo)
+        SlideJob(
+            slide.absolute(),
+            (args.out / name).absolute(),
+            args.checkpoint.absolute(),
+            checkpoint.sha256,
+            options,
+            args.redo,
+        )
         for slide, name in zip(slides, folder_names(slides), strict=True)
     ]
-    _CHECKPOINTS[(str(args.checkpoint), checkpoint.sha256)] = checkpoint  # this process's runs
+    _CHECKPOINTS[(str(args.checkpoint.absolute()), checkpoint.sha256)] = checkpoint  # runs here
 
     def report(index: int, row: dict[str, Any]) -> None:
         name = Path(row["slide"]).name

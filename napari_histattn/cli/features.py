@@ -155,11 +155,11 @@ def run(args: argparse.Namespace) -> int:
     spec = cluster_spec(args)
     tile_bars = runs_here(len(slides), spec) and not args.quiet  # a worker's bars go to its log
     jobs = [
-        FeatureJob(
-            slide,
-            feature_path(args.out, slide),
+        FeatureJob(  # absolute paths: a remote worker does not share this folder
+            slide.absolute(),
+            feature_path(args.out, slide).absolute(),
             args.encoder,
-            args.encoder_weights,
+            None if args.encoder_weights is None else args.encoder_weights.absolute(),
             args.random_weights,
             args.batch_size,
             args.device,

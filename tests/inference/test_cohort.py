@@ -170,3 +170,16 @@ def test_features_on_a_local_cluster(cohort, tmp_path, capsys) -> None:
     assert features(cohort, out, "--dask-workers", "0") == 1
     rows = rows_of(out)
     assert {rows[n]["status"] for n in ("s1.tiff", "s2.tiff", "s3.tiff")} == {"skipped (done)"}
+
+
+def test_workers_get_absolute_paths(cohort, checkpoint_paths, tmp_path, monkeypatch) -> None:
+    # A worker of a remote cluster does not run in this process's folder: relative
+    # slide and output paths must reach it resolved.
+    (tmp_path / "slides").mkdir()
+    shutil.copy(cohort / "s1.tiff", tmp_path / "slides" / "s1.tiff")
+    monkeypatch.chdir(tmp_path)
+    assert _batch(Path("slides"), checkpoint_paths["amil"], Path("out"), "--dask-workers", "0") == 0
+    row = _rows(tmp_path / "out")["s1.tiff"]
+    assert Path(row["slide"]) == tmp_path / "slides" / "s1.tiff"
+    assert Path(row["out_dir"]) == tmp_path / "out" / "s1"
+    assert (tmp_path / "out" / "s1" / "summary.json").is_file()
