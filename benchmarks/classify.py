@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # features.py: the machine line, RESULTS sections
 WORK = ROOT / "benchmarks" / "_work" / "classify"
 START, END = "<!-- classify:start -->", "<!-- classify:end -->"
 CHECKPOINTS = {
@@ -170,14 +171,9 @@ def _cohort() -> list[tuple[str, float, int]]:
     return rows
 
 
-def _machine() -> str:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from models import machine_line
-
-    return machine_line()
-
-
 def _table(args: argparse.Namespace) -> str:
+    from features import _machine
+
     base = _baseline(args.against)
     machine = _machine()
     lines = [
@@ -239,17 +235,10 @@ def main() -> None:
     parser.add_argument("--amil-sizes", type=int, nargs="+", default=[20000, 50000])
     parser.add_argument("--against", default="c19e6c7", help="baseline commit")
     args = parser.parse_args()
-    table = _table(args)
-    results = ROOT / "benchmarks" / "RESULTS.md"
-    text = results.read_text()
-    block = f"{START}\n{table}\n{END}"
-    if START in text:
-        head, rest = text.split(START, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    results.write_text(text)
-    print(f"wrote {results}")
+    from features import _write_section
+
+    _write_section(f"{START}\n{_table(args)}\n{END}", START, END)
+    print("wrote benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

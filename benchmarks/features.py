@@ -197,9 +197,15 @@ def _clam(clam: Path, slide: Path, tiles: Path) -> dict[str, float]:
 def _machine() -> str:
     """The machine, as benchmarks/models.py describes it, in one line."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from models import machine_line
+    from models import machine
 
-    return machine_line()
+    m = machine()
+    load = m["load_average_at_start"][0]
+    gpu = m["gpu"] or "no GPU"
+    return (
+        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, torch {m['torch']} with "
+        f"{m['torch_threads']} threads, load average {load} at start, {gpu}"
+    )
 
 
 def _cell(row: dict[str, object], key: str) -> str:

@@ -89,17 +89,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def machine_line() -> str:
-    """:func:`machine` in one line, for a RESULTS.md table's header."""
-    m = machine()
-    load = m["load_average_at_start"][0]
-    gpu = m["gpu"] or "no GPU"
-    return (
-        f"{m['cores']} cores ({m['cpu']}), {m['memory_gib']} GiB, torch {m['torch']} with "
-        f"{m['torch_threads']} threads, load average {load} at start, {gpu}"
-    )
-
-
 def settings(quick: bool) -> dict[str, Any]:
     if quick:
         return {

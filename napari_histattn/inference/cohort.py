@@ -134,7 +134,7 @@ def run_cohort(
             rows[index] = row
             report(index, row)
         return [row for row in rows if row is not None]
-    with _client(len(items), spec, say) as client:
+    with _ClusterClient(len(items), spec, say) as client:
         _run_distributed(client, task, items, names, failed_row, rows, report, quiet)
     return [row for row in rows if row is not None]
 
@@ -168,7 +168,7 @@ def _run_distributed(
             bar.update(1)
 
 
-class _client:
+class _ClusterClient:
     """A ``distributed.Client`` on ``spec``'s cluster (started and stopped here if local)."""
 
     def __init__(self, n_tasks: int, spec: ClusterSpec, say: Callable[[str], None]) -> None:

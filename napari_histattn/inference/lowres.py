@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from numpy.typing import NDArray
+from scipy import ndimage
 
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.patches import (
@@ -151,12 +152,7 @@ class LowResView:
         mask = tissue_mask(thumb, s.saturation_min, s.brightness_max)
         th, tw = mask.shape
         # Dilate by one thumbnail pixel: the thumbnail's averaging can hide a thin strip.
-        grown = mask.copy()
-        grown[1:, :] |= mask[:-1, :]
-        grown[:-1, :] |= mask[1:, :]
-        grown[:, 1:] |= mask[:, :-1]
-        grown[:, :-1] |= mask[:, 1:]
-        ys, xs = np.nonzero(grown)
+        ys, xs = np.nonzero(ndimage.binary_dilation(mask))
         # The view tiles each thumbnail pixel overlaps (its footprint in view pixels).
         sy, sx = h / th, w / tw
         if sy > self.tile or sx > self.tile:

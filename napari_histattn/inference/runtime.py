@@ -257,14 +257,15 @@ class SlideRun:
 
         Raises :class:`NoTissueError` when no tile is kept.
         """
+        mean, std = self.mean_std()
         view = LowResView(
             self.slide,
             downsample,
             tile=tile,
             halo=halo,
             tissue=self.tissue_settings(),
-            mean=self.mean_std()[0],
-            std=self.mean_std()[1],
+            mean=mean,
+            std=std,
             device=self.device,
         )
         if len(view) == 0:

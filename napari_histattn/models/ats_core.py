@@ -51,6 +51,14 @@ def _check_attention(attention: Tensor, n: int) -> None:
         raise ValueError(f"number of samples must be >= 1, got {n}")
 
 
+def _check_distinct(attention: Tensor, n: int) -> None:
+    _check_attention(attention, n)
+    if n > attention.shape[1]:
+        raise ValueError(
+            f"cannot draw {n} distinct positions from a grid of {attention.shape[1]} positions"
+        )
+
+
 def sample_with_replacement(
     attention: Tensor, n: int, generator: torch.Generator | None = None
 ) -> Tensor:
@@ -113,10 +121,8 @@ def sample_without_replacement(
     weight, and their per-draw estimates are the exact expectation (the mass is
     exhausted), so the estimate stays unbiased.
     """
-    _check_attention(attention, n)
+    _check_distinct(attention, n)
     k = attention.shape[1]
-    if n > k:
-        raise ValueError(f"cannot draw {n} distinct positions from a grid of {k} positions")
     gen_device = generator.device if generator is not None else torch.device("cpu")
     if k > SEQUENTIAL_ABOVE:
         return _sequential_without_replacement(attention, n, generator).to(attention.device)
@@ -140,8 +146,12 @@ def _sequential_without_replacement(
 ) -> Tensor:
     """Sequential sampling without replacement on each row's cumulative distribution
     (see :class:`_Cumulative`)."""
-    rows = [_Cumulative.of(p) for p in attention.detach().to("cpu", torch.float64).numpy()]
+    rows = _cumulative_rows(attention)
     return _draw_rows(rows, n, generator)
+
+
+def _cumulative_rows(attention: Tensor) -> list[_Cumulative]:
+    return [_Cumulative.of(p) for p in attention.detach().to("cpu", torch.float64).numpy()]
 
 
 def _draw_rows(rows: list[_Cumulative], n: int, generator: torch.Generator | None) -> Tensor:
@@ -223,12 +233,8 @@ def sample_rounds(
     row's cumulative distribution once for all rounds on a large grid."""
     if replace or attention.shape[1] <= SEQUENTIAL_ABOVE:
         return [sample(attention, n, replace, g) for g in generators]
-    _check_attention(attention, n)
-    if n > attention.shape[1]:
-        raise ValueError(
-            f"cannot draw {n} distinct positions from a grid of {attention.shape[1]} positions"
-        )
-    rows = [_Cumulative.of(p) for p in attention.detach().to("cpu", torch.float64).numpy()]
+    _check_distinct(attention, n)
+    rows = _cumulative_rows(attention)
     out = []
     for generator in generators:
         idx = _draw_rows(rows, n, generator).to(attention.device)
