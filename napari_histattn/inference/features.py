@@ -48,6 +48,7 @@ from napari_histattn.inference.patches import (
     rgb_to_tensor,
     target_downsample,
 )
+from napari_histattn.inference.threads import run_threads, torch_threads
 from napari_histattn.io.slide import Slide
 from napari_histattn.models.device import resolve_device
 from napari_histattn.models.encoders import Encoder
@@ -62,6 +63,7 @@ __all__ = [
     "feature_path",
     "is_done",
     "plan_for_encoder",
+    "feature_chunks",
     "read_features",
     "slide_identity",
 ]
@@ -164,27 +166,35 @@ def is_done(
     return same_tissue and _same_source(attrs, slide_identity(slide), encoder)
 
 
-def read_features(path: str | os.PathLike[str]) -> FeatureFile:
-    """Read a complete feature file; :class:`FeatureFileError` for anything else."""
+def read_features(path: str | os.PathLike[str], features: bool = True) -> FeatureFile:
+    """Read a complete feature file; :class:`FeatureFileError` for anything else.
+
+    With ``features=False`` the tiles are read but not their features (``features`` is
+    then ``(n, 0)``): read those in chunks with :func:`feature_chunks`."""
     import h5py
 
     p = Path(path)
     attrs = feature_info(p)
     try:
         with h5py.File(p, "r") as h5:
-            features = np.asarray(h5["features"], dtype=np.float32)
+            n = int(h5["features"].shape[0])
+            values = (
+                np.asarray(h5["features"], dtype=np.float32)
+                if features
+                else np.zeros((n, 0), dtype=np.float32)
+            )
             coords = np.asarray(h5["coords"], dtype=np.int64)
             grid_rc = np.asarray(h5["grid_rc"], dtype=np.int64)
     except (OSError, KeyError) as exc:
         raise FeatureFileError(f"{p} cannot be read as a feature file: {exc}") from exc
-    if not (features.ndim == 2 and coords.shape == (len(features), 2) == grid_rc.shape):
-        raise FeatureFileError(f"{p}: features {features.shape} and coords {coords.shape} disagree")
-    if not np.all(np.isfinite(features)):
+    if not (values.ndim == 2 and coords.shape == (len(values), 2) == grid_rc.shape):
+        raise FeatureFileError(f"{p}: features {values.shape} and coords {coords.shape} disagree")
+    if not np.all(np.isfinite(values)):
         raise FeatureFileError(f"{p}: the features hold NaN or infinite values")
     rows, cols = (int(v) for v in attrs["grid_shape"])
     return FeatureFile(
         p,
-        features,
+        values,
         coords,
         grid_rc,
         (rows, cols),
@@ -194,6 +204,32 @@ def read_features(path: str | os.PathLike[str]) -> FeatureFile:
         attrs["slide"],
         attrs["tissue"],
     )
+
+
+def feature_chunks(
+    path: str | os.PathLike[str], rows: NDArray[np.int64], size: int
+) -> Iterator[NDArray[np.float32]]:
+    """The features of tiles ``rows`` (increasing) of a complete feature file, ``size``
+    rows at a time, so that a bag of millions of tiles is never all in memory;
+    :class:`FeatureFileError` at the first chunk that cannot be read or is not finite."""
+    import h5py
+
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as h5:
+            data = h5["features"]
+            for start in range(0, len(rows), max(1, int(size))):
+                index = rows[start : start + size]
+                # A contiguous run is one slice (fast); otherwise h5py's point selection.
+                if index[-1] - index[0] + 1 == len(index):
+                    chunk = np.asarray(data[int(index[0]) : int(index[-1]) + 1], np.float32)
+                else:
+                    chunk = np.asarray(data[index], dtype=np.float32)
+                if not np.all(np.isfinite(chunk)):
+                    raise FeatureFileError(f"{p}: the features hold NaN or infinite values")
+                yield chunk
+    except (OSError, KeyError, TypeError) as exc:
+        raise FeatureFileError(f"{p} cannot be read as a feature file: {exc}") from exc
 
 
 def plan_for_encoder(slide: Slide, encoder: Encoder, tissue: TissueSettings) -> TilePlan:
@@ -215,7 +251,8 @@ def _batches(
 
     def load(start: int) -> torch.Tensor:
         idx = np.arange(start, min(start + batch_size, len(plan)))
-        return rgb_to_tensor(read_tiles(slide, plan, idx), pre["mean"], pre["std"])
+        pixels = read_tiles(slide, plan, idx)
+        return rgb_to_tensor(pixels, pre["mean"], pre["std"], channels_last=True)
 
     with ThreadPoolExecutor(
         max_workers=max(1, workers), thread_name_prefix="histattn-read"
@@ -242,8 +279,12 @@ def extract_features(
     tissue: TissueSettings | None = None,
     plan: TilePlan | None = None,
     cancel: threading.Event | None = None,
+    threads: int | None = None,
 ) -> Generator[Progress, None, FeatureFile]:
     """Encode every tissue tile of ``slide`` and write ``out_path``; yields ``features`` progress.
+
+    ``threads``: torch's CPU threads while encoding (default: the usable cores less
+    the busy ones, :func:`~napari_histattn.inference.threads.torch_threads`).
 
     The encoder runs on channels-last inputs, on CUDA in bfloat16 autocast, on the
     CPU in float32. The file appears only when complete (see the module docstring).
@@ -286,8 +327,9 @@ def extract_features(
             f"{encoder.spec.target_mpp:g} um/px)"
         )
     yield Progress("features", 0, n, note)
+    n_threads = torch_threads(threads)[0]
     try:
-        with h5py.File(partial, "w") as h5:
+        with h5py.File(partial, "w") as h5, run_threads(n_threads):
             feats = h5.create_dataset(
                 "features", (n, dim), dtype="float32", chunks=(min(n, 256), dim)
             )

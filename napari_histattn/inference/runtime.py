@@ -73,6 +73,9 @@ class SlideRun:
     features_dirs, encoder_weights
         Where cached features of this slide may be (``histattn features``), and the
         weights of the encoder a features-trained checkpoint was trained on.
+    threads, amp
+        torch's CPU threads for this run (:mod:`~napari_histattn.inference.threads`),
+        and whether patch encoders run under bfloat16 autocast (:meth:`encoder_precision`).
     timings, messages
         Seconds per stage, and notes for the user (kept in provenance).
     """
@@ -87,6 +90,8 @@ class SlideRun:
     cancel: threading.Event | None
     features_dirs: list[Path] = field(default_factory=list)
     encoder_weights: Path | None = None
+    threads: int = 1
+    amp: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     messages: list[str] = field(default_factory=list)
     _mark: float = field(default_factory=time.perf_counter)
@@ -195,6 +200,12 @@ class SlideRun:
         """The pyramid level a read at ``downsample`` comes from."""
         return int(self.slide.best_level_for_downsample(downsample))
 
+    def encoder_precision(self) -> Any:
+        """The context a patch encoder runs in: bfloat16 autocast when ``amp`` is set
+        (tensor cores on CUDA; attention, pooling and heads stay in float32 outside it),
+        else nothing. Outputs made inside are cast back with ``.float()`` by the caller."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
     # -- slide access
 
     def plan(self, patch_size: int, downsample: float) -> Generator[Progress, None, TilePlan]:
@@ -222,8 +233,8 @@ class SlideRun:
     def _to_model(self, pixels: NDArray[np.uint8]) -> torch.Tensor:
         mean, std = self.mean_std()
         # Channels-last: oneDNN's convolutions on it are 1.6x faster for our encoders.
-        tiles = rgb_to_tensor(pixels, mean, std).to(self.device)
-        return tiles.contiguous(memory_format=torch.channels_last)
+        tiles = rgb_to_tensor(pixels, mean, std, channels_last=True).to(self.device)
+        return tiles.contiguous(memory_format=torch.channels_last)  # a no-op on the CPU
 
     def tile_batches(
         self, plan: TilePlan, indices: NDArray[np.int64]
@@ -299,19 +310,26 @@ class SlideRun:
     # -- encoded tiles (checkpoints trained on cached features)
 
     def encoded_tiles(
-        self, described: dict[str, Any], cap: int | None
-    ) -> Generator[Progress, None, tuple[TilePlan, torch.Tensor]]:
+        self, described: dict[str, Any], cap: int | None, sink: Callable[[torch.Tensor], None]
+    ) -> Generator[Progress, None, TilePlan]:
         """Tissue tiles and their features from the encoder ``described`` (a checkpoint's
         ``feature_encoder``): read from a matching cached feature file when there is one
         (stage ``features``), else read and encoded here (stages ``tissue``, ``encode``).
-        At most ``cap`` tiles, evenly spaced (``None`` or 0: all)."""
-        from napari_histattn.inference.features import feature_path, is_done, read_features
+        At most ``cap`` tiles, evenly spaced (``None`` or 0: all). The features go to
+        ``sink`` ``batch_size`` tiles at a time, in the order of the returned plan, so that
+        a bag of any size is never held whole."""
+        from napari_histattn.inference.features import (
+            feature_chunks,
+            feature_path,
+            is_done,
+            read_features,
+        )
 
         settings = self.tissue_settings()
         for folder in self.features_dirs:
             path = feature_path(folder, self.slide.path)
             if is_done(path, self.slide, described, settings):
-                cached = read_features(path)
+                cached = read_features(path, features=False)
                 plan = TilePlan(
                     cached.coords_l0_xy,
                     cached.grid_rc,
@@ -322,9 +340,12 @@ class SlideRun:
                 )
                 rows = subset(len(cached), cap)
                 self.note(f"features read from {path}")
-                yield from self.report("features", 1, 1, "cached")
-                features = torch.from_numpy(cached.features[rows]).to(self.device)
-                return _subplan(plan, rows), features
+                done = 0
+                for chunk in feature_chunks(path, rows, self.batch_size):
+                    sink(torch.from_numpy(chunk).to(self.device))
+                    done += len(chunk)
+                    yield from self.report("features", done, len(rows), "cached")
+                return _subplan(plan, rows)
         encoder = self._feature_encoder(described)
         pre = described["preprocessing"]
         mpp = pre.get("target_mpp") if self.slide.mpp_xy is not None else None
@@ -333,16 +354,18 @@ class SlideRun:
         )
         plan = yield from self.plan(int(pre["input_size"]), ds)
         plan = _subplan(plan, subset(len(plan), cap))
-        chunks = []
         for start in range(0, len(plan), self.batch_size):
             stop = min(start + self.batch_size, len(plan))
             pixels = read_tiles(self.slide, plan, np.arange(start, stop))
             with torch.inference_mode():
-                x = rgb_to_tensor(pixels, pre["mean"], pre["std"]).to(self.device)
+                x = rgb_to_tensor(pixels, pre["mean"], pre["std"], channels_last=True)
+                x = x.to(self.device)
                 x = x.contiguous(memory_format=torch.channels_last)  # as histattn features runs it
-                chunks.append(self.call(partial(encoder.module, x), "the tiles").float())
+                with self.encoder_precision():
+                    features = self.call(partial(encoder.module, x), "the tiles")
+                sink(features.float())
             yield from self.report("encode", stop, len(plan))
-        return plan, torch.cat(chunks)
+        return plan
 
     def _feature_encoder(self, described: dict[str, Any]) -> Any:
         from napari_histattn.models.encoders import create_encoder

@@ -30,6 +30,7 @@ from napari_histattn.inference.features import (
 from napari_histattn.inference.patches import read_tiles, rgb_to_tensor
 from napari_histattn.io.slide import open_slide
 from napari_histattn.models.encoders import create_encoder
+from napari_histattn.models.family import subset
 from napari_histattn.progress import run_to_completion
 
 N_SLIDES = 12
@@ -202,6 +203,25 @@ def test_amil_trained_on_cached_features_from_slide_labels_beats_chance_and_clas
     assert not any("features read from" in m for m in fresh.provenance["messages"])
     np.testing.assert_allclose(cached.attention, fresh.attention, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(cached.probabilities, fresh.probabilities, atol=1e-5)
+    # The bag is read from the file and pooled 7 tiles at a time (evenly spaced rows when
+    # capped): the same as the whole bag through forward_features at once.
+    whole = read_features(feature_path(features, slide)).features
+    for n_patches in (0, 40):
+        chunked = run_to_completion(
+            classify(
+                slide, ckpt, device="cpu", features_dir=features, batch_size=7, n_patches=n_patches
+            )
+        )
+        rows = np.arange(len(whole)) if n_patches == 0 else subset(len(whole), n_patches)
+        with torch.inference_mode():
+            one_pass = loaded.model.forward_features(torch.from_numpy(whole[rows])[None])
+        probs = torch.softmax(one_pass.logits.double(), dim=1)[0].numpy()
+        np.testing.assert_allclose(chunked.probabilities, probs, atol=1e-5)
+        on_tiles = chunked.attention[np.isfinite(chunked.attention)]
+        assert on_tiles.size == len(rows)
+        np.testing.assert_allclose(
+            np.sort(on_tiles), np.sort(one_pass.attention[0].numpy()), rtol=1e-4, atol=1e-7
+        )
 
     # features/ beside the slide is looked in by default (so the widget finds them).
     beside = cohort[0] / "features"

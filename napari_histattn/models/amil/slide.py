@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
 
@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from napari_histattn.errors import HistattnError
+from napari_histattn.models.amil.streaming import StreamedPooling
 from napari_histattn.models.family import (
     SlideOutput,
     softmax64,
@@ -24,14 +25,21 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     """A-MIL over a slide (stages ``tissue``, ``encode``, ``aggregate``).
 
     Tissue tiles of ``patch_size`` at the checkpoint's resolution are read and
-    encoded ``batch_size`` at a time under ``torch.inference_mode``, so at most
-    one batch of pixels is in memory; ``forward_features`` then pools all
-    features. Per-patch attention is the heatmap (one cell per tile, NaN where
-    no tile was kept); per-patch class probabilities are the head applied to
-    that patch's embedding alone. ``n_patches`` (optional, 0: all) caps the bag
+    encoded ``batch_size`` at a time under ``torch.inference_mode``, and each
+    batch's embeddings are pooled in as they come (:class:`.streaming.StreamedPooling`,
+    equal to ``forward_features`` on the whole bag), so that neither the pixels nor
+    the embeddings of the whole bag are ever held. Per-patch attention is the
+    heatmap (one cell per tile, NaN where no tile was kept); per-patch class
+    probabilities are the head applied to that patch's embedding alone. ``n_patches`` (optional, 0: all) caps the bag
     at an evenly spaced subset of tiles.
     """
     model = ctx.model
+    pooling = StreamedPooling(model)
+
+    def pool(features: Tensor) -> None:
+        with torch.inference_mode():
+            ctx.call(partial(pooling.add, features), "the bag")
+
     if model.encoder is None:  # trained on cached features: the recorded encoder makes them
         described = ctx.pre.get("feature_encoder")
         if not isinstance(described, dict):
@@ -39,19 +47,18 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
                 f"model {ctx.checkpoint.model_name!r} takes features, but its checkpoint "
                 "records no feature_encoder"
             )
-        plan, bag = yield from ctx.encoded_tiles(described, ctx.param("n_patches"))
+        plan = yield from ctx.encoded_tiles(described, ctx.param("n_patches"), pool)
         ds, patch_size, chosen = plan.downsample, plan.patch_size, np.arange(len(plan))
     else:
         ds = ctx.downsample()
         patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
         plan = yield from ctx.plan(patch_size, ds)
         chosen = subset(len(plan), ctx.param("n_patches"))
-        bag = yield from _encode_tiles(ctx, plan, chosen)
+        yield from _encode_tiles(ctx, plan, chosen, pool)
     n = int(chosen.size)
 
     with torch.inference_mode():
-        features = bag.unsqueeze(0)  # (1, n, D)
-        out = ctx.call(partial(model.forward_features, features), "the bag")
+        out = ctx.call(pooling.finish, "the bag")
         probs = softmax64(out.logits)[0]
         weights = out.attention[0].float().cpu().numpy()
         # The head on each embedding alone: the bag made of that patch.
@@ -87,13 +94,16 @@ def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str
     }
 
 
-def _encode_tiles(ctx: Any, plan: Any, chosen: Any) -> Generator[Progress, None, Tensor]:
+def _encode_tiles(
+    ctx: Any, plan: Any, chosen: Any, sink: Callable[[Tensor], None]
+) -> Generator[Progress, None, None]:
     """The model's own encoder over the chosen tiles, one batch at a time (stage ``encode``),
-    the next batch read while this one is encoded."""
-    chunks: list[Tensor] = []
+    each batch's embeddings given to ``sink``, the next batch read while this one is
+    encoded."""
     n = int(chosen.size)
     for stop, images in ctx.tile_batches(plan, chosen):
         with torch.inference_mode():
-            chunks.append(ctx.call(partial(ctx.model.encode, images, chunk_size=None), "the tiles"))
+            with ctx.encoder_precision():
+                features = ctx.call(partial(ctx.model.encode, images, chunk_size=None), "the tiles")
+            sink(features.float())
         yield from ctx.report("encode", stop, n)
-    return torch.cat(chunks)
