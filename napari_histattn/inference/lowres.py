@@ -128,8 +128,9 @@ class LowResView:
         inner = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
         s = self.settings
         mask = tissue_mask(rgb[inner], s.saturation_min, s.brightness_max)
-        crop = rgb_to_tensor(rgb, self.mean, self.std).unsqueeze(0).to(self.device)
-        if self.channels_last:  # 1.8x faster 3x3 convolutions of few channels on the CPU
+        # Channels-last: 1.8x faster 3x3 convolutions of few channels on the CPU.
+        crop = rgb_to_tensor(rgb[None], self.mean, self.std, self.channels_last).to(self.device)
+        if self.channels_last:  # a no-op on the CPU
             crop = crop.contiguous(memory_format=torch.channels_last)
         return ViewTile(slice(y0, y1), slice(x0, x1), inner, crop, mask)
 
