@@ -60,7 +60,8 @@ SLIDE_SUFFIXES = frozenset(
 #: Written into a slide's output folder after its outputs: what made them.
 REQUEST_FILE = "batch_request.json"
 
-#: Options that change a slide's outputs (device and batch size do not).
+#: Options that change a slide's outputs (device, batch size and threads do not; bfloat16
+#: encoders do, slightly).
 _RESULT_OPTIONS = (
     "seed",
     "n_patches",
@@ -72,6 +73,7 @@ _RESULT_OPTIONS = (
     "threshold",
     "crops",
     "allow_upsample",
+    "amp",
 )
 
 

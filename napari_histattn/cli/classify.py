@@ -86,6 +86,17 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         help="classify a slide whose pixels are more than 4x coarser than the model's "
         "(refused by default: the model would see blurred pixels)",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help="torch CPU threads (default: the usable cores less those other work keeps busy)",
+    )
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="run patch encoders in bfloat16 autocast (for CUDA; probabilities within ~1e-2)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -132,6 +143,8 @@ def classify_to_folder(
                 features_dir=getattr(args, "features", None),
                 encoder_weights=getattr(args, "encoder_weights", None),
                 allow_upsample=getattr(args, "allow_upsample", False),
+                threads=getattr(args, "threads", None),
+                amp=getattr(args, "amp", False),
             ),
             disable=args.quiet,
         )
@@ -157,7 +170,7 @@ def parse_params(items: list[str]) -> dict[str, str]:
 def _check_args(args: argparse.Namespace) -> None:
     from napari_histattn.errors import HistattnError
 
-    for name in ("n_patches", "patch_size", "batch_size"):
+    for name in ("n_patches", "patch_size", "batch_size", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HistattnError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

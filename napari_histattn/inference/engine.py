@@ -74,6 +74,7 @@ from napari_histattn.inference.integrity import (
 )
 from napari_histattn.inference.result import ClassificationResult, make_regions
 from napari_histattn.inference.runtime import OOM_ERRORS, SlideRun, given_params
+from napari_histattn.inference.threads import run_threads, torch_threads
 from napari_histattn.io.regions import GridGeometry, Patch, grid_patches
 from napari_histattn.io.slide import Slide, open_slide
 from napari_histattn.models.checkpoint import LoadedCheckpoint
@@ -83,7 +84,7 @@ from napari_histattn.models.family import SlideOutput, family_for_model, runnabl
 from napari_histattn.progress import Progress
 from napari_histattn.stats import apply_temperature, probability_spread
 
-__all__ = ["FEATURES_ENV_VAR", "classify", "select_device"]
+__all__ = ["FEATURES_ENV_VAR", "classify", "device_batch_size", "select_device"]
 
 #: Folders (``os.pathsep``-separated) where cached slide features are looked for.
 FEATURES_ENV_VAR = "HISTATTN_FEATURES"
@@ -132,6 +133,8 @@ def classify(
     features_dir: str | PathLike[str] | None = None,
     encoder_weights: str | PathLike[str] | None = None,
     allow_upsample: bool = False,
+    threads: int | None = None,
+    amp: bool = False,
 ) -> Generator[Progress, None, ClassificationResult]:
     """Classify one slide; a generator that yields progress and returns the result.
 
@@ -180,6 +183,13 @@ def classify(
         Classify a slide whose pixels are more than
         :data:`~napari_histattn.inference.patches.MAX_UPSAMPLE` times coarser than the
         model's (refused by default; a smaller upsampling is noted in the messages).
+    threads
+        torch's CPU threads for this run (restored after it); default: the usable
+        cores less those other processes are busy on, or ``$HISTATTN_TORCH_THREADS``
+        (:func:`~napari_histattn.inference.threads.torch_threads`).
+    amp
+        Run patch encoders under bfloat16 autocast (A-MIL; for CUDA's tensor cores:
+        faster, probabilities within about 1e-2 of float32). Off by default.
     cancel
         When set, the run stops at its next progress report by raising
         :class:`~napari_histattn.inference.errors.Cancelled`.
@@ -228,7 +238,10 @@ def classify(
             raise UnsupportedModelError(ckpt.path, ckpt.model_name, runnable_models())
         if batch_size is not None and batch_size < 1:
             raise HistattnError(f"batch_size must be at least 1, got {batch_size}")
-        initial_batch = int(batch_size or family.default_batch_size)
+        initial_batch = int(
+            batch_size or device_batch_size(family.default_batch_size, torch_device)
+        )
+        n_threads, threads_why = torch_threads(threads)
         unknown = sorted(set(params or {}) - {p.name for p in family.params})
         if unknown:
             takes = ", ".join(p.name for p in family.params) or "none"
@@ -262,43 +275,18 @@ def classify(
             features_dirs=_features_dirs(features_dir, the_slide.path),
             encoder_weights=None if encoder_weights is None else Path(encoder_weights),
             allow_upsample=bool(allow_upsample),
+            threads=n_threads,
+            amp=bool(amp),
         )
+        run.note(f"torch threads: {n_threads} ({threads_why})")
         for name in ignored:
             run.note(f"run parameter {name!r} does not apply to this checkpoint: ignored")
         for message in messages:
             yield from run.report("device", 0, None, message)
         ckpt.model.to(run.device).eval()
 
-        while True:
-            try:
-                raw = yield from family.run(run)
-                break
-            except (HistattnError, GeneratorExit):
-                raise
-            except OOM_ERRORS as exc:
-                _free(run.device)
-                if run.batch_size > 1:
-                    run.batch_size = max(1, run.batch_size // 2)
-                    message = (
-                        f"{run.device} ran out of memory; retrying with batch size {run.batch_size}"
-                    )
-                elif run.device.type != "cpu":
-                    message = (
-                        f"{run.device} ran out of memory at batch size 1; falling back to the CPU"
-                    )
-                    run.device = torch.device("cpu")
-                    run.batch_size = initial_batch
-                    ckpt.model.to(run.device)
-                else:
-                    raise HistattnError(
-                        f"out of memory on the CPU even with batch size 1 while classifying "
-                        f"{the_slide.path}: {exc}"
-                    ) from exc
-                run.messages.append(message)
-                yield from run.report("device", 0, None, message)
-            except Exception as exc:  # a bug or a bad input deep in the model: say where
-                raise ModelRunError(ckpt, run.stage, exc) from exc
-
+        with run_threads(run.threads):
+            raw = yield from _run_family(run)
         result = _assemble(run, raw, top_k=top_k, threshold=threshold, device_requested=device)
         yield from run.report("regions", 1, 1)
         result.provenance["timings_s"] = {**run.timings, "wall": time.perf_counter() - started}
@@ -306,6 +294,53 @@ def classify(
     finally:
         if opened is not None:
             opened.close()
+
+
+def device_batch_size(default: int, device: torch.device, free_bytes: int | None = None) -> int:
+    """Patches per model call on ``device`` when none is given: the family's default on
+    the CPU and MPS (sized for the CPU's caches), and on CUDA 4x it with 2 GiB free, 8x
+    with 8 GiB (``free_bytes``, default: what the device reports), so that a GPU is
+    not fed in small calls. An out-of-memory error halves it and retries."""
+    if device.type != "cuda":
+        return int(default)
+    if free_bytes is None:
+        try:
+            free_bytes = int(torch.cuda.mem_get_info(device)[0])
+        except (RuntimeError, AssertionError):
+            return int(default)
+    gib = 1 << 30
+    return int(default) * (8 if free_bytes >= 8 * gib else 4 if free_bytes >= 2 * gib else 1)
+
+
+def _run_family(run: SlideRun) -> Generator[Progress, None, SlideOutput]:
+    """The family's runner, retried with half the batch on out-of-memory (then on the CPU)."""
+    ckpt, the_slide = run.checkpoint, run.slide
+    while True:
+        try:
+            return (yield from run.family.run(run))
+        except (HistattnError, GeneratorExit):
+            raise
+        except OOM_ERRORS as exc:
+            _free(run.device)
+            if run.batch_size > 1:
+                run.batch_size = max(1, run.batch_size // 2)
+                message = (
+                    f"{run.device} ran out of memory; retrying with batch size {run.batch_size}"
+                )
+            elif run.device.type != "cpu":
+                message = f"{run.device} ran out of memory at batch size 1; falling back to the CPU"
+                run.device = torch.device("cpu")
+                run.batch_size = device_batch_size(run.family.default_batch_size, run.device)
+                ckpt.model.to(run.device)
+            else:
+                raise HistattnError(
+                    f"out of memory on the CPU even with batch size 1 while classifying "
+                    f"{the_slide.path}: {exc}"
+                ) from exc
+            run.messages.append(message)
+            yield from run.report("device", 0, None, message)
+        except Exception as exc:  # a bug or a bad input deep in the model: say where
+            raise ModelRunError(ckpt, run.stage, exc) from exc
 
 
 def _features_dirs(given: str | PathLike[str] | None, slide_path: Path) -> list[Path]:
@@ -341,6 +376,8 @@ def _assemble(
         "device": str(run.device),
         "device_requested": str(device_requested),
         "batch_size": run.batch_size,
+        "torch_threads": run.threads,
+        "amp": run.amp,
         "slide_path": str(slide.path),
         "slide_quickhash": slide.quickhash,
         "slide_size_l0_wh": list(slide.level_dimensions[0]),
