@@ -75,7 +75,7 @@ from napari_histattn.inference.integrity import (
 from napari_histattn.inference.result import ClassificationResult, make_regions
 from napari_histattn.inference.runtime import OOM_ERRORS, SlideRun, given_params
 from napari_histattn.inference.threads import run_threads, torch_threads
-from napari_histattn.io.regions import GridGeometry, Patch, grid_patches
+from napari_histattn.io.regions import GridGeometry, PatchTable, grid_patches
 from napari_histattn.io.slide import Slide, open_slide
 from napari_histattn.models.checkpoint import LoadedCheckpoint
 from napari_histattn.models.checkpoint import load as load_checkpoint
@@ -278,7 +278,8 @@ def classify(
             threads=n_threads,
             amp=bool(amp),
         )
-        run.note(f"torch threads: {n_threads} ({threads_why})")
+        if "busy" in threads_why:  # a slower run than usual: say why
+            run.note(f"torch runs on {n_threads} thread(s): {threads_why}")
         for name in ignored:
             run.note(f"run parameter {name!r} does not apply to this checkpoint: ignored")
         for message in messages:
@@ -290,6 +291,7 @@ def classify(
         result = _assemble(run, raw, top_k=top_k, threshold=threshold, device_requested=device)
         yield from run.report("regions", 1, 1)
         result.provenance["timings_s"] = {**run.timings, "wall": time.perf_counter() - started}
+        result.provenance["torch_threads_why"] = threads_why
         return result
     finally:
         if opened is not None:
@@ -416,15 +418,7 @@ def _assemble(
         )
     else:
         xy_l0, wh_l0, attention, patch_probs = raw.patches
-        patches = [
-            Patch(
-                (float(xy_l0[j, 0]), float(xy_l0[j, 1])),
-                (float(wh_l0[j, 0]), float(wh_l0[j, 1])),
-                float(attention[j]),
-                dict(zip(names, np.asarray(patch_probs[j]).tolist(), strict=True)),
-            )
-            for j in range(len(attention))
-        ]
+        patches = PatchTable(xy_l0, wh_l0, attention, patch_probs, names)
     unreadable = _account_unreadable(slide, patches, raw, provenance)
     glass = glass_warning(slide.thumbnail(256))
     provenance["glass_warning"] = glass
@@ -448,7 +442,7 @@ def _assemble(
 
 
 def _account_unreadable(
-    slide: Slide, patches: list[Patch], raw: SlideOutput, provenance: dict[str, Any]
+    slide: Slide, patches: PatchTable, raw: SlideOutput, provenance: dict[str, Any]
 ) -> NDArray[np.bool_] | None:
     """Record what share of the patches (and sampled draws) came from undecodable tiles;
     the per-patch mask, or None when every tile decoded."""
@@ -457,9 +451,7 @@ def _account_unreadable(
     if not failed.shape[0]:
         provenance["unreadable_fraction"] = 0.0
         return None
-    xy = np.asarray([p.l0_xy for p in patches], dtype=np.float64).reshape(-1, 2)
-    wh = np.asarray([p.size_l0_wh for p in patches], dtype=np.float64).reshape(-1, 2)
-    mask = unreadable_mask(xy, wh, failed)
+    mask = unreadable_mask(patches.l0_xy, patches.size_l0_wh, failed)
     shares = [float(mask.mean()) if mask.size else 0.0]
     shares.append(unreadable_area(failed, slide.level_dimensions[0]))
     samples = raw.samples

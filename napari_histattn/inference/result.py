@@ -81,7 +81,7 @@ class ClassificationResult:
     probabilities: NDArray[np.float64]
     attention: NDArray[np.float32]
     geometry: GridGeometry
-    patches: list[Patch]
+    patches: Sequence[Patch]
     regions: list[Region]
     provenance: dict[str, Any]
     family: str

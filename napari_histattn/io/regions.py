@@ -38,6 +38,7 @@ from napari_histattn.io.grid import (
     DEFAULT_CLASS_NAME,
     GridGeometry,
     Patch,
+    PatchTable,
     Region,
     class_colour,
     percentile_normalise,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_CLASS_NAME",
     "GridGeometry",
     "Patch",
+    "PatchTable",
     "Region",
     "class_colour",
     "grid_patches",
@@ -360,21 +362,20 @@ def grid_patches(
     *,
     class_names: Sequence[str] | None = None,
     cell_probs: ArrayLike | None = None,
-) -> list[Patch]:
-    """Return one :class:`Patch` per finite cell of an attention grid, in row-major order."""
+) -> PatchTable:
+    """Return one :class:`Patch` per finite cell of an attention grid, in row-major order
+    (as a :class:`PatchTable`: columns, not one object per cell)."""
     values = _check_attention(attention)
     grid = GridGeometry.from_any(geometry)
     probs = _check_probs(cell_probs, class_names, values.shape)
-    patches = []
-    for r, c in zip(*np.nonzero(np.isfinite(values)), strict=True):
-        x, y, w, h = grid.cell_l0_xywh(int(r), int(c))
-        cell_probs_map = (
-            dict(zip(class_names, probs[r, c].tolist(), strict=True))
-            if probs is not None and class_names is not None
-            else {}
-        )
-        patches.append(Patch((x, y), (w, h), float(values[r, c]), cell_probs_map))
-    return patches
+    rows, cols = np.nonzero(np.isfinite(values))
+    ox, oy = grid.origin_l0_xy
+    sx, sy = grid.stride_l0_xy
+    xy = np.stack([ox + cols * sx, oy + rows * sy], axis=1).astype(np.float64)
+    wh = np.broadcast_to(np.asarray(grid.patch_l0_wh, dtype=np.float64), xy.shape)
+    if probs is None or class_names is None:
+        return PatchTable(xy, wh, values[rows, cols])
+    return PatchTable(xy, wh, values[rows, cols], probs[rows, cols], class_names)
 
 
 def top_k_patches(

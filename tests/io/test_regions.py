@@ -12,6 +12,7 @@ from shapely.geometry import MultiPolygon, Polygon, box
 from napari_histattn.io.regions import (
     GridGeometry,
     Patch,
+    PatchTable,
     Region,
     class_colour,
     grid_patches,
@@ -223,6 +224,27 @@ def test_grid_patches_rows_match_geometry() -> None:
     assert patches[1].size_l0_wh == (256.0, 256.0)
     assert patches[1].attention == pytest.approx(0.3)
     assert dict(patches[1].probs) == pytest.approx({"A": 0.2, "B": 0.8})
+
+
+def test_grid_patches_are_columns_that_read_as_patches() -> None:
+    """1.5 M tiles as Patch objects held 2 GB; the table holds arrays and makes a Patch
+    only when one is read, equal to the one the cell would have given."""
+    attention = np.array([[0.1, np.nan], [0.3, 0.4]])
+    probs = np.array([[[0.9, 0.1], [0.5, 0.5]], [[0.2, 0.8], [0.6, 0.4]]])
+    table = grid_patches(attention, GEOMETRY, class_names=["A", "B"], cell_probs=probs)
+    assert isinstance(table, PatchTable) and table.l0_xy.shape == (3, 2)
+    expected = [
+        Patch((1000.0, 50.0), (256.0, 256.0), 0.1, {"A": 0.9, "B": 0.1}),
+        Patch((1000.0, 306.0), (256.0, 256.0), 0.3, {"A": 0.2, "B": 0.8}),
+        Patch((1256.0, 306.0), (256.0, 256.0), 0.4, {"A": 0.6, "B": 0.4}),
+    ]
+    assert table == expected and list(table) == expected
+    assert table[-1] == expected[-1] and table[1:] == expected[1:]
+    assert isinstance(table[:2], PatchTable) and len(table[:2]) == 2
+    with pytest.raises(IndexError):
+        table[3]
+    bare = grid_patches(attention, GEOMETRY)
+    assert bare.probs is None and dict(bare[0].probs) == {}
 
 
 # --------------------------------------------------------------------------- types and repair

@@ -1,7 +1,6 @@
 """The patch table as CSV (level-0 ``x, y, w, h``, attention, ``prob_<class>``): write and read back."""
 
 import csv
-import io
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -11,7 +10,7 @@ from typing import Any
 from napari_histattn.atomic import atomic_write, describe_os_error
 from napari_histattn.errors import AnnotationError, ExportError
 from napari_histattn.io.export.geojson import _number
-from napari_histattn.io.regions import Patch
+from napari_histattn.io.regions import Patch, PatchTable
 
 CSV_BASE_COLUMNS = ("x", "y", "w", "h", "attention")
 _PROB_PREFIX = "prob_"
@@ -75,38 +74,42 @@ def write_patches_csv(
         The file could not be written, or a patch is malformed.
     """
     target = Path(path)
-    try:
-        rows = [_as_patch(p) for p in patches]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ExportError(target, f"malformed patch ({type(exc).__name__}: {exc})") from exc
-    if class_names is None:
+    rows: Sequence[Patch]
+    if isinstance(patches, PatchTable):
+        rows = patches  # columns: each row's Patch is made as it is written
+    else:
+        try:
+            rows = [_as_patch(p) for p in patches]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExportError(target, f"malformed patch ({type(exc).__name__}: {exc})") from exc
+    if class_names is not None:
+        names = [str(n) for n in class_names]
+    elif isinstance(rows, PatchTable):
+        names = list(rows.class_names)
+    else:
         seen: dict[str, None] = {}
         for patch in rows:
             seen.update(dict.fromkeys(patch.probs))
         names = list(seen)
-    else:
-        names = [str(n) for n in class_names]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
     flags = None if unreadable is None else [bool(f) for f in unreadable]
     if flags is not None and len(flags) != len(rows):
         raise ExportError(target, f"{len(flags)} unreadable flags for {len(rows)} patches")
     extra = [] if flags is None else ["unreadable"]
-    writer.writerow([*CSV_BASE_COLUMNS, *(f"{_PROB_PREFIX}{n}" for n in names), *extra])
-    for i, patch in enumerate(rows):
-        writer.writerow(
-            [
-                _csv_number(patch.l0_xy[0]),
-                _csv_number(patch.l0_xy[1]),
-                _csv_number(patch.size_l0_wh[0]),
-                _csv_number(patch.size_l0_wh[1]),
-                _csv_number(patch.attention),
-                *(_csv_number(patch.probs[n]) if n in patch.probs else "" for n in names),
-                *([] if flags is None else [int(flags[i])]),
-            ]
-        )
     with atomic_write(target, "w", newline="") as handle:
-        handle.write(buffer.getvalue())
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow([*CSV_BASE_COLUMNS, *(f"{_PROB_PREFIX}{n}" for n in names), *extra])
+        for i, patch in enumerate(rows):
+            writer.writerow(
+                [
+                    _csv_number(patch.l0_xy[0]),
+                    _csv_number(patch.l0_xy[1]),
+                    _csv_number(patch.size_l0_wh[0]),
+                    _csv_number(patch.size_l0_wh[1]),
+                    _csv_number(patch.attention),
+                    *(_csv_number(patch.probs[n]) if n in patch.probs else "" for n in names),
+                    *([] if flags is None else [int(flags[i])]),
+                ]
+            )
     return target
 
 
