@@ -6,7 +6,7 @@ each other at the end of every parallel kernel. On a machine where other process
 the cores, a kernel's threads are scheduled at different times and the run slows far more
 than its share of the CPU would say (issue 14 measured A-MIL at 15 s quiet and 380 s
 under load). So a run takes ``cores - busy`` threads, at least one, where ``busy`` is the
-number of other runnable tasks seen a few times over ~20 ms (``/proc/loadavg``'s running
+number of other runnable tasks seen three times over ~5 ms (``/proc/loadavg``'s running
 count: cheap, and a load average lags by a minute). An explicit count always wins:
 ``threads=`` in :func:`~napari_histattn.inference.engine.classify`, ``--threads`` on the
 command line, or the ``HISTATTN_TORCH_THREADS`` environment variable (set by our Dask
@@ -62,7 +62,7 @@ def _cgroup_quota() -> float | None:
     return None
 
 
-def busy_cores(samples: int = 5, interval_s: float = 0.005) -> float:
+def busy_cores(samples: int = 3, interval_s: float = 0.002) -> float:
     """Runnable tasks of other processes now: the median over ``samples`` reads of
     ``/proc/loadavg``'s running count, less this process's own running threads (the
     reading thread at least). 0 where that file does not exist."""

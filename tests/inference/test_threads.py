@@ -65,8 +65,23 @@ def test_classify_records_its_threads_and_restores_them(lesion_slide, checkpoint
     before = torch.get_num_threads()
     result = run_to_completion(classify(lesion_slide.path, checkpoint_paths["amil"], threads=1))
     assert result.provenance["torch_threads"] == 1
-    assert any(m == "torch threads: 1 (as asked)" for m in result.provenance["messages"])
+    assert result.provenance["torch_threads_why"] == "as asked"
+    assert not any("thread" in m for m in result.provenance["messages"])
     assert torch.get_num_threads() == before
+
+
+def test_a_run_on_a_busy_machine_says_why_it_has_fewer_threads(
+    lesion_slide, checkpoint_paths, monkeypatch
+) -> None:
+    monkeypatch.delenv(threads.THREADS_ENV_VAR, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)
+    result = run_to_completion(classify(lesion_slide.path, checkpoint_paths["amil"]))
+    assert result.provenance["torch_threads"] == 1
+    assert (
+        "torch runs on 1 thread(s): 2 cores, 1 busy with other work"
+        in (result.provenance["messages"])
+    )
 
 
 def test_amp_runs_the_encoder_in_bfloat16_close_to_float32(lesion_slide, loaded) -> None:
