@@ -288,6 +288,8 @@ def extract_features(
 
     The encoder runs on channels-last inputs, on CUDA in bfloat16 autocast, on the
     CPU in float32. The file appears only when complete (see the module docstring).
+    Returns the file's tiles without their features (``features`` is ``(n, 0)``: read
+    them with :func:`read_features` or :func:`feature_chunks`).
     ``plan`` gives the tiles instead of the slide's tissue tiles at the encoder's
     resolution (its patch size must be the encoder's input size).
 
@@ -369,4 +371,6 @@ def extract_features(
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return read_features(target)
+    # The tiles only: the features were just written, and a 1.5 M-tile slide's from a
+    # 1,024-d encoder would be 6 GB read back (feature_chunks reads them in bounded pieces).
+    return read_features(target, features=False)
