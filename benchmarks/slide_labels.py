@@ -67,23 +67,30 @@ def _labels(rows: list[tuple[Path, str]], path: Path) -> Path:
     return path
 
 
-def _localisation(result, slide: Path, size: int = 2048) -> dict[str, float]:
-    """Attention mass in the lesion and localisation AUC over tissue cells (and against
-    look-alike cells alone) of a ``size``^2 generated slide, from its ``.mask.png``."""
+def grid_labels(result, slide: Path, size: int = 2048) -> np.ndarray:
+    """The ground-truth label (0 glass, 2 look-alike, 3 lesion, ...) of every cell of
+    ``result``'s grid on a ``size``^2 generated slide, from its ``.mask.png``."""
     from PIL import Image
 
-    from napari_histattn.stats import roc_auc_binary
-
     mask = np.asarray(Image.open(slide.with_suffix(".mask.png")))
-    att = np.asarray(result.attention, dtype=np.float64)
-    rows, cols = att.shape
+    rows, cols = np.asarray(result.attention).shape
     ys = (np.arange(rows) + 0.5) * result.geometry.stride_l0_xy[1]
     xs = (np.arange(cols) + 0.5) * result.geometry.stride_l0_xy[0]
     sy, sx = mask.shape[0] / size, mask.shape[1] / size
-    lab = mask[
+    return mask[
         np.clip((ys * sy).astype(int), 0, mask.shape[0] - 1)[:, None],
         np.clip((xs * sx).astype(int), 0, mask.shape[1] - 1)[None, :],
     ]
+
+
+def _localisation(result, slide: Path, size: int = 2048, values=None) -> dict[str, float]:
+    """Attention mass in the lesion and localisation AUC over tissue cells (and against
+    look-alike cells alone) of a ``size``^2 generated slide, from its ``.mask.png``;
+    ``values``: another map on the same grid (an explanation) instead of the attention."""
+    from napari_histattn.stats import roc_auc_binary
+
+    att = np.asarray(result.attention if values is None else values, dtype=np.float64)
+    lab = grid_labels(result, slide, size)
     tissue = np.isfinite(att) & (lab > 0)
     score = np.where(np.isfinite(att), att, 0.0)
     lesion = lab == 3

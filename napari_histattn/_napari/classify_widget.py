@@ -12,7 +12,7 @@ Errors reach the user as napari notifications and the widget returns to idle.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,20 @@ from napari_histattn._napari.checkpoints import (
     find_checkpoints,
 )
 from napari_histattn._napari.family_params import (
+    EXPLAIN_CHOICES,
     configure_controls,
+    explain_control,
     param_controls,
     param_values,
+    slide_mpp_control,
 )
 from napari_histattn._napari.result_panel import panel_text
+from napari_histattn._napari.shown import (
+    Shown,
+    add_result_layers,
+    regions_tuple,
+    set_overlay_visible,
+)
 from napari_histattn.errors import HistattnError
 from napari_histattn.progress import Progress
 
@@ -59,16 +68,6 @@ class _Run:
     failed: bool = False
 
 
-@dataclass
-class _Shown:
-    """A result on screen: its slide, its layers and the regions at the slider's threshold."""
-
-    result: Any
-    source: rl.SlideSource
-    layers: dict[str, Any] = field(default_factory=dict)
-    regions: list[Any] = field(default_factory=list)
-
-
 class ClassifyWidget(Container):
     """Classify a slide layer with an attention model and show where the model looked.
 
@@ -82,7 +81,7 @@ class ClassifyWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._runs: dict[Any, _Run] = {}
-        self._shown: dict[Any, _Shown] = {}
+        self._shown: dict[Any, Shown] = {}
         self._checkpoints: dict[str, CheckpointChoice] = {
             str(c.path): c for c in find_checkpoints()
         }
@@ -100,6 +99,8 @@ class ClassifyWidget(Container):
                 raise HistattnError(f"a model family declares parameter {name!r}, a widget name")
             setattr(self, name, control)
         self.batch_size = SpinBox(label="batch size", min=1, max=65536)
+        self.slide_mpp = slide_mpp_control()
+        self.explain = explain_control()
         # A slide much coarser than the model's resolution is refused (the model would
         # see blurred pixels); this is the explicit "yes, I mean it".
         self.allow_upsample = CheckBox(
@@ -133,6 +134,8 @@ class ClassifyWidget(Container):
                 self.device,
                 *self.params.values(),
                 self.batch_size,
+                self.slide_mpp,
+                self.explain,
                 self.allow_upsample,
                 self.classify_button,
                 self.cancel_button,
@@ -209,7 +212,12 @@ class ClassifyWidget(Container):
         self._family = defaults.family
         self._param_names = set(defaults.values)
         configure_controls(self.params, defaults.family, defaults.values)
+        self.explain.visible = self._explains()
         self.batch_size.value = defaults.batch_size
+
+    def _explains(self) -> bool:
+        """Whether the chosen model's family computes post-hoc explanations."""
+        return bool(self._family is not None and self._family.explains)
 
     def add_checkpoint(self, path: str | Path) -> bool:
         """Add a checkpoint file to the model picker and select it.
@@ -279,6 +287,8 @@ class ClassifyWidget(Container):
             params=self.param_values(),
             threshold=float(self.threshold.value),
             allow_upsample=bool(self.allow_upsample.value),
+            slide_mpp=float(self.slide_mpp.value) or None,
+            explain=EXPLAIN_CHOICES[self.explain.value] if self._explains() else None,
             cancel=run.cancel,
         )
         run.worker = worker
@@ -319,19 +329,9 @@ class ClassifyWidget(Container):
         if run.cancel.is_set() or run.layer not in self._viewer.layers:
             return  # cancelled after its last batch: present nothing
         self._remove_result_layers(run.layer)
-        shown = _Shown(result=result, source=source)
-        data, kwargs, _ = rl.heatmap_layer_data(result, source)
-        shown.layers["heatmap"] = self._viewer.add_image(data, **kwargs)
-        shown.regions = result.regions_at(float(self.threshold.value), result.top_k)
-        data, kwargs, _ = self._regions_tuple(shown)
-        shown.layers["regions"] = self._viewer.add_shapes(data, **kwargs)
-        if result.samples is not None:
-            data, kwargs, _ = rl.samples_layer_data(
-                result.samples, source, name=f"{source.name} sampled patches"
-            )
-            shown.layers["samples"] = self._viewer.add_points(data, **kwargs)
-        for layer in shown.layers.values():
-            layer.visible = bool(self.show_overlay.value)
+        shown = add_result_layers(
+            self._viewer, result, source, float(self.threshold.value), self.show_overlay.value
+        )
         self._shown[run.layer] = shown
         # Keep the slide selected, so that Classify and Export act on it.
         self.layer.value = run.layer
@@ -393,24 +393,11 @@ class ClassifyWidget(Container):
         if run is not None and run.last is not None:
             self._on_progress(run, run.last)  # show the chosen layer's own progress
 
-    def _show_result(self, shown: _Shown) -> None:
+    def _show_result(self, shown: Shown) -> None:
         self.result_label.value = panel_text(shown.result, shown.regions)
         self.export_button.enabled = True
 
     # ------------------------------------------------------------------ result layers
-
-    def _regions_tuple(self, shown: _Shown) -> Any:
-        source = shown.source
-        return rl.regions_layer_data(
-            shown.regions,
-            name=f"{source.name} attended regions",
-            mpp_xy=source.mpp_xy,
-            size_l0_wh=source.size_l0_wh,
-            translate_yx=source.translate_yx,
-            slide_path=source.path,
-            provenance=shown.result.provenance,
-            edge_color=rl.REGION_COLOR,
-        )
 
     def result_layers(self, layer: Any = None) -> dict[str, Any]:
         """The result layers (``heatmap``, ``regions``, ``samples``) of a slide layer."""
@@ -441,7 +428,7 @@ class ClassifyWidget(Container):
                 continue
             if self.layer.value is not None and self._shown.get(self.layer.value) is shown:
                 self._show_result(shown)
-            data, kwargs, _ = self._regions_tuple(shown)
+            data, kwargs, _ = regions_tuple(shown)
             index = list(self._viewer.layers).index(old)
             self._viewer.layers.remove(old)
             new = self._viewer.add_shapes(data, **kwargs)
@@ -450,9 +437,7 @@ class ClassifyWidget(Container):
             shown.layers["regions"] = new
 
     def _on_show_overlay_changed(self, visible: bool) -> None:
-        for shown in self._shown.values():
-            for layer in shown.layers.values():
-                layer.visible = bool(visible)
+        set_overlay_visible(list(self._shown.values()), bool(visible))
 
     # ------------------------------------------------------------------ export
 

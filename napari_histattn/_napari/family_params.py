@@ -13,7 +13,15 @@ from typing import Any
 
 from magicgui.widgets import FloatSpinBox, SpinBox
 
-__all__ = ["configure_controls", "param_controls", "param_values"]
+__all__ = [
+    "EXPLAIN_CHOICES",
+    "EXPLAIN_TITLES",
+    "configure_controls",
+    "explain_control",
+    "param_controls",
+    "param_values",
+    "slide_mpp_control",
+]
 
 
 def param_controls() -> dict[str, Any]:
@@ -52,3 +60,47 @@ def param_values(controls: dict[str, Any], family: Any, names: Any) -> dict[str,
     if family is None:
         return {}
     return {p.name: p.kind(controls[p.name].value) for p in family.params if p.name in names}
+
+
+def slide_mpp_control() -> Any:
+    """The "slide um/px" box: 0 uses the file's pixel size; a value gives one to a file that
+    records none (a TCGA SVS without it, a BreakHis PNG) or overrides a wrong one."""
+    control = FloatSpinBox(label="slide um/px (0 = file's)", min=0.0, max=100.0, step=0.01)
+    control.tooltip = (
+        "The slide's level-0 micrometres per pixel. 0: as the file records it. Files without "
+        "one need it for slide models; image-level models otherwise read the image as if it "
+        "were at their training resolution, and say so."
+    )
+    return control
+
+
+#: The widget's "explain with" choices: what a reviewer reads -> the engine's methods.
+EXPLAIN_CHOICES: dict[str, tuple[str, ...]] = {
+    "attention only": (),
+    "+ Grad-CAM": ("gradcam",),
+    "+ guided Grad-CAM": ("guided_gradcam",),
+    "+ saliency": ("saliency",),
+    "+ all three": ("gradcam", "guided_gradcam", "saliency"),
+}
+
+#: Layer titles of the methods.
+EXPLAIN_TITLES = {
+    "gradcam": "Grad-CAM",
+    "guided_gradcam": "guided Grad-CAM",
+    "saliency": "saliency",
+}
+
+
+def explain_control() -> Any:
+    """The "explain with" box: post-hoc explanations beside the model's attention, each an
+    aligned layer named after its method (shown for families that compute them)."""
+    from magicgui.widgets import ComboBox
+
+    control = ComboBox(label="explain with", choices=list(EXPLAIN_CHOICES), value="attention only")
+    control.tooltip = (
+        "Also compute post-hoc explanations of each tile's evidence (Grad-CAM, guided "
+        "Grad-CAM, gradient saliency): one more layer each, hidden at first; about 2-5x "
+        "the run time."
+    )
+    control.visible = False
+    return control

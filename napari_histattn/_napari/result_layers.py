@@ -158,6 +158,20 @@ def heatmap_colormap(n: int = 64) -> dict[str, Any]:
     return {"name": HEATMAP_COLORMAP, "colors": attention_ramp(controls), "controls": controls}
 
 
+def explanation_layer_data(
+    result: ClassificationResult, source: SlideSource, method: str, title: str
+) -> LayerDataTuple:
+    """``result``'s post-hoc explanation ``method`` as an Image layer placed and drawn as the
+    attention is (its own 1-99 percentile scaling), named ``"<slide> <title> (<model>)"``."""
+    from dataclasses import replace
+
+    shown = replace(result, attention=np.asarray(result.explanations[method], dtype=np.float32))
+    data, kwargs, kind = heatmap_layer_data(shown, source)
+    kwargs["name"] = f"{source.name} {title} ({_model_label(result)})"
+    kwargs["metadata"] = {**kwargs["metadata"], RESULT_KEY: f"explanation:{method}"}
+    return (data, kwargs, kind)
+
+
 def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> LayerDataTuple:
     """The attention map as an Image layer aligned with the slide layer.
 

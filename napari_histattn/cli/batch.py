@@ -74,6 +74,8 @@ _RESULT_OPTIONS = (
     "crops",
     "allow_upsample",
     "amp",
+    "mpp",
+    "explain",
 )
 
 

@@ -4,7 +4,7 @@ Writes into ``--out``: ``heatmap.png`` (the attention over a thumbnail),
 ``attention.npy`` (the raw map; its geometry is in ``summary.json``),
 ``regions.geojson`` (the top-k attended regions, QuPath's conventions),
 ``patches.csv`` and ``summary.json`` (class, probabilities, provenance), plus
-``crops/`` with ``--crops``. The same engine runs the napari widget, so the
+``crops/`` with ``--crops``, ``explanation-<method>.npy/.png`` with ``--explain``. The same engine runs the napari widget, so the
 same seed gives the same class and attention.
 """
 
@@ -87,6 +87,20 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
         "(refused by default: the model would see blurred pixels)",
     )
     parser.add_argument(
+        "--explain",
+        metavar="METHODS",
+        help="post-hoc explanations beside the attention, comma-separated: gradcam, "
+        "guided_gradcam, saliency (the attention CNN); written as explanation-<method>.npy/.png",
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        metavar="UM",
+        help="the slide's level-0 micrometres per pixel, for files that record none (or a "
+        "wrong one); without it an image-level model reads such an image at the model's "
+        "training resolution and says so, and other models refuse it",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         metavar="N",
@@ -145,6 +159,8 @@ def classify_to_folder(
                 allow_upsample=getattr(args, "allow_upsample", False),
                 threads=getattr(args, "threads", None),
                 amp=getattr(args, "amp", False),
+                slide_mpp=getattr(args, "mpp", None),
+                explain=getattr(args, "explain", None),
             ),
             disable=args.quiet,
         )

@@ -52,7 +52,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from datetime import datetime, timezone
 from os import PathLike
 from pathlib import Path
@@ -64,7 +64,9 @@ from numpy.typing import NDArray
 
 from napari_histattn import __version__
 from napari_histattn.errors import HistattnError
+from napari_histattn.inference.devices import device_batch_size, free_memory, select_device
 from napari_histattn.inference.errors import ModelRunError, UnsupportedModelError
+from napari_histattn.inference.explain import parse_methods
 from napari_histattn.inference.integrity import (
     UNREADABLE_LIMIT,
     failed_rects_l0,
@@ -75,46 +77,25 @@ from napari_histattn.inference.integrity import (
 from napari_histattn.inference.result import ClassificationResult, make_regions
 from napari_histattn.inference.runtime import OOM_ERRORS, SlideRun, given_params
 from napari_histattn.inference.threads import run_threads, torch_threads
+from napari_histattn.io.limits import MPP_RANGE, check_mpp_override
 from napari_histattn.io.regions import GridGeometry, PatchTable, grid_patches
 from napari_histattn.io.slide import Slide, open_slide
 from napari_histattn.models.checkpoint import LoadedCheckpoint
 from napari_histattn.models.checkpoint import load as load_checkpoint
-from napari_histattn.models.device import resolve_device
-from napari_histattn.models.family import SlideOutput, family_for_model, runnable_models
+from napari_histattn.models.family import (
+    SlideOutput,
+    family_for_model,
+    list_families,
+    runnable_models,
+)
 from napari_histattn.progress import Progress
 from napari_histattn.stats import apply_temperature, probability_spread
 
 __all__ = ["FEATURES_ENV_VAR", "classify", "device_batch_size", "select_device"]
 
+
 #: Folders (``os.pathsep``-separated) where cached slide features are looked for.
 FEATURES_ENV_VAR = "HISTATTN_FEATURES"
-
-
-def select_device(name: str | torch.device = "auto") -> tuple[torch.device, list[str]]:
-    """The device to run on, and messages saying why it is not CUDA.
-
-    ``"auto"`` gives CUDA when present, else MPS or the CPU (with a message). A
-    CUDA device that does not exist falls back to the CPU (with a message);
-    other unknown names raise :class:`~napari_histattn.errors.HistattnError`.
-    """
-    text = str(name).strip().lower()
-    if text == "auto":
-        device = resolve_device("auto")
-        if device.type == "cuda":
-            return device, []
-        where = "Apple MPS" if device.type == "mps" else "the CPU"
-        return device, [f"CUDA is not available: running on {where}"]
-    try:
-        return resolve_device(name), []
-    except HistattnError as exc:
-        if text.startswith("cuda"):
-            return torch.device("cpu"), [f"{exc}; falling back to the CPU"]
-        raise
-
-
-def _free(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def classify(
@@ -135,6 +116,8 @@ def classify(
     allow_upsample: bool = False,
     threads: int | None = None,
     amp: bool = False,
+    slide_mpp: float | None = None,
+    explain: str | Sequence[str] | None = None,
 ) -> Generator[Progress, None, ClassificationResult]:
     """Classify one slide; a generator that yields progress and returns the result.
 
@@ -190,6 +173,16 @@ def classify(
     amp
         Run patch encoders under bfloat16 autocast (A-MIL; for CUDA's tensor cores:
         faster, probabilities within about 1e-2 of float32). Off by default.
+    slide_mpp
+        The slide's level-0 micrometres per pixel, for a file that records none (or
+        records a wrong one: this value wins, and provenance says it was given). Without
+        it, an image-level model reads such an image at its own resolution as if at the
+        model's training magnification (and says so); other models refuse it.
+    explain
+        Post-hoc explanations to compute beside the attention (``"gradcam"``,
+        ``"guided_gradcam"``, ``"saliency"``, or several, comma-separated):
+        :attr:`ClassificationResult.explanations`, maps on the attention's grid
+        (:mod:`~napari_histattn.inference.explain`). Families that cannot refuse them.
     cancel
         When set, the run stops at its next progress report by raising
         :class:`~napari_histattn.inference.errors.Cancelled`.
@@ -249,6 +242,15 @@ def classify(
                 f"model family {family.name!r} ({ckpt.model_name}) has no run parameter "
                 f"{', '.join(map(repr, unknown))}; it takes: {takes}"
             )
+        methods = parse_methods(explain)
+        if methods and not family.explains:
+            raise HistattnError(
+                f"model family {family.name!r} ({ckpt.model_name}) computes no post-hoc "
+                "explanations yet; families that do: "
+                + ", ".join(
+                    f"{f.name!r} ({', '.join(f.models)})" for f in list_families() if f.explains
+                )
+            )
         given = given_params(params, seed=seed, n_patches=n_patches, patch_size=patch_size)
         ignored: list[str] = []
         for name, value in list(given.items()):
@@ -275,6 +277,8 @@ def classify(
             features_dirs=_features_dirs(features_dir, the_slide.path),
             encoder_weights=None if encoder_weights is None else Path(encoder_weights),
             allow_upsample=bool(allow_upsample),
+            slide_mpp=_checked_mpp(slide_mpp),
+            explain=methods,
             threads=n_threads,
             amp=bool(amp),
         )
@@ -298,20 +302,17 @@ def classify(
             opened.close()
 
 
-def device_batch_size(default: int, device: torch.device, free_bytes: int | None = None) -> int:
-    """Patches per model call on ``device`` when none is given: the family's default on
-    the CPU and MPS (sized for the CPU's caches), and on CUDA 4x it with 2 GiB free, 8x
-    with 8 GiB (``free_bytes``, default: what the device reports), so that a GPU is
-    not fed in small calls. An out-of-memory error halves it and retries."""
-    if device.type != "cuda":
-        return int(default)
-    if free_bytes is None:
-        try:
-            free_bytes = int(torch.cuda.mem_get_info(device)[0])
-        except (RuntimeError, AssertionError):
-            return int(default)
-    gib = 1 << 30
-    return int(default) * (8 if free_bytes >= 8 * gib else 4 if free_bytes >= 2 * gib else 1)
+def _checked_mpp(mpp: float | None) -> float | None:
+    """A caller's slide um/px: a number within a microscope's range, else HistattnError."""
+    if mpp is None:
+        return None
+    try:
+        return check_mpp_override((mpp, mpp))[0]
+    except ValueError:
+        low, high = MPP_RANGE
+        raise HistattnError(
+            f"the slide's um/px must be a number within {low:g}-{high:g}, got {mpp!r}"
+        ) from None
 
 
 def _run_family(run: SlideRun) -> Generator[Progress, None, SlideOutput]:
@@ -323,7 +324,7 @@ def _run_family(run: SlideRun) -> Generator[Progress, None, SlideOutput]:
         except (HistattnError, GeneratorExit):
             raise
         except OOM_ERRORS as exc:
-            _free(run.device)
+            free_memory(run.device)
             if run.batch_size > 1:
                 run.batch_size = max(1, run.batch_size // 2)
                 message = (
@@ -364,7 +365,7 @@ def _assemble(
 ) -> ClassificationResult:
     slide, ckpt = run.slide, run.checkpoint
     ds = float(raw.info["downsample"])
-    mpp = slide.mpp_xy
+    mpp = run.mpp_xy
     provenance: dict[str, Any] = {
         "package": "napari-histattn",
         "package_version": __version__,
@@ -384,7 +385,11 @@ def _assemble(
         "slide_quickhash": slide.quickhash,
         "slide_size_l0_wh": list(slide.level_dimensions[0]),
         "slide_mpp_xy": None if mpp is None else [float(mpp[0]), float(mpp[1])],
+        "slide_mpp_source": "given"
+        if run.slide_mpp is not None
+        else getattr(slide, "mpp_source", None),
         "mpp_used_xy": None if mpp is None else [float(mpp[0]) * ds, float(mpp[1]) * ds],
+        "mpp_assumed": run.assumed_mpp,
         "downsample_used": ds,
         "level_used": int(slide.best_level_for_downsample(ds)),
         **{k: v for k, v in raw.info.items() if k != "downsample"},
@@ -435,6 +440,7 @@ def _assemble(
         cell_probs=raw.cell_probs,
         threshold=float(threshold),
         top_k=top_k,
+        explanations=dict(raw.explanations),
     )
     result.regions = make_regions(result, threshold, top_k)
     result.unreadable = unreadable

@@ -17,6 +17,9 @@
 ``patches.csv``
     The patch table (level-0 x, y, w, h, attention, class probabilities;
     :func:`napari_histattn.io.export.write_patches_csv`).
+``explanation-<method>.npy``, ``explanation-<method>.png``
+    With explanations asked for (``classify(explain=...)``): each map, raw and over
+    the thumbnail as the attention is (same grid, same ramp).
 ``crops/region_<rank>_<class>.png``
     With ``crops=True``: the top-k regions read at full resolution.
 ``summary.json``
@@ -39,6 +42,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +322,7 @@ def _write_staged(
     """Write the outputs into the staging folder; their names relative to the output folder."""
     paths = {key: staged.path(name) for key, name in OUTPUT_NAMES.items()}
     written: dict[str, Path] = {}
-    mpp = slide.mpp_xy
+    mpp = result.mpp_xy  # the file's, or the one the caller gave
     slide_wh = (int(slide.level_dimensions[0][0]), int(slide.level_dimensions[0][1]))
     geometry = geometry_dict(result.geometry, result.grid_shape)
 
@@ -347,6 +351,17 @@ def _write_staged(
         class_names=result.class_names,
         unreadable=None if result.unreadable is None else result.unreadable.tolist(),
     )
+    for method, values in result.explanations.items():
+        # The same grid as the attention: the same overlay, of this map instead.
+        shown = replace(result, attention=np.asarray(values, dtype=np.float32))
+        written[f"explanation_{method}"] = _write_npy(
+            staged.path(f"explanation-{method}.npy"), np.asarray(values)
+        )
+        written[f"explanation_{method}_heatmap"] = _write_png(
+            staged.path(f"explanation-{method}.png"),
+            render_overlay(shown, slide.thumbnail(thumbnail_size), slide_wh, alpha=alpha),
+            {"histattn:explanation": method, "histattn:geometry": json.dumps(geometry)},
+        )
     if crops and result.regions:
         crop_paths = write_region_crops(
             staged.path("crops"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -108,13 +109,16 @@ def target_downsample(
     level: int | None = None,
     downsample: float | None = None,
     max_upsample: float | None = MAX_UPSAMPLE,
+    mpp_xy: tuple[float, float] | None = None,
 ) -> float:
     """Level-0 pixels per output pixel for one of the three ways to say the resolution.
 
     Exactly one of ``target_mpp`` (needs the slide's mpp), ``level`` (a
     pyramid level's downsample) or ``downsample`` may be given; none means 1.
     A result below ``1 / max_upsample`` (the slide's pixels are that much coarser
-    than the model's) is refused; None allows any upsampling.
+    than the model's) is refused; None allows any upsampling. ``mpp_xy``: the slide's
+    level-0 micrometres per pixel when the caller knows them better than the file
+    (default: the slide's own).
 
     Raises
     ------
@@ -125,18 +129,20 @@ def target_downsample(
     given = [v is not None for v in (target_mpp, level, downsample)]
     if sum(given) > 1:
         raise HistattnError("give only one of target_mpp, level or downsample")
+    mpp = slide.mpp_xy if mpp_xy is None else mpp_xy
     if target_mpp is not None:
-        if slide.mpp_xy is None:
+        if mpp is None:
             raise HistattnError(
-                f"{slide.path}: the slide has no mpp, so target_mpp={target_mpp} cannot be "
-                "used; give a pyramid level or a downsample instead"
+                f"{Path(slide.path).name}: the slide records no pixel size, and the model works at "
+                f"{target_mpp:g} um/px; give the slide's um/px (histattn classify --mpp, the "
+                "widget's 'slide um/px' box, classify(slide_mpp=...))"
             )
         if target_mpp <= 0:
             raise HistattnError(f"target_mpp must be positive, got {target_mpp}")
-        ds = float(target_mpp) / float(np.mean(slide.mpp_xy))
+        ds = float(target_mpp) / float(np.mean(mpp))
         if max_upsample is not None and ds * max_upsample < 1.0:
             raise HistattnError(
-                f"{slide.path}: the slide has {float(np.mean(slide.mpp_xy)):.3g} um/px and the "
+                f"{slide.path}: the slide has {float(np.mean(mpp)):.3g} um/px and the "
                 f"model works at {target_mpp:g} um/px: the slide would be upsampled "
                 f"{1 / ds:.1f}x, beyond {max_upsample:g}x, and the model would see blurred "
                 "pixels; allow it explicitly (the widget's 'allow upsampling' box, "

@@ -14,7 +14,7 @@ turns that into napari's scale and translate.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -90,6 +90,7 @@ class ClassificationResult:
     threshold: float = 0.5
     top_k: int | None = 5
     unreadable: NDArray[np.bool_] | None = field(default=None, repr=False)
+    explanations: dict[str, NDArray[np.float32]] = field(default_factory=dict, repr=False)
 
     @property
     def predicted_index(self) -> int:
@@ -184,6 +185,7 @@ class ClassificationResult:
             lines.append(
                 f"call: top-{k} patch evidence" + (" or attention" if rule == "max" else "")
             )
+        lines += _tile_call_lines(prov)
         threshold = float(prov.get("decision_threshold") or 0.0)
         if threshold:
             lines.append(f"called {name} above margin {threshold:+.2f} (set on validation data)")
@@ -317,3 +319,18 @@ def _classified_by_samples(result: ClassificationResult, region: Region) -> Regi
         color_rgb=None,
         measurements=measurements,
     )
+
+
+def _tile_call_lines(prov: Mapping[str, Any]) -> list[str]:
+    """A patch classifier's call in words, and its tiles of each class after the first
+    (the share and the most confident one, so one small confident focus reads as such)."""
+    calls = prov.get("tile_calls")
+    if not isinstance(calls, Mapping):
+        return []
+    lines = [f"call: {prov['slide_probability']}"] if prov.get("slide_probability") else []
+    for name, c in list(calls.items())[1:]:
+        lines.append(
+            f"{name} tiles: {int(c['tiles'])} ({float(c['fraction']):.1%}), "
+            f"max p {float(c['max_probability']):.2f}"
+        )
+    return lines

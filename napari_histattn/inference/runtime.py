@@ -99,6 +99,12 @@ class SlideRun:
     stage: str = "start"
     #: Upsample a slide whose pixels are coarser than the model's beyond MAX_UPSAMPLE.
     allow_upsample: bool = False
+    #: The slide's level-0 um/px as the caller gives it (overrides the file's), and the
+    #: training resolution an image without one was read as (:meth:`downsample`).
+    slide_mpp: float | None = None
+    assumed_mpp: float | None = None
+    #: Post-hoc explanations asked for (:data:`~napari_histattn.inference.explain.METHODS`).
+    explain: tuple[str, ...] = ()
     # Tile plans and the feature encoder survive an out-of-memory retry.
     plans: dict[tuple[int, float], TilePlan] = field(default_factory=dict)
     _encoder: Any = None
@@ -157,15 +163,41 @@ class SlideRun:
 
     # -- preprocessing read from the checkpoint
 
+    @property
+    def mpp_xy(self) -> tuple[float, float] | None:
+        """The slide's level-0 um/px: the caller's (``slide_mpp``), else the file's."""
+        if self.slide_mpp is not None:
+            return (float(self.slide_mpp), float(self.slide_mpp))
+        return self.slide.mpp_xy
+
     def downsample(self) -> float:
-        """Level-0 pixels per model pixel, from the checkpoint's preprocessing."""
+        """Level-0 pixels per model pixel, from the checkpoint's preprocessing.
+
+        An image-level model (``input == "image"``) on an image that records no pixel
+        size (a BreakHis PNG, a Kather tile) reads it at its own resolution, as if it
+        were at the model's training magnification, and says so; other models need the
+        slide's um/px."""
         pre = self.pre
+        target = pre.get("target_mpp")
+        explicit = pre.get("level") is not None or pre.get("downsample") is not None
+        image_level = self.family.input == "image"
+        if target is not None and self.mpp_xy is None and not explicit and image_level:
+            self.assumed_mpp = float(target)
+            note = (
+                f"{Path(self.slide.path).name} records no pixel size: read as if at the "
+                f"model's training resolution, {float(target):g} um/px; give the image's "
+                "um/px if it is not"
+            )
+            if note not in self.messages:
+                self.note(note)
+            return 1.0
         ds = target_downsample(
             self.slide,
-            target_mpp=pre.get("target_mpp"),
+            target_mpp=target,
             level=pre.get("level"),
             downsample=pre.get("downsample"),
             max_upsample=None if self.allow_upsample else MAX_UPSAMPLE,
+            mpp_xy=self.mpp_xy,
         )
         if ds < 1.0:
             note = f"the slide is upsampled {1 / ds:.1f}x to the model's resolution (its pixels are coarser)"
@@ -185,6 +217,15 @@ class SlideRun:
         if mean is None or std is None:
             return None, None
         return _triple(mean), _triple(std)
+
+    def explain_tiles(
+        self, images: torch.Tensor, classes: list[int], layer: Any
+    ) -> dict[tuple[str, int], torch.Tensor]:
+        """The asked-for explanations of the model's evidence for each class of ``classes``
+        on a batch of tiles (:func:`~napari_histattn.inference.explain.explain`)."""
+        from napari_histattn.inference.explain import explain
+
+        return explain(self.model, images, classes, self.explain, layer=layer)
 
     def check_size(self, side_l0: float, what: str) -> None:
         """Refuse a slide smaller than ``side_l0`` level-0 pixels (``what``: "one patch")."""
@@ -348,9 +389,12 @@ class SlideRun:
                 return _subplan(plan, rows)
         encoder = self._feature_encoder(described)
         pre = described["preprocessing"]
-        mpp = pre.get("target_mpp") if self.slide.mpp_xy is not None else None
+        mpp = pre.get("target_mpp") if self.mpp_xy is not None else None
         ds = target_downsample(
-            self.slide, target_mpp=mpp, max_upsample=None if self.allow_upsample else MAX_UPSAMPLE
+            self.slide,
+            target_mpp=mpp,
+            max_upsample=None if self.allow_upsample else MAX_UPSAMPLE,
+            mpp_xy=self.mpp_xy,
         )
         plan = yield from self.plan(int(pre["input_size"]), ds)
         plan = _subplan(plan, subset(len(plan), cap))

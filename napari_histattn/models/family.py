@@ -218,6 +218,9 @@ class SlideOutput:
         pixels per model pixel). ``"round_probabilities"`` (``(rounds, C)``, a
         sampling family's per-round slide probabilities) makes the engine report
         their spread after calibration.
+    explanations
+        Post-hoc explanations asked for (``ctx.explain``), by method name: maps on the
+        attention's grid (NaN where it is), so that they overlay as it does.
     """
 
     probabilities: NDArray[np.float64]
@@ -227,6 +230,7 @@ class SlideOutput:
     patches: tuple[NDArray[Any], NDArray[Any], NDArray[Any], NDArray[Any]] | None = None
     samples: SampledLocations | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    explanations: dict[str, NDArray[np.float32]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,9 @@ class Family:
         Run parameters shown by the widget and the CLI.
     description
         One line for ``histattn families``.
+    explains
+        Whether ``run`` computes the post-hoc explanations that ``ctx.explain`` asks for
+        (:attr:`SlideOutput.explanations`).
     """
 
     name: str
@@ -261,6 +268,7 @@ class Family:
     default_batch_size: int
     params: tuple[FamilyParam, ...] = ()
     description: str = ""
+    explains: bool = False
 
     def param(self, name: str) -> FamilyParam | None:
         """The declared parameter called ``name``, or ``None``."""

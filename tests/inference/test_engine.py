@@ -22,6 +22,7 @@ from napari_histattn.inference.errors import (
 from napari_histattn.inference.patches import SlidePatchSource, read_view, rgb_to_tensor
 from napari_histattn.inference.result import ClassificationResult
 from napari_histattn.io.slide import open_slide
+from napari_histattn.models import tile_calls
 from napari_histattn.models.checkpoint import LoadedCheckpoint, load
 from napari_histattn.progress import Progress, run_to_completion
 
@@ -142,11 +143,19 @@ def test_family_specific_results(lesion_slide, loaded) -> None:
     assert mil.geometry.stride_l0_xy == (128.0, 128.0)  # 32 px at 2 um/px on a 0.5 um/px slide
     assert np.nansum(mil.attention) == pytest.approx(1.0, abs=1e-5)
     assert len(mil.patches) == int(np.isfinite(mil.attention).sum())
-    # Attention CNN: k x k cells per tile, slide probabilities = mean of tile probabilities.
+    # Attention CNN: k x k cells per tile; the call is the top-k rule over the tiles, the
+    # map each tile's attention times its evidence for the call.
     k = cnn.provenance["cells_per_tile"]
     assert k > 1 and cnn.geometry.stride_l0_xy[0] * k == pytest.approx(32 * 16.0)
     tile_probs = np.array([[p.probs[c] for c in CLASS_NAMES] for p in cnn.patches])
-    assert np.allclose(tile_probs.mean(axis=0), cnn.probabilities)
+    top_k = cnn.provenance["slide_top_k"]
+    assert top_k == tile_calls.DEFAULT_TOP_K
+    assert np.allclose(tile_calls.slide_call(tile_probs, top_k), cnn.probabilities)
+    calls = cnn.provenance["tile_calls"]
+    assert sum(c["tiles"] for c in calls.values()) == len(cnn.patches)
+    support = tile_calls.evidence(tile_probs, cnn.predicted_index)
+    tile_att = np.array([p.attention for p in cnn.patches])
+    assert np.all(tile_att[support < 1e-6] < 1e-3)  # a tile without evidence stays dark
 
 
 def test_sampling_matches_the_models_own_forward(lesion_slide, loaded) -> None:
@@ -413,15 +422,6 @@ def test_no_tissue_is_a_clear_error(name, blank_slide, checkpoint_paths) -> None
 def test_slide_smaller_than_a_patch_is_a_clear_error(name, tiny_slide, checkpoint_paths) -> None:
     with pytest.raises(SlideTooSmallError, match="smaller than"):
         run(tiny_slide, checkpoint_paths[name], device="cpu")
-
-
-def test_target_mpp_needs_a_slide_mpp(tmp_path, checkpoint_paths) -> None:
-    from PIL import Image
-
-    path = tmp_path / "pink.png"  # PNGs carry no mpp
-    Image.fromarray(np.full((600, 600, 3), (200, 100, 160), dtype=np.uint8)).save(path)
-    with pytest.raises(HistattnError, match="no mpp"):
-        run(path, checkpoint_paths["amil"], device="cpu")
 
 
 def test_n_patches_caps_an_amil_bag(lesion_slide, loaded) -> None:

@@ -122,7 +122,7 @@ def test_target_downsample_ways_and_errors(cmu):
         mpp_xy = None
         level_downsamples = (1.0,)
 
-    with pytest.raises(HistattnError, match="no mpp"):
+    with pytest.raises(HistattnError, match="records no pixel size"):
         target_downsample(NoMpp(), target_mpp=0.5)
 
 

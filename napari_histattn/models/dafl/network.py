@@ -64,36 +64,22 @@ input size; ``attention`` ``(B, H_in, W_in)``: ``attention_logits`` divided by i
 sum per image, so it sums to 1. All attention matrices are available from
 :meth:`AttentionVGG.attention_maps`.
 
-Registered name: ``"dafl_cnn"``; family ``"image"`` (its plug-in declaration is at the end).
+Registered name: ``"dafl_cnn"``; family ``"image"`` (declared in :mod:`napari_histattn.models.dafl`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from numpy.typing import NDArray
 from torch import Tensor
 
-from napari_histattn.models.family import (
-    Family,
-    SlideOutput,
-    register_family,
-    softmax64,
-    subset,
-    tile_info,
-    tile_params,
-)
 from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
-from napari_histattn.models.tasks import ImageTask
-from napari_histattn.progress import Progress
 
 _VGG19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
 _VGG19 += [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -393,96 +379,3 @@ def build_dafl_cnn(
         batch_norm=batch_norm,
         cattn_kernel=cattn_kernel,
     )
-
-
-# --------------------------------------------------------------------------- the family plug-in
-
-
-def _cells_per_tile(model: Any, patch_size: int) -> int:
-    """Side of the last S-Attn module's grid for a ``patch_size`` input (>= 1)."""
-    pools = getattr(model, "pools", None)
-    last = getattr(model, "last_sattn_block", None)
-    if pools is None or last is None:
-        return 1
-    n_pools = sum(isinstance(p, nn.MaxPool2d) for p in list(pools)[: int(last)])
-    return max(1, patch_size // (2**n_pools))
-
-
-def _image_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
-    return int(pre.get("image_size") or config.get("input_size") or 224)
-
-
-def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
-    """The attention CNN tile by tile over a slide (stages ``tissue``, ``tiles``, ``aggregate``).
-
-    Tiles of side ``patch_size`` (default the checkpoint's ``image_size``) cover
-    the tissue. Slide probabilities are the **mean of the tile probabilities**.
-    Each tile's spatial attention (the attention mass each position receives in
-    the last S-Attn module, 1 = uniform within the tile) is average-pooled to
-    ``k x k`` cells, ``k`` the module's own grid size, and multiplied by the
-    tile's probability of the slide's predicted class, so that the stitched map
-    compares across tiles. The patch table has one row per tile (attention: the
-    mean of its cells).
-    """
-    model = ctx.model
-    ds = ctx.downsample()
-    patch_size = int(ctx.param("patch_size") or _image_size(ctx.checkpoint.config, ctx.pre))
-    plan = yield from ctx.plan(patch_size, ds)
-    chosen = subset(len(plan), ctx.param("n_patches"))
-    n = int(chosen.size)
-    k = _cells_per_tile(model, patch_size)
-    tile_probs: list[NDArray[np.float64]] = []
-    tile_att: list[NDArray[np.float32]] = []
-    for stop, images in ctx.tile_batches(plan, chosen):  # the next batch read meanwhile
-        with torch.inference_mode():
-            out = ctx.call(partial(model, images), "the tiles")
-            tile_probs.append(softmax64(out.logits))
-            # Mean received attention mass per cell: 1 is uniform within the tile.
-            pooled = F.adaptive_avg_pool2d(out.attention_logits.float().unsqueeze(1), (k, k))
-            tile_att.append(pooled[:, 0].cpu().numpy())
-        yield from ctx.report("tiles", stop, n)
-
-    probs_tiles = np.concatenate(tile_probs)  # (n, C)
-    att_tiles = np.concatenate(tile_att)  # (n, k, k)
-    probs = probs_tiles.mean(axis=0)
-    probs = probs / probs.sum()
-    weighted = att_tiles * probs_tiles[:, int(np.argmax(probs)), None, None]
-
-    rows, cols = plan.grid_shape
-    n_classes = probs_tiles.shape[1]
-    att_map = np.full((rows * k, cols * k), np.nan, dtype=np.float32)
-    cell_probs = np.full((rows * k, cols * k, n_classes), np.nan, dtype=np.float64)
-    rc = plan.grid_rc[chosen]
-    for j, (r, c) in enumerate(rc.tolist()):
-        att_map[r * k : (r + 1) * k, c * k : (c + 1) * k] = weighted[j]
-        cell_probs[r * k : (r + 1) * k, c * k : (c + 1) * k] = probs_tiles[j]
-    tile = plan.tile_l0
-    xy_l0 = (rc[:, ::-1] * tile).astype(np.float64)
-    wh_l0 = np.full((n, 2), tile, dtype=np.float64)
-    yield from ctx.report("aggregate", 1, 1)
-    return SlideOutput(
-        probabilities=probs,
-        attention=att_map,
-        cell_l0=tile / k,
-        cell_probs=cell_probs,
-        patches=(xy_l0, wh_l0, weighted.reshape(n, -1).mean(axis=1), probs_tiles),
-        info={
-            **tile_info(ds, patch_size, n, len(plan)),
-            "cells_per_tile": k,
-            "slide_probability": "mean of tile probabilities",
-        },
-    )
-
-
-FAMILY = register_family(
-    Family(
-        name="image",
-        models=("dafl_cnn",),
-        run=run_on_slide,
-        task=lambda options: ImageTask(),
-        input="image",
-        default_batch_size=32,
-        params=tile_params(_image_size),
-        description="channel/spatial attention CNN (DAFL, Wu et al.) run tile by tile",
-    )
-)

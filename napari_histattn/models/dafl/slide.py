@@ -1,0 +1,139 @@
+"""The attention CNN over a whole slide, tile by tile (stages ``tissue``, ``tiles``,
+``aggregate``): the slide call from the tiles' probabilities
+(:mod:`napari_histattn.models.tile_calls`), the stitched attention and explanations."""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from napari_histattn.models import tile_calls
+from napari_histattn.models.family import SlideOutput, softmax64, subset, tile_info
+from napari_histattn.progress import Progress
+
+__all__ = ["image_size", "run_on_slide", "top_k_default"]
+
+
+def _cells_per_tile(model: Any, patch_size: int) -> int:
+    """Side of the last S-Attn module's grid for a ``patch_size`` input (>= 1)."""
+    pools = getattr(model, "pools", None)
+    last = getattr(model, "last_sattn_block", None)
+    if pools is None or last is None:
+        return 1
+    n_pools = sum(isinstance(p, nn.MaxPool2d) for p in list(pools)[: int(last)])
+    return max(1, patch_size // (2**n_pools))
+
+
+def image_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+    """A checkpoint's tile side: the image size it was trained on."""
+    return int(pre.get("image_size") or config.get("input_size") or 224)
+
+
+def top_k_default(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+    """A checkpoint's ``slide_top_k``: its own (preprocessing), else the measured default."""
+    return int(pre.get("slide_top_k", tile_calls.DEFAULT_TOP_K))
+
+
+def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
+    """The attention CNN tile by tile over a slide (stages ``tissue``, ``tiles``, ``aggregate``).
+
+    Tiles of side ``patch_size`` (default the checkpoint's ``image_size``) cover
+    the tissue. The slide call is made from the tile probabilities by
+    :func:`~napari_histattn.models.tile_calls.slide_call`: by default the most
+    severe class that the ``slide_top_k`` most suspicious tiles show (0: the mean of
+    the tiles). Each tile's spatial attention (the attention mass each position
+    receives in the last S-Attn module, 1 = uniform within the tile) is
+    average-pooled to ``k x k`` cells, ``k`` the module's own grid size, and
+    multiplied by the tile's evidence for the call
+    (:func:`~napari_histattn.models.tile_calls.evidence`), so that the stitched map
+    compares across tiles and shows what the call rests on. The patch table has one
+    row per tile (attention: the mean of its cells). Explanations asked for
+    (``ctx.explain``: Grad-CAM at the last convolution block, guided Grad-CAM,
+    saliency) are of each tile's log-odds of the same evidence, average-pooled to the
+    same cells.
+    """
+    model = ctx.model
+    ds = ctx.downsample()
+    patch_size = int(ctx.param("patch_size") or image_size(ctx.checkpoint.config, ctx.pre))
+    top_k = int(ctx.param("slide_top_k"))
+    plan = yield from ctx.plan(patch_size, ds)
+    chosen = subset(len(plan), ctx.param("n_patches"))
+    n = int(chosen.size)
+    k = _cells_per_tile(model, patch_size)
+    tile_probs: list[NDArray[np.float64]] = []
+    tile_att: list[NDArray[np.float32]] = []
+    # (method, evidence class) -> per batch (b, k, k); every class after the first is
+    # explained, since the call (which says whose evidence the map shows) comes last.
+    explained: dict[tuple[str, int], list[NDArray[np.float32]]] = {}
+    evidence_classes = list(range(1, len(ctx.class_names)))
+    for stop, images in ctx.tile_batches(plan, chosen):  # the next batch read meanwhile
+        with torch.inference_mode():
+            out = ctx.call(partial(model, images), "the tiles")
+            tile_probs.append(softmax64(out.logits))
+            # Mean received attention mass per cell: 1 is uniform within the tile.
+            tile_att.append(_cells(out.attention_logits, k))
+        if ctx.explain:
+            maps = ctx.call(
+                partial(ctx.explain_tiles, images, evidence_classes, model.convs[-1]),
+                "the explanations",
+            )
+            for key, value in maps.items():
+                explained.setdefault(key, []).append(_cells(value, k))
+        yield from ctx.report("tiles", stop, n)
+
+    probs_tiles = np.concatenate(tile_probs)  # (n, C)
+    att_tiles = np.concatenate(tile_att)  # (n, k, k)
+    probs = tile_calls.slide_call(probs_tiles, top_k)
+    support = tile_calls.evidence(probs_tiles, int(np.argmax(probs)))
+    weighted = att_tiles * support[:, None, None].astype(np.float32)
+
+    rows, cols = plan.grid_shape
+    n_classes = probs_tiles.shape[1]
+    att_map = np.full((rows * k, cols * k), np.nan, dtype=np.float32)
+    cell_probs = np.full((rows * k, cols * k, n_classes), np.nan, dtype=np.float64)
+    rc = plan.grid_rc[chosen]
+    # Tile (r, c) covers cells r*k..r*k+k-1, c*k..c*k+k-1: one assignment for all tiles.
+    cell_r = (rc[:, 0, None] * k + np.arange(k)[None, :])[:, :, None]  # (n, k, 1)
+    cell_c = (rc[:, 1, None] * k + np.arange(k)[None, :])[:, None, :]  # (n, 1, k)
+    att_map[cell_r, cell_c] = weighted
+    cell_probs[cell_r, cell_c] = probs_tiles[:, None, None, :]
+    shown = min(max(int(np.argmax(probs)), 1), n_classes - 1)  # as tile_calls.evidence
+    explanations = {}
+    for (method, c), parts in explained.items():
+        if c == shown:
+            explanations[method] = np.full_like(att_map, np.nan)
+            explanations[method][cell_r, cell_c] = np.concatenate(parts)
+    tile = plan.tile_l0
+    xy_l0 = (rc[:, ::-1] * tile).astype(np.float64)
+    wh_l0 = np.full((n, 2), tile, dtype=np.float64)
+    yield from ctx.report("aggregate", 1, 1)
+    return SlideOutput(
+        probabilities=probs,
+        attention=att_map,
+        cell_l0=tile / k,
+        cell_probs=cell_probs,
+        patches=(xy_l0, wh_l0, weighted.reshape(n, -1).mean(axis=1), probs_tiles),
+        info={
+            **tile_info(ds, patch_size, n, len(plan)),
+            "cells_per_tile": k,
+            "slide_probability": tile_calls.rule_name(top_k, ctx.class_names),
+            "slide_top_k": top_k,
+            "tile_calls": tile_calls.tile_summary(probs_tiles, ctx.class_names),
+            **({"explained_class": ctx.class_names[shown]} if explanations else {}),
+        },
+        explanations=explanations,
+    )
+
+
+def _cells(maps: torch.Tensor, k: int) -> NDArray[np.float32]:
+    """``(b, h, w)`` maps average-pooled to ``(b, k, k)`` cells, as float32 NumPy."""
+    pooled = F.adaptive_avg_pool2d(maps.detach().float().unsqueeze(1), (k, k))
+    out: NDArray[np.float32] = pooled[:, 0].cpu().numpy()
+    return out
