@@ -65,16 +65,19 @@ def _figure(panels: list[tuple[str, np.ndarray, Any, np.ndarray]]) -> None:
     for row, (name, thumb, maps, labels) in zip(axes, panels, strict=True):
         row[0].imshow(thumb)
         row[0].contour(labels == 3, levels=[0.5], colors="lime", linewidths=0.8,
-                       extent=(0, thumb.shape[1], thumb.shape[0], 0))  # fmt: skip
+                       extent=(0, thumb.shape[1], 0, thumb.shape[0]))  # fmt: skip
         row[0].set_title(name, fontsize=7)
         for ax, key in zip(row[1:], MAPS, strict=True):
-            ax.imshow(maps[key], cmap="inferno")
+            values = maps[key]
+            top = float(np.nanpercentile(values, 99.5)) if np.isfinite(values).any() else 1.0
+            ax.imshow(values, cmap="inferno", vmin=0.0, vmax=max(top, 1e-12))
             ax.contour(labels == 3, levels=[0.5], colors="lime", linewidths=0.8)
             ax.set_title(key, fontsize=8)
         for ax in row:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle("demo attention CNN: lesion outlined in green", fontsize=9)
+    fig.suptitle("demo attention CNN: lesion outlined in green; each map from 0 to its "
+                 "99.5th percentile", fontsize=9)  # fmt: skip
     fig.tight_layout()
     FIGURE.parent.mkdir(exist_ok=True)
     fig.savefig(FIGURE, dpi=110)
