@@ -11,7 +11,7 @@ from napari_histattn.cli._parsers import seed_arg
 from napari_histattn.errors import HistattnError
 
 #: The built-in models (the parser names them without importing torch).
-MODELS = ("dafl_cnn", "amil", "attention_sampling")
+MODELS = ("dafl_cnn", "mldam", "amil", "attention_sampling")
 
 
 def parse_config(items: list[str] | None) -> dict[str, Any]:
@@ -132,7 +132,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=seed_arg, default=0)
     parser.add_argument(
-        "--image-size", type=int, help="dafl_cnn: resize images to this side (config input_size)"
+        "--image-size",
+        type=int,
+        help="dafl_cnn, mldam: resize images to this side (config input_size)",
     )
     parser.add_argument("--target-mpp", type=float, help="slides: patch resolution in um/px")
     parser.add_argument("--level", type=int, help="slides: read patches from this pyramid level")

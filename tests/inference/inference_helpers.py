@@ -23,7 +23,7 @@ import torch
 from napari_histattn.models.checkpoint import save
 from napari_histattn.models.registry import create_model, model_example
 
-FAMILIES = ("attention_sampling", "amil", "dafl_cnn")
+FAMILIES = ("attention_sampling", "amil", "dafl_cnn", "mldam")
 
 # Mean/std of H&E-ish pixels; any fixed values exercise the normalisation path.
 _MEAN = [0.8, 0.6, 0.75]
@@ -55,6 +55,17 @@ CHECKPOINT_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "dafl_cnn": (
         {"n_classes": 2, "input_size": 32},
+        {
+            "input": "image",
+            "image_size": 32,
+            "downsample": 16.0,
+            "mean": _MEAN,
+            "std": _STD,
+            "tissue": {"thumbnail_size": 512},
+        },
+    ),
+    "mldam": (
+        {"n_classes": 2, "input_size": 32, "levels": 2},
         {
             "input": "image",
             "image_size": 32,

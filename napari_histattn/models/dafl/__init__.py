@@ -1,7 +1,7 @@
 """The channel/spatial attention CNN (DAFL; Wu et al., ISBI 2019) as a family plug-in.
 
 - :mod:`.network`: C-Attn, S-Attn and the VGG they sit in, registered as ``"dafl_cnn"``;
-- :mod:`.slide`: how it runs over a whole slide;
+- :mod:`napari_histattn.models.image_tiles`: how it runs over a whole slide;
 - this module: the family's declaration (family ``"image"``).
 """
 
@@ -15,8 +15,8 @@ from napari_histattn.models.dafl.network import (
     SpatialAttention,
     build_dafl_cnn,
 )
-from napari_histattn.models.dafl.slide import image_size, run_on_slide, top_k_default
-from napari_histattn.models.family import Family, FamilyParam, register_family, tile_params
+from napari_histattn.models.family import Family, register_family
+from napari_histattn.models.image_tiles import image_params, run_on_slide
 from napari_histattn.models.tasks import ImageTask
 
 __all__ = [
@@ -38,17 +38,7 @@ FAMILY = register_family(
         task=lambda options: ImageTask(),
         input="image",
         default_batch_size=32,
-        params=(
-            *tile_params(image_size),
-            FamilyParam(
-                "slide_top_k",
-                "tiles deciding the call (0 = mean)",
-                "the slide is the most severe class that this many of its most suspicious "
-                "tiles show (classes in the checkpoint's order, most benign first); 0: the "
-                "mean of the tile probabilities",
-                default=top_k_default,
-            ),
-        ),
+        params=image_params(),
         description="channel/spatial attention CNN (DAFL, Wu et al.) run tile by tile",
         explains=True,
     )

@@ -312,6 +312,18 @@ class AttentionVGG(nn.Module):
         logits = self.head(self.pool(x).flatten(1))
         return logits, maps
 
+    def cells_per_tile(self, patch_size: int) -> int:
+        """Side of the last S-Attn module's grid for a ``patch_size`` input (>= 1)."""
+        n_pools = sum(
+            isinstance(p, nn.MaxPool2d) for p in list(self.pools)[: self.last_sattn_block]
+        )
+        return max(1, patch_size // (2**n_pools))
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The last convolution block (before its attention and pooling): Grad-CAM's layer."""
+        return self.convs[-1]
+
     def attention_maps(self, images: Tensor) -> list[AttentionMap]:
         """Every attention module's matrix (D' or E') for ``images``, in network order."""
         return self._run(images)[1]

@@ -1,6 +1,12 @@
-"""The attention CNN over a whole slide, tile by tile (stages ``tissue``, ``tiles``,
-``aggregate``): the slide call from the tiles' probabilities
-(:mod:`napari_histattn.models.tile_calls`), the stitched attention and explanations."""
+"""Image-level attention models over a whole slide, tile by tile (stages ``tissue``,
+``tiles``, ``aggregate``): the slide call from the tiles' probabilities
+(:mod:`napari_histattn.models.tile_calls`), the stitched attention and explanations.
+
+Shared by the families whose models classify whole images (the attention CNN, MLDAM).
+Such a model returns a :class:`~napari_histattn.models.outputs.CNNAttentionOutput` and
+has ``cells_per_tile(patch_size)`` (the side of its attention grid on one tile) and
+``gradcam_layer`` (the convolution block Grad-CAM reads).
+"""
 
 from __future__ import annotations
 
@@ -10,25 +16,21 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from napari_histattn.models import tile_calls
-from napari_histattn.models.family import SlideOutput, softmax64, subset, tile_info
+from napari_histattn.models.family import (
+    FamilyParam,
+    SlideOutput,
+    softmax64,
+    subset,
+    tile_info,
+    tile_params,
+)
 from napari_histattn.progress import Progress
 
-__all__ = ["image_size", "run_on_slide", "top_k_default"]
-
-
-def _cells_per_tile(model: Any, patch_size: int) -> int:
-    """Side of the last S-Attn module's grid for a ``patch_size`` input (>= 1)."""
-    pools = getattr(model, "pools", None)
-    last = getattr(model, "last_sattn_block", None)
-    if pools is None or last is None:
-        return 1
-    n_pools = sum(isinstance(p, nn.MaxPool2d) for p in list(pools)[: int(last)])
-    return max(1, patch_size // (2**n_pools))
+__all__ = ["image_params", "image_size", "run_on_slide", "top_k_default"]
 
 
 def image_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
@@ -42,20 +44,20 @@ def top_k_default(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
 
 
 def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
-    """The attention CNN tile by tile over a slide (stages ``tissue``, ``tiles``, ``aggregate``).
+    """An image-level model tile by tile over a slide (stages ``tissue``, ``tiles``, ``aggregate``).
 
     Tiles of side ``patch_size`` (default the checkpoint's ``image_size``) cover
     the tissue. The slide call is made from the tile probabilities by
     :func:`~napari_histattn.models.tile_calls.slide_call`: by default the most
     severe class that the ``slide_top_k`` most suspicious tiles show (0: the mean of
-    the tiles). Each tile's spatial attention (the attention mass each position
-    receives in the last S-Attn module, 1 = uniform within the tile) is
-    average-pooled to ``k x k`` cells, ``k`` the module's own grid size, and
+    the tiles). Each tile's spatial attention (``attention_logits``: 1 = uniform within
+    the tile; for the attention CNN the mass each position receives in its last S-Attn
+    module) is average-pooled to ``k x k`` cells, ``k = model.cells_per_tile``, and
     multiplied by the tile's evidence for the call
     (:func:`~napari_histattn.models.tile_calls.evidence`), so that the stitched map
     compares across tiles and shows what the call rests on. The patch table has one
     row per tile (attention: the mean of its cells). Explanations asked for
-    (``ctx.explain``: Grad-CAM at the last convolution block, guided Grad-CAM,
+    (``ctx.explain``: Grad-CAM at ``model.gradcam_layer``, guided Grad-CAM,
     saliency) are of each tile's log-odds of the same evidence, average-pooled to the
     same cells.
     """
@@ -66,7 +68,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     plan = yield from ctx.plan(patch_size, ds)
     chosen = subset(len(plan), ctx.param("n_patches"))
     n = int(chosen.size)
-    k = _cells_per_tile(model, patch_size)
+    k = max(1, int(model.cells_per_tile(patch_size)))
     tile_probs: list[NDArray[np.float64]] = []
     tile_att: list[NDArray[np.float32]] = []
     # (method, evidence class) -> per batch (b, k, k); every class after the first is
@@ -81,7 +83,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             tile_att.append(_cells(out.attention_logits, k))
         if ctx.explain:
             maps = ctx.call(
-                partial(ctx.explain_tiles, images, evidence_classes, model.convs[-1]),
+                partial(ctx.explain_tiles, images, evidence_classes, model.gradcam_layer),
                 "the explanations",
             )
             for key, value in maps.items():
@@ -137,3 +139,19 @@ def _cells(maps: torch.Tensor, k: int) -> NDArray[np.float32]:
     pooled = F.adaptive_avg_pool2d(maps.detach().float().unsqueeze(1), (k, k))
     out: NDArray[np.float32] = pooled[:, 0].cpu().numpy()
     return out
+
+
+def image_params() -> tuple[FamilyParam, ...]:
+    """The run parameters of an image-level family: the tile cap, the tile side and
+    ``slide_top_k``."""
+    return (
+        *tile_params(image_size),
+        FamilyParam(
+            "slide_top_k",
+            "tiles deciding the call (0 = mean)",
+            "the slide is the most severe class that this many of its most suspicious "
+            "tiles show (classes in the checkpoint's order, most benign first); 0: the "
+            "mean of the tile probabilities",
+            default=top_k_default,
+        ),
+    )
