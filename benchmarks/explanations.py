@@ -67,7 +67,7 @@ def _figure(panels: list[tuple[str, np.ndarray, Any, np.ndarray]]) -> None:
         row[0].imshow(thumb)
         row[0].contour(labels == 3, levels=[0.5], colors="lime", linewidths=0.8,
                        extent=(0, thumb.shape[1], 0, thumb.shape[0]))  # fmt: skip
-        row[0].set_title(name, fontsize=7)
+        row[0].set_title(name.replace(": ", "\n"), fontsize=7)
         for ax, key in zip(row[1:], MAPS, strict=True):
             values = maps[key]
             top = float(np.nanpercentile(values, 99.5)) if np.isfinite(values).any() else 1.0

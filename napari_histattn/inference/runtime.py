@@ -227,6 +227,29 @@ class SlideRun:
 
         return explain(self.model, images, classes, self.explain, layer=layer)
 
+    def whole_image(self, size: int, max_side: int) -> torch.Tensor:
+        """The whole slide, resized to ``size`` x ``size`` as image training resizes a file
+        (PIL, bilinear), normalised: ``(1, 3, size, size)`` on the device. A slide larger
+        than ``max_side`` on a side is refused: it is not one image."""
+        from PIL import Image
+
+        w0, h0 = self.slide_size_l0_wh
+        if max(w0, h0) > max_side:
+            raise HistattnError(
+                f"{Path(self.slide.path).name} is {w0}x{h0} px: checkpoint "
+                f"{Path(self.checkpoint.path).name} was trained on whole images resized to "
+                f"{size}x{size} px and classifies one image of at most {max_side} px a side; "
+                "export the region to classify as an image, or use a model trained on tiles"
+            )
+        rgb = np.asarray(self.slide.read_region((0, 0), 0, (w0, h0)))[..., :3]
+        resized = np.asarray(
+            Image.fromarray(np.ascontiguousarray(rgb)).resize(
+                (size, size), Image.Resampling.BILINEAR, reducing_gap=None
+            )
+        )
+        mean, std = self.mean_std()
+        return rgb_to_tensor(resized[None], mean, std).to(self.device)
+
     def check_size(self, side_l0: float, what: str) -> None:
         """Refuse a slide smaller than ``side_l0`` level-0 pixels (``what``: "one patch")."""
         w0, h0 = self.slide_size_l0_wh

@@ -10,6 +10,7 @@ has ``cells_per_tile(patch_size)`` (the side of its attention grid on one tile) 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Mapping
 from functools import partial
 from typing import Any
@@ -60,7 +61,14 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     (``ctx.explain``: Grad-CAM at ``model.gradcam_layer``, guided Grad-CAM,
     saliency) are of each tile's log-odds of the same evidence, average-pooled to the
     same cells.
+
+    A checkpoint trained on whole images (``histattn train`` on an image folder: it
+    records an ``image_size`` but no pixel size, level, downsample or tile size)
+    classifies the whole image resized to that size, as it was trained, instead of
+    tiles of it (:func:`_run_on_whole_image`).
     """
+    if _whole_images(ctx):
+        return (yield from _run_on_whole_image(ctx))
     model = ctx.model
     ds = ctx.downsample()
     patch_size = int(ctx.param("patch_size") or image_size(ctx.checkpoint.config, ctx.pre))
@@ -154,4 +162,77 @@ def image_params() -> tuple[FamilyParam, ...]:
             "mean of the tile probabilities",
             default=top_k_default,
         ),
+    )
+
+
+#: The largest side (level-0 px) of an image that a whole-image checkpoint classifies.
+MAX_WHOLE_IMAGE_SIDE = 8192
+
+
+def _whole_images(ctx: Any) -> bool:
+    """Whether the checkpoint was trained on whole images (and the caller asks for no tiles)."""
+    pre = ctx.pre
+    recorded = ("target_mpp", "downsample", "level", "patch_size")
+    return all(pre.get(key) is None for key in recorded) and ctx.params.get("patch_size") is None
+
+
+def _run_on_whole_image(ctx: Any) -> Generator[Progress, None, SlideOutput]:
+    """One forward pass over the whole image resized to the checkpoint's ``image_size``.
+
+    The attention (and any explanation) comes on the model's own ``k x k`` grid over the
+    squashed image; it is laid on square cells of side ``max(w, h) / k`` level-0 pixels
+    over the image (each cell takes the grid value under its centre).
+    """
+    model = ctx.model
+    size = image_size(ctx.checkpoint.config, ctx.pre)
+    images = ctx.whole_image(size, MAX_WHOLE_IMAGE_SIDE)
+    ctx.note(
+        f"classified the whole image resized to {size}x{size} px, as the checkpoint was "
+        "trained (it records no pixel size or tile size)"
+    )
+    with torch.inference_mode():
+        out = ctx.call(partial(model, images), "the image")
+        probs = softmax64(out.logits)[0]
+    k = max(1, int(model.cells_per_tile(size)))
+    called = int(np.argmax(probs))
+    w0, h0 = ctx.slide_size_l0_wh
+    side = max(w0, h0) / k
+    rows, cols = max(1, math.ceil(h0 / side)), max(1, math.ceil(w0 / side))
+    # The model's grid cell under each square cell's centre (the image was squashed).
+    grid_r = np.minimum(((np.arange(rows) + 0.5) * side / h0 * k).astype(int), k - 1)
+    grid_c = np.minimum(((np.arange(cols) + 0.5) * side / w0 * k).astype(int), k - 1)
+
+    def laid(values: torch.Tensor) -> NDArray[np.float32]:
+        cells = _cells(values, k)[0]
+        return np.ascontiguousarray(cells[grid_r[:, None], grid_c[None, :]])
+
+    explanations = {}
+    if ctx.explain and len(ctx.class_names) > 1:
+        shown = min(max(called, 1), len(ctx.class_names) - 1)
+        maps = ctx.call(partial(ctx.explain_tiles, images, [shown], model.gradcam_layer),
+                        "the explanations")  # fmt: skip
+        explanations = {method: laid(v) for (method, _), v in maps.items()}
+    att_map = laid(out.attention_logits)
+    yield from ctx.report("tiles", 1, 1)
+    n_classes = probs.shape[0]
+    return SlideOutput(
+        probabilities=probs,
+        attention=att_map,
+        cell_l0=side,
+        cell_probs=np.broadcast_to(probs, (rows, cols, n_classes)).copy(),
+        patches=(
+            np.zeros((1, 2)),
+            np.array([[float(w0), float(h0)]]),
+            np.array([float(att_map.mean())]),
+            probs[None, :],
+        ),  # fmt: skip
+        info={
+            "downsample": max(w0, h0) / size,
+            "patch_size": size,
+            "n_patches": 1,
+            "n_tissue_tiles": 1,
+            "whole_image": True,
+            "slide_probability": f"the whole image, resized to {size}x{size} px as in training",
+        },
+        explanations=explanations,
     )

@@ -103,3 +103,43 @@ def test_cli_mpp(tmp_path: Path, png: Path, checkpoint_paths: dict[str, Path], c
     regions = json.loads((out / "regions.geojson").read_text())
     areas = [f["properties"]["measurements"].get("area_um2") for f in regions["features"]]
     assert areas and all(a is not None and a > 0 for a in areas)  # areas in um^2 from it
+
+
+def test_a_whole_image_checkpoint_classifies_the_whole_image(tmp_path: Path) -> None:
+    """Trained on image files (``histattn train`` on a folder: whole images resized to
+    ``image_size``), it sees the whole image resized, not tiles of it."""
+    import torch
+    from PIL import Image
+
+    from napari_histattn.inference.patches import rgb_to_tensor
+    from napari_histattn.models.checkpoint import load
+
+    path = tmp_path / "breakhis.png"
+    rgb = _pixels()[:300, :500]
+    Image.fromarray(rgb).save(path)
+    ck_path = make_checkpoint(tmp_path, "dafl_cnn", downsample=None)
+    result, _ = run(path, ck_path, device="cpu", explain="gradcam")
+    prov = result.provenance
+    assert prov["whole_image"] is True and prov["n_patches"] == 1
+    assert any("whole image resized to 32x32" in m for m in prov["messages"])
+    ck = load(ck_path, device="cpu")
+    resized = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.Resampling.BILINEAR))
+    x = rgb_to_tensor(resized[None], ck.preprocessing["mean"], ck.preprocessing["std"])
+    with torch.no_grad():
+        expected = torch.softmax(ck.model.eval()(x).logits.double(), dim=1)[0].numpy()
+    assert np.allclose(result.probabilities, expected, atol=1e-6)
+    # The model's 8 x 8 grid laid on square cells over the 500 x 300 image.
+    assert result.grid_shape == (5, 8) and result.geometry.stride_l0_xy == (62.5, 62.5)
+    assert result.explanations["gradcam"].shape == (5, 8)
+    # A tile size given by the caller tiles instead.
+    tiled, _ = run(path, ck_path, device="cpu", patch_size=32)
+    assert "whole_image" not in tiled.provenance and tiled.provenance["n_patches"] > 1
+
+
+def test_a_whole_image_checkpoint_refuses_a_slide(tmp_path: Path) -> None:
+    from PIL import Image
+
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.full((8, 9000, 3), 200, dtype=np.uint8)).save(path)
+    with pytest.raises(HistattnError, match="trained on whole images"):
+        run(path, make_checkpoint(tmp_path, "dafl_cnn", downsample=None), device="cpu")
