@@ -337,15 +337,10 @@ def regions_layer_data(
 
 
 def _region_label(region: Region) -> str:
-    """``#rank``, plus the class when the region has its own evidence.
-
-    Without region-level probabilities (``prob_<class>``) no class is shown:
-    an attended region is where the model looked, not a diagnosis.
-    """
-    probability = region.measurements.get(f"prob_{region.class_name}")
-    if probability is None or not math.isfinite(float(probability)):
-        return f"#{region.rank}"
-    return f"#{region.rank} {region.class_name}"
+    """``#rank``: a short marker on the canvas, so that neighbouring regions' labels do not
+    run into each other ("#1 lesion#2 lesion"); the class and its evidence are in the
+    result panel (:func:`region_lines`) and the layer's ``class`` feature."""
+    return f"#{region.rank}"
 
 
 def region_lines(regions: Sequence[Region]) -> list[str]:
