@@ -30,7 +30,6 @@ slide by :mod:`napari_histattn.models.image_tiles`, as the attention CNN is).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -42,7 +41,7 @@ from napari_histattn.models.family import Family, register_family
 from napari_histattn.models.image_tiles import image_params, run_on_slide
 from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
-from napari_histattn.models.tasks import ImageTask
+from napari_histattn.models.tasks import ImageTask, image_example_input
 
 __all__ = ["BACKBONES", "FAMILY", "LevelAttention", "MultiLevelDualAttention", "build_mldam"]
 
@@ -221,19 +220,11 @@ class MultiLevelDualAttention(nn.Module):
         return self.convs[-1]
 
 
-def _example_input(
-    config: dict[str, Any], batch_size: int, seed: int
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    generator = torch.Generator().manual_seed(seed)
-    size = int(config["input_size"])
-    return (torch.rand(batch_size, config["in_channels"], size, size, generator=generator),), {}
-
-
 @register_model(
     "mldam",
     example=ModelExample(
         config={"backbone": "vgg_small", "n_classes": 3, "levels": 2, "input_size": 32},
-        make_input=_example_input,
+        make_input=image_example_input,
     ),
 )
 def build_mldam(

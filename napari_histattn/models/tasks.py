@@ -21,7 +21,7 @@ from torch import Generator, Tensor
 
 from napari_histattn.models.outputs import AttentionOutput
 
-__all__ = ["Batch", "Call", "ImageTask", "Task", "targets_of"]
+__all__ = ["Batch", "Call", "ImageTask", "Task", "image_example_input", "targets_of"]
 
 
 @dataclass
@@ -98,3 +98,13 @@ class ImageTask(Task):
 
     def model_inputs(self, batch: Batch, device: torch.device, gen: Generator | None) -> Call:
         return (batch.inputs[0].to(device),), {}
+
+
+def image_example_input(
+    config: dict[str, Any], batch_size: int, seed: int
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A registry example input of an image model: random ``(B, in_channels, s, s)`` images,
+    ``s`` the config's ``input_size``."""
+    generator = torch.Generator().manual_seed(seed)
+    size = int(config["input_size"])
+    return (torch.rand(batch_size, config["in_channels"], size, size, generator=generator),), {}

@@ -71,7 +71,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn as nn
@@ -80,6 +79,7 @@ from torch import Tensor
 
 from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
+from napari_histattn.models.tasks import image_example_input
 
 _VGG19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
 _VGG19 += [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
@@ -341,14 +341,6 @@ class AttentionVGG(nn.Module):
         return CNNAttentionOutput(logits=logits, attention=attention, attention_logits=received)
 
 
-def _example_input(
-    config: dict[str, Any], batch_size: int, seed: int
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    generator = torch.Generator().manual_seed(seed)
-    size = int(config["input_size"])
-    return (torch.rand(batch_size, config["in_channels"], size, size, generator=generator),), {}
-
-
 @register_model(
     "dafl_cnn",
     example=ModelExample(
@@ -359,7 +351,7 @@ def _example_input(
             "sattn_positions": [1, 2],
             "input_size": 32,
         },
-        make_input=_example_input,
+        make_input=image_example_input,
     ),
 )
 def build_dafl_cnn(
