@@ -4,8 +4,9 @@ Writes into ``--out``: ``heatmap.png`` (the attention over a thumbnail),
 ``attention.npy`` (the raw map; its geometry is in ``summary.json``),
 ``regions.geojson`` (the top-k attended regions, QuPath's conventions),
 ``patches.csv`` and ``summary.json`` (class, probabilities, provenance), plus
-``crops/`` with ``--crops``, ``explanation-<method>.npy/.png`` with ``--explain``. The same engine runs the napari widget, so the
-same seed gives the same class and attention.
+``crops/`` with ``--crops``, ``explanation-<method>.npy/.png`` with
+``--explain``. The same engine runs the napari widget, so the same seed gives the
+same class and attention.
 """
 
 from __future__ import annotations

@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from napari_histattn.errors import HistattnError
+
 __all__ = ["METHODS", "evidence_score", "explain", "parse_methods"]
 
 #: The methods, by the names the CLI and the widget use.
@@ -42,8 +44,6 @@ METHODS = ("gradcam", "guided_gradcam", "saliency")
 
 def parse_methods(methods: str | Sequence[str] | None) -> tuple[str, ...]:
     """``"gradcam,saliency"`` (or a sequence) as known method names, in order, without repeats."""
-    from napari_histattn.errors import HistattnError
-
     if not methods:
         return ()
     items = methods.split(",") if isinstance(methods, str) else list(methods)

@@ -326,7 +326,8 @@ def _write_staged(
     slide_wh = (int(slide.level_dimensions[0][0]), int(slide.level_dimensions[0][1]))
     geometry = geometry_dict(result.geometry, result.grid_shape)
 
-    overlay = render_overlay(result, slide.thumbnail(thumbnail_size), slide_wh, alpha=alpha)
+    thumbnail = slide.thumbnail(thumbnail_size)  # under the heatmap and every explanation
+    overlay = render_overlay(result, thumbnail, slide_wh, alpha=alpha)
     written["heatmap"] = _write_png(
         paths["heatmap"],
         overlay,
@@ -359,7 +360,7 @@ def _write_staged(
         )
         written[f"explanation_{method}_heatmap"] = _write_png(
             staged.path(f"explanation-{method}.png"),
-            render_overlay(shown, slide.thumbnail(thumbnail_size), slide_wh, alpha=alpha),
+            render_overlay(shown, thumbnail, slide_wh, alpha=alpha),
             {"histattn:explanation": method, "histattn:geometry": json.dumps(geometry)},
         )
     if crops and result.regions:

@@ -358,6 +358,19 @@ def read_view(slide: SlideLike, downsample: float) -> NDArray[np.uint8]:
     return read_scaled(slide, (0, 0), view_size_wh(slide, downsample), downsample)
 
 
+def resize_square(rgb: NDArray[np.uint8], size: int) -> NDArray[np.uint8]:
+    """``(H, W, 3)`` uint8 resized to ``size`` x ``size`` (PIL bilinear, antialiased), as
+    image training resizes its files (:func:`napari_histattn.training.datasets.images.read_rgb`)
+    and a whole-image checkpoint sees an image at inference; unchanged when already that size."""
+    from PIL import Image
+
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    image = Image.fromarray(np.ascontiguousarray(rgb[..., :3]))
+    resized = image.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(resized, dtype=np.uint8)
+
+
 def rgb_to_tensor(
     rgb: NDArray[np.uint8],
     mean: Sequence[float] | None = None,

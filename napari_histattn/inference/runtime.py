@@ -31,6 +31,7 @@ from napari_histattn.inference.patches import (
     TissueSettings,
     plan_tiles,
     read_tiles,
+    resize_square,
     rgb_to_tensor,
     target_downsample,
 )
@@ -231,8 +232,6 @@ class SlideRun:
         """The whole slide, resized to ``size`` x ``size`` as image training resizes a file
         (PIL, bilinear), normalised: ``(1, 3, size, size)`` on the device. A slide larger
         than ``max_side`` on a side is refused: it is not one image."""
-        from PIL import Image
-
         w0, h0 = self.slide_size_l0_wh
         if max(w0, h0) > max_side:
             raise HistattnError(
@@ -242,11 +241,7 @@ class SlideRun:
                 "export the region to classify as an image, or use a model trained on tiles"
             )
         rgb = np.asarray(self.slide.read_region((0, 0), 0, (w0, h0)))[..., :3]
-        resized = np.asarray(
-            Image.fromarray(np.ascontiguousarray(rgb)).resize(
-                (size, size), Image.Resampling.BILINEAR, reducing_gap=None
-            )
-        )
+        resized = resize_square(rgb, size)
         mean, std = self.mean_std()
         return rgb_to_tensor(resized[None], mean, std).to(self.device)
 

@@ -4,7 +4,7 @@ adapted to several backbones in the ``attention-mechanisms-medical-study`` seed)
 The seeds name the idea, not equations: a *self-attention* that weighs each level's own
 positions, and a *multi-level attention* that lets coarser levels guide finer ones and
 fuses features from several depths. This adaptation, for a VGG layout (``"vgg16"``,
-or ``"vgg_small"`` for tests; the blocks as in :mod:`napari_histattn.models.dafl`):
+or ``"vgg_small"`` for tests; blocks as :mod:`napari_histattn.models.vgg` builds them):
 
 - levels: the outputs ``F_l`` (``C_l x H_l x W_l``, before pooling) of the last
   ``levels`` blocks, finest first;
@@ -36,39 +36,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from napari_histattn.models.dafl.network import BACKBONES as DAFL_BACKBONES
 from napari_histattn.models.family import Family, register_family
 from napari_histattn.models.image_tiles import image_params, run_on_slide
 from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
 from napari_histattn.models.tasks import ImageTask, image_example_input
+from napari_histattn.models.vgg import LAYOUTS, conv_block, init_vgg, layout_blocks, resolve_layout
 
 __all__ = ["BACKBONES", "FAMILY", "LevelAttention", "MultiLevelDualAttention", "build_mldam"]
 
-#: Backbone layouts: VGG-16 (configuration D) and the attention CNN's small test layout.
-BACKBONES: dict[str, list[int | str]] = {
-    "vgg16": [
-        64,
-        64,
-        "M",
-        128,
-        128,
-        "M",
-        256,
-        256,
-        256,
-        "M",
-        512,
-        512,
-        512,
-        "M",
-        512,
-        512,
-        512,
-        "M",
-    ],
-    "vgg_small": list(DAFL_BACKBONES["vgg_small"]),
-}
+#: Backbone layouts (:mod:`napari_histattn.models.vgg`): VGG-16 and the small test layout.
+BACKBONES: dict[str, list[int | str]] = {name: LAYOUTS[name] for name in ("vgg16", "vgg_small")}
 
 
 class LevelAttention(nn.Module):
@@ -83,17 +61,6 @@ class LevelAttention(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         return torch.sigmoid(self.body(features))
-
-
-def _blocks(layout: Sequence[int | str]) -> list[list[int | str]]:
-    blocks: list[list[int | str]] = [[]]
-    for item in layout:
-        if item != "M" and not (isinstance(item, int) and item > 0):
-            raise ValueError(f"backbone entries must be positive ints or 'M', got {item!r}")
-        blocks[-1].append(item)
-        if item == "M":
-            blocks.append([])
-    return [b for b in blocks if any(item != "M" for item in b)]
 
 
 class MultiLevelDualAttention(nn.Module):
@@ -123,15 +90,7 @@ class MultiLevelDualAttention(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(backbone, str):
-            if backbone not in BACKBONES:
-                raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)}")
-            layout = BACKBONES[backbone]
-        else:
-            layout = list(backbone)
-        blocks = _blocks(layout)
-        if not blocks:
-            raise ValueError("backbone needs at least one convolution")
+        blocks = layout_blocks(resolve_layout(backbone, BACKBONES))
         if not 1 <= levels <= len(blocks):
             raise ValueError(f"levels must be within 1-{len(blocks)}, got {levels}")
         if n_classes < 1:
@@ -141,17 +100,9 @@ class MultiLevelDualAttention(nn.Module):
         widths: list[int] = []
         channels = in_channels
         for block in blocks:
-            layers: list[nn.Module] = []
-            for item in block:
-                if item == "M":
-                    continue
-                layers.append(nn.Conv2d(channels, int(item), 3, padding=1))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(int(item)))
-                layers.append(nn.ReLU(inplace=True))
-                channels = int(item)
-            self.convs.append(nn.Sequential(*layers))
-            self.pools.append(nn.MaxPool2d(2) if block[-1] == "M" else nn.Identity())
+            convs, pool, channels = conv_block(block, channels, batch_norm)
+            self.convs.append(convs)
+            self.pools.append(pool)
             widths.append(channels)
         self.level_blocks = list(range(len(blocks) - levels, len(blocks)))  # finest first
         self.attend = nn.ModuleList(
@@ -159,11 +110,7 @@ class MultiLevelDualAttention(nn.Module):
         )
         fused = sum(widths[b] for b in self.level_blocks) if attention else widths[-1]
         self.head = nn.Linear(fused, n_classes)
-        for module in self.convs.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        init_vgg(self.convs)
 
     def _run(self, images: Tensor) -> tuple[Tensor, list[Tensor]]:
         if images.dim() != 4:

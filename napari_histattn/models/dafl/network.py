@@ -80,15 +80,11 @@ from torch import Tensor
 from napari_histattn.models.outputs import CNNAttentionOutput
 from napari_histattn.models.registry import ModelExample, register_model
 from napari_histattn.models.tasks import image_example_input
+from napari_histattn.models.vgg import LAYOUTS, conv_block, init_vgg, layout_blocks, resolve_layout
 
-_VGG19: list[int | str] = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M"]
-_VGG19 += [512, 512, 512, 512, "M", 512, 512, 512, 512, "M"]
-
-#: Named backbone layouts: channel counts of 3x3 convolutions, ``"M"`` for a 2x2 max-pool.
-BACKBONES: dict[str, list[int | str]] = {
-    "vgg19": _VGG19,
-    "vgg_small": [16, "M", 32, "M", 64, "M"],
-}
+#: Named backbone layouts (:mod:`napari_histattn.models.vgg`): channel counts of 3x3
+#: convolutions, ``"M"`` for a 2x2 max-pool.
+BACKBONES: dict[str, list[int | str]] = {name: LAYOUTS[name] for name in ("vgg19", "vgg_small")}
 
 
 class ChannelAttention(nn.Module):
@@ -169,24 +165,6 @@ class AttentionMap:
     grid_hw: tuple[int, int]
 
 
-def _resolve_backbone(backbone: str | Sequence[int | str]) -> list[int | str]:
-    if isinstance(backbone, str):
-        try:
-            return list(BACKBONES[backbone])
-        except KeyError:
-            raise ValueError(
-                f"unknown backbone {backbone!r}; known: {', '.join(sorted(BACKBONES))} "
-                "or a list of channel counts and 'M'"
-            ) from None
-    layout = list(backbone)
-    for item in layout:
-        if item != "M" and not (isinstance(item, int) and item > 0):
-            raise ValueError(f"backbone entries must be positive ints or 'M', got {item!r}")
-    if not any(item != "M" for item in layout):
-        raise ValueError("backbone needs at least one convolution")
-    return layout
-
-
 def _resolve_positions(positions: Sequence[int], n_blocks: int, what: str) -> set[int]:
     resolved = set()
     for position in positions:
@@ -236,15 +214,7 @@ class AttentionVGG(nn.Module):
         super().__init__()
         if n_classes < 1:
             raise ValueError(f"n_classes must be at least 1, got {n_classes}")
-        layout = _resolve_backbone(backbone)
-        # A block: convolutions up to and including the next "M" (a trailing run without "M"
-        # is a last block without pooling).
-        blocks: list[list[int | str]] = [[]]
-        for item in layout:
-            blocks[-1].append(item)
-            if item == "M":
-                blocks.append([])
-        blocks = [block for block in blocks if any(item != "M" for item in block)]
+        blocks = layout_blocks(resolve_layout(backbone, BACKBONES))
         n_blocks = len(blocks)
         c_blocks = _resolve_positions(cattn_positions, n_blocks, "cattn")
         s_blocks = _resolve_positions(sattn_positions, n_blocks, "sattn")
@@ -259,22 +229,13 @@ class AttentionVGG(nn.Module):
         self.pools = nn.ModuleList()
         channels = in_channels
         for index, block in enumerate(blocks):
-            layers: list[nn.Module] = []
-            for item in block:
-                if item == "M":
-                    continue
-                width = int(item)
-                layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(width))
-                layers.append(nn.ReLU(inplace=True))
-                channels = width
-            self.convs.append(nn.Sequential(*layers))
+            convs, pool, channels = conv_block(block, channels, batch_norm)
+            self.convs.append(convs)
             if index in c_blocks:
                 self.cattn[str(index)] = ChannelAttention(channels, cattn_kernel)
             if index in s_blocks:
                 self.sattn[str(index)] = SpatialAttention(channels, reduction)
-            self.pools.append(nn.MaxPool2d(2, stride=2) if block[-1] == "M" else nn.Identity())
+            self.pools.append(pool)
         self.last_sattn_block = max(s_blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.head = nn.Linear(channels, n_classes)
@@ -282,14 +243,7 @@ class AttentionVGG(nn.Module):
 
     def _init_backbone(self) -> None:
         # torchvision's VGG initialisation; the attention convolutions keep PyTorch's default.
-        for module in self.convs.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_vgg(self.convs)
         nn.init.normal_(self.head.weight, 0.0, 0.01)
         nn.init.zeros_(self.head.bias)
 

@@ -10,6 +10,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from napari_histattn.inference.patches import resize_square
 from napari_histattn.training.datasets.layouts import (
     DatasetError,
     LabelledData,
@@ -29,12 +30,10 @@ def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
     (bilinear, antialiased) when given."""
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
-            if size is not None and rgb.size != (size, size):
-                rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-            return np.asarray(rgb, dtype=np.uint8)
+            rgb = np.asarray(im.convert("RGB"), dtype=np.uint8)
     except OSError as exc:
         raise DatasetError(path, f"cannot read image: {exc}") from exc
+    return rgb if size is None else resize_square(rgb, size)
 
 
 class ImageDataset(Dataset[tuple[Tensor, int]]):
