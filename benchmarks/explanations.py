@@ -206,7 +206,8 @@ def main() -> int:
         "patches of normal tissue, look-alikes and lesions, 32 px at 1 um/px). Every tissue "
         "tile of the test slides of `benchmarks/patch_calls.py`; maps scored on the positive "
         f"ones ({np.mean(seconds):.1f} s per slide for the attention CNN with the three "
-        "explanations, about 5x a plain classify). Each map is on the model's attention grid; "
+        "explanations; on the sample slide 7x a plain classify, measured by "
+        "`benchmarks/patch_calls.py`). Each map is on the model's attention grid; "
         "mean over slides. Pointing game: the map's maximum lies in the lesion. The backbone "
         "alone has no attention (its attention row would be its tile probability). Figure: "
         "`docs/explanations.png`.",
