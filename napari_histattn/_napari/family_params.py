@@ -15,7 +15,6 @@ from magicgui.widgets import FloatSpinBox, SpinBox
 
 __all__ = [
     "EXPLAIN_CHOICES",
-    "EXPLAIN_TITLES",
     "configure_controls",
     "explain_control",
     "param_controls",
@@ -81,13 +80,6 @@ EXPLAIN_CHOICES: dict[str, tuple[str, ...]] = {
     "+ guided Grad-CAM": ("guided_gradcam",),
     "+ saliency": ("saliency",),
     "+ all three": ("gradcam", "guided_gradcam", "saliency"),
-}
-
-#: Layer titles of the methods.
-EXPLAIN_TITLES = {
-    "gradcam": "Grad-CAM",
-    "guided_gradcam": "guided Grad-CAM",
-    "saliency": "saliency",
 }
 
 

@@ -43,7 +43,7 @@ from napari_histattn.io.export.exportset import ExportSet
 from napari_histattn.io.regions import Region
 
 if TYPE_CHECKING:
-    from napari_histattn.inference.result import ClassificationResult, SampledLocations
+    from napari_histattn.inference.result import ClassificationResult, SampledLocations, SideMap
     from napari_histattn.io.slide import Slide
 
 __all__ = [
@@ -158,17 +158,18 @@ def heatmap_colormap(n: int = 64) -> dict[str, Any]:
     return {"name": HEATMAP_COLORMAP, "colors": attention_ramp(controls), "controls": controls}
 
 
-def explanation_layer_data(
-    result: ClassificationResult, source: SlideSource, method: str, title: str
+def side_map_layer_data(
+    result: ClassificationResult, source: SlideSource, side: SideMap
 ) -> LayerDataTuple:
-    """``result``'s post-hoc explanation ``method`` as an Image layer placed and drawn as the
-    attention is (its own 1-99 percentile scaling), named ``"<slide> <title> (<model>)"``."""
+    """One of ``result``'s side maps (a further attention level or a post-hoc explanation)
+    as an Image layer placed and drawn as the attention is (its own 1-99 percentile
+    scaling), named ``"<slide> <title> (<model>)"``."""
     from dataclasses import replace
 
-    shown = replace(result, attention=np.asarray(result.explanations[method], dtype=np.float32))
+    shown = replace(result, attention=np.asarray(side.values, dtype=np.float32))
     data, kwargs, kind = heatmap_layer_data(shown, source)
-    kwargs["name"] = f"{source.name} {title} ({_model_label(result)})"
-    kwargs["metadata"] = {**kwargs["metadata"], RESULT_KEY: f"explanation:{method}"}
+    kwargs["name"] = f"{source.name} {side.title} ({_model_label(result)})"
+    kwargs["metadata"] = {**kwargs["metadata"], RESULT_KEY: side.key}
     return (data, kwargs, kind)
 
 

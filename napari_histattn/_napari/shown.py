@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from napari_histattn._napari import result_layers as rl
-from napari_histattn._napari.family_params import EXPLAIN_TITLES
 
 __all__ = ["Shown", "add_result_layers", "regions_tuple", "set_overlay_visible"]
 
@@ -45,8 +44,8 @@ def add_result_layers(
     viewer: Any, result: Any, source: rl.SlideSource, threshold: float, visible: bool
 ) -> Shown:
     """Add ``result``'s layers: the heatmap, the regions at ``threshold``, the sampled
-    patches (attention sampling) and one layer per explanation (hidden at first: they
-    would cover the attention)."""
+    patches (attention sampling) and one layer per further attention level and per
+    explanation (hidden at first: they would cover the attention)."""
     shown = Shown(result=result, source=source)
     data, kwargs, _ = rl.heatmap_layer_data(result, source)
     shown.layers["heatmap"] = viewer.add_image(data, **kwargs)
@@ -58,17 +57,19 @@ def add_result_layers(
             result.samples, source, name=f"{source.name} sampled patches"
         )
         shown.layers["samples"] = viewer.add_points(data, **kwargs)
-    for method in result.explanations:
-        data, kwargs, _ = rl.explanation_layer_data(result, source, method, EXPLAIN_TITLES[method])
-        shown.layers[f"explanation:{method}"] = viewer.add_image(data, **kwargs, visible=False)
+    for side in result.side_maps():
+        data, kwargs, _ = rl.side_map_layer_data(result, source, side)
+        shown.layers[side.key] = viewer.add_image(data, **kwargs, visible=False)
     set_overlay_visible([shown], visible)
     return shown
 
 
 def set_overlay_visible(shown: list[Shown], visible: bool) -> None:
-    """Show the results' attention layers, or hide every result layer; explanation layers
-    are only ever hidden here (a reviewer turns them on one at a time)."""
+    """Show the results' attention layers, or hide every result layer; the side maps
+    (further attention levels, explanations) are only ever hidden here (a reviewer turns
+    them on one at a time)."""
+    side = ("explanation:", "attention:")
     for one in shown:
         for key, layer in one.layers.items():
-            if not visible or not key.startswith("explanation:"):
+            if not visible or not key.startswith(side):
                 layer.visible = bool(visible)

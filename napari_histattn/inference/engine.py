@@ -441,6 +441,7 @@ def _assemble(
         threshold=float(threshold),
         top_k=top_k,
         explanations=dict(raw.explanations),
+        attention_maps=dict(raw.attention_maps),
     )
     result.regions = make_regions(result, threshold, top_k)
     result.unreadable = unreadable

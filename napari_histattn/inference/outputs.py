@@ -17,9 +17,11 @@
 ``patches.csv``
     The patch table (level-0 x, y, w, h, attention, class probabilities;
     :func:`napari_histattn.io.export.write_patches_csv`).
+``attention-<name>.npy``, ``attention-<name>.png``
+    The model's further attention levels (HATNet's ``word`` and ``region``), raw and
+    over the thumbnail as the attention is (same grid, same ramp).
 ``explanation-<method>.npy``, ``explanation-<method>.png``
-    With explanations asked for (``classify(explain=...)``): each map, raw and over
-    the thumbnail as the attention is (same grid, same ramp).
+    With explanations asked for (``classify(explain=...)``): each map, likewise.
 ``crops/region_<rank>_<class>.png``
     With ``crops=True``: the top-k regions read at full resolution.
 ``summary.json``
@@ -352,16 +354,15 @@ def _write_staged(
         class_names=result.class_names,
         unreadable=None if result.unreadable is None else result.unreadable.tolist(),
     )
-    for method, values in result.explanations.items():
+    for side in result.side_maps():
         # The same grid as the attention: the same overlay, of this map instead.
-        shown = replace(result, attention=np.asarray(values, dtype=np.float32))
-        written[f"explanation_{method}"] = _write_npy(
-            staged.path(f"explanation-{method}.npy"), np.asarray(values)
-        )
-        written[f"explanation_{method}_heatmap"] = _write_png(
-            staged.path(f"explanation-{method}.png"),
+        shown = replace(result, attention=np.asarray(side.values, dtype=np.float32))
+        key = side.key.replace(":", "_")
+        written[key] = _write_npy(staged.path(f"{side.stem}.npy"), np.asarray(side.values))
+        written[f"{key}_heatmap"] = _write_png(
+            staged.path(f"{side.stem}.png"),
             render_overlay(shown, thumbnail, slide_wh, alpha=alpha),
-            {"histattn:explanation": method, "histattn:geometry": json.dumps(geometry)},
+            {"histattn:map": side.key, "histattn:geometry": json.dumps(geometry)},
         )
     if crops and result.regions:
         crop_paths = write_region_crops(

@@ -33,6 +33,36 @@ from napari_histattn.io.regions import (
 )
 from napari_histattn.models.family import SampledLocations
 
+#: How each post-hoc explanation method is titled on screen.
+EXPLANATION_TITLES = {
+    "gradcam": "Grad-CAM",
+    "guided_gradcam": "guided Grad-CAM",
+    "saliency": "saliency",
+}
+
+
+@dataclass(frozen=True)
+class SideMap:
+    """A map beside the attention, on its grid: one of the model's further attention levels
+    or a post-hoc explanation.
+
+    Attributes
+    ----------
+    key
+        ``"attention:<name>"`` or ``"explanation:<method>"``.
+    stem
+        Its files' name without the suffix (``attention-word``, ``explanation-gradcam``).
+    title
+        What a layer showing it is called (``word attention``, ``Grad-CAM``).
+    values
+        ``(rows, cols)`` float32, NaN where the attention is.
+    """
+
+    key: str
+    stem: str
+    title: str
+    values: NDArray[np.float32]
+
 
 @dataclass
 class ClassificationResult:
@@ -75,6 +105,11 @@ class ClassificationResult:
         ``(len(patches),)`` bool: the patches that overlap a tile that could not be
         decoded (read as grey placeholders); None when every tile decoded. Its share
         is ``provenance["unreadable_fraction"]`` (see :meth:`unreliable_reason`).
+    explanations
+        Post-hoc explanations asked for, by method, on the attention's grid.
+    attention_maps
+        The model's further attention levels, by name (HATNet's ``"word"`` and
+        ``"region"``), on the attention's grid.
     """
 
     class_names: list[str]
@@ -91,6 +126,23 @@ class ClassificationResult:
     top_k: int | None = 5
     unreadable: NDArray[np.bool_] | None = field(default=None, repr=False)
     explanations: dict[str, NDArray[np.float32]] = field(default_factory=dict, repr=False)
+    attention_maps: dict[str, NDArray[np.float32]] = field(default_factory=dict, repr=False)
+
+    def side_maps(self) -> list[SideMap]:
+        """The further attention levels, then the explanations, as :class:`SideMap`."""
+        maps = [
+            SideMap(f"attention:{name}", f"attention-{name}", f"{name} attention", values)
+            for name, values in self.attention_maps.items()
+        ]
+        return maps + [
+            SideMap(
+                f"explanation:{method}",
+                f"explanation-{method}",
+                EXPLANATION_TITLES.get(method, method),
+                values,
+            )
+            for method, values in self.explanations.items()
+        ]
 
     @property
     def predicted_index(self) -> int:

@@ -9,6 +9,7 @@ FAMILY_MODULES = (
     "napari_histattn.models.amil",
     "napari_histattn.models.attention_sampling",
     "napari_histattn.models.dafl",
+    "napari_histattn.models.hatnet",
     "napari_histattn.models.mldam",
 )
 

@@ -221,6 +221,10 @@ class SlideOutput:
     explanations
         Post-hoc explanations asked for (``ctx.explain``), by method name: maps on the
         attention's grid (NaN where it is), so that they overlay as it does.
+    attention_maps
+        The model's further attention maps on the same grid, by name (HATNet's
+        ``"word"`` and ``"region"`` levels, MLDAM's per-level maps), shown beside
+        ``attention`` as their own layers.
     """
 
     probabilities: NDArray[np.float64]
@@ -231,6 +235,7 @@ class SlideOutput:
     samples: SampledLocations | None = None
     info: dict[str, Any] = field(default_factory=dict)
     explanations: dict[str, NDArray[np.float32]] = field(default_factory=dict)
+    attention_maps: dict[str, NDArray[np.float32]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,9 @@ class Family:
     explains
         Whether ``run`` computes the post-hoc explanations that ``ctx.explain`` asks for
         (:attr:`SlideOutput.explanations`).
+    bag_positions
+        ``input="mil"`` only: whether the bags carry each tile's grid (row, col), items
+        ``(bag, positions, [tile labels,] label)`` (HATNet groups tiles into regions).
     """
 
     name: str
@@ -269,6 +277,7 @@ class Family:
     params: tuple[FamilyParam, ...] = ()
     description: str = ""
     explains: bool = False
+    bag_positions: bool = False
 
     def param(self, name: str) -> FamilyParam | None:
         """The declared parameter called ``name``, or ``None``."""

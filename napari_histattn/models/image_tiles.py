@@ -5,7 +5,9 @@
 Shared by the families whose models classify whole images (the attention CNN, MLDAM).
 Such a model returns a :class:`~napari_histattn.models.outputs.CNNAttentionOutput` and
 has ``cells_per_tile(patch_size)`` (the side of its attention grid on one tile) and
-``gradcam_layer`` (the convolution block Grad-CAM reads).
+``gradcam_layer`` (the convolution block Grad-CAM reads). An output's ``levels`` (MLDAM's
+coarser attention levels) become :attr:`~napari_histattn.models.family.SlideOutput.attention_maps`
+on the attention's cells, weighted by the tiles' evidence as the attention is.
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     # (method, evidence class) -> per batch (b, k, k); every class after the first is
     # explained, since the call (which says whose evidence the map shows) comes last.
     explained: dict[tuple[str, int], list[NDArray[np.float32]]] = {}
+    levels: dict[str, list[NDArray[np.float32]]] = {}  # the model's further attention levels
     evidence_classes = list(range(1, len(ctx.class_names)))
     for stop, images in ctx.tile_batches(plan, chosen):  # the next batch read meanwhile
         with torch.inference_mode():
@@ -89,6 +92,8 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             tile_probs.append(softmax64(out.logits))
             # Mean received attention mass per cell: 1 is uniform within the tile.
             tile_att.append(_cells(out.attention_logits, k))
+            for name, values in (getattr(out, "levels", None) or {}).items():
+                levels.setdefault(name, []).append(_cells(values, k))
         if ctx.explain:
             maps = ctx.call(
                 partial(ctx.explain_tiles, images, evidence_classes, model.gradcam_layer),
@@ -120,6 +125,10 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         if c == shown:
             explanations[method] = np.full_like(att_map, np.nan)
             explanations[method][cell_r, cell_c] = np.concatenate(parts)
+    level_maps = {}
+    for name, parts in levels.items():  # weighted by the tiles' evidence, as the attention
+        level_maps[name] = np.full_like(att_map, np.nan)
+        level_maps[name][cell_r, cell_c] = np.concatenate(parts) * support[:, None, None]
     tile = plan.tile_l0
     xy_l0 = (rc[:, ::-1] * tile).astype(np.float64)
     wh_l0 = np.full((n, 2), tile, dtype=np.float64)
@@ -139,6 +148,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             **({"explained_class": ctx.class_names[shown]} if explanations else {}),
         },
         explanations=explanations,
+        attention_maps=level_maps,
     )
 
 
@@ -213,6 +223,7 @@ def _run_on_whole_image(ctx: Any) -> Generator[Progress, None, SlideOutput]:
                         "the explanations")  # fmt: skip
         explanations = {method: laid(v) for (method, _), v in maps.items()}
     att_map = laid(out.attention_logits)
+    level_maps = {name: laid(v) for name, v in (getattr(out, "levels", None) or {}).items()}
     yield from ctx.report("tiles", 1, 1)
     n_classes = probs.shape[0]
     return SlideOutput(
@@ -235,4 +246,5 @@ def _run_on_whole_image(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             "slide_probability": f"the whole image, resized to {size}x{size} px as in training",
         },
         explanations=explanations,
+        attention_maps=level_maps,
     )

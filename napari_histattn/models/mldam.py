@@ -20,8 +20,9 @@ or ``"vgg_small"`` for tests; blocks as :mod:`napari_histattn.models.vgg` builds
 of the last block and the same kind of head; its attention is uniform. Output
 :class:`~napari_histattn.models.outputs.CNNAttentionOutput`: ``attention_logits`` the
 finest level's ``m_l`` divided by its mean (1 = uniform within the image), upsampled to
-the input; ``attention`` the same normalised to sum to 1. :meth:`level_maps` gives every
-level's ``m_l``.
+the input; ``attention`` the same normalised to sum to 1; ``levels`` the coarser levels'
+``m_l`` likewise (``"level 2"``, ... at their own resolution), which the slide runner
+lays beside the attention as layers. :meth:`level_maps` gives every level's raw ``m_l``.
 
 Registered name ``"mldam"``; family ``"mldam"`` (image-level, run tile by tile over a
 slide by :mod:`napari_histattn.models.image_tiles`, as the attention CNN is).
@@ -153,7 +154,13 @@ class MultiLevelDualAttention(nn.Module):
             relative, size=images.shape[-2:], mode="bilinear", align_corners=False
         )[:, 0]
         attention = received / received.sum(dim=(1, 2), keepdim=True)
-        return CNNAttentionOutput(logits=logits, attention=attention, attention_logits=received)
+        coarser = {  # the finest level is the attention itself
+            f"level {i + 1}": (m / m.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12))[:, 0]
+            for i, m in enumerate(maps[1:], start=1)
+        }
+        return CNNAttentionOutput(
+            logits=logits, attention=attention, attention_logits=received, levels=coarser or None
+        )
 
     def cells_per_tile(self, patch_size: int) -> int:
         """Side of the finest attention level's grid for a ``patch_size`` input (>= 1)."""

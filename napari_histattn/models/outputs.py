@@ -51,6 +51,25 @@ class MILOutput(AttentionOutput):
 
 
 @dataclass
+class HATNetOutput(MILOutput):
+    """HATNet: as :class:`MILOutput` (``attention`` ``(B, N)`` is each tile's word attention
+    times its region's attention and sums to 1 over the bag; ``features`` are the words'
+    contextualised embeddings), plus both attention levels.
+
+    ``word_attention`` ``(B, N)`` sums to 1 over the tiles of each region;
+    ``region_attention`` ``(B, R)`` sums to 1 over each bag's regions (0 at padding);
+    ``region_of_tile`` ``(B, N)`` long is each tile's index on the region axis (-1 at
+    padding); ``region_rc`` ``(B, R, 2)`` long the regions' grid (row, col) in regions and
+    ``region_mask`` ``(B, R)`` the real ones."""
+
+    word_attention: Tensor | None = None
+    region_attention: Tensor | None = None
+    region_of_tile: Tensor | None = None
+    region_rc: Tensor | None = None
+    region_mask: Tensor | None = None
+
+
+@dataclass
 class SamplingOutput(AttentionOutput):
     """Attention sampling.
 
@@ -75,4 +94,9 @@ class CNNAttentionOutput(AttentionOutput):
     normalised to sum to 1 per image, upsampled); ``attention_logits`` the same
     before normalisation (the received attention mass at feature resolution,
     upsampled).
+
+    ``levels`` (MLDAM): the model's further attention levels by name, each ``(B, h, w)``
+    at its own resolution, as relative mass (1 = uniform within the image).
     """
+
+    levels: dict[str, Tensor] | None = None

@@ -112,10 +112,22 @@ def evaluate_checkpoint(
                 f"{loaded.path} was trained on cached features: give the folder of this "
                 "data's features (histattn evaluate --features DIR)"
             )
-        dataset = FeatureBagDataset(data, features_dir, max_patches=pre.get("max_patches"))
+        dataset = FeatureBagDataset(
+            data,
+            features_dir,
+            max_patches=pre.get("max_patches"),
+            positions=family.bag_positions,
+        )
     else:
         dataset = make_dataset(
-            input_kind, data, config, options, augment=None, normalise=normalise, seed=0
+            input_kind,
+            data,
+            config,
+            options,
+            augment=None,
+            normalise=normalise,
+            seed=0,
+            positions=family.bag_positions,
         )
     training = loaded.metadata.get("training") or {}
     eval_seed = int(

@@ -244,6 +244,7 @@ def cross_validate(
                     train=part is train_data,
                     seed=seed,
                     labeller=labeller if part is train_data else None,
+                    positions=family.bag_positions,
                 )
                 for part in (train_data, val_data, test_data)
             )
@@ -258,6 +259,7 @@ def cross_validate(
                 normalise=None,
                 seed=seed,
                 labeller=labeller,
+                positions=family.bag_positions,
             )
             normalise = estimate_normalisation(train_set)
             train_set.normalise = normalise  # type: ignore[attr-defined]
@@ -270,6 +272,7 @@ def cross_validate(
                     augment=None,
                     normalise=normalise,
                     seed=seed,
+                    positions=family.bag_positions,
                 )
                 for part in (val_data, test_data)
             )
@@ -417,6 +420,7 @@ def _stage1_set(
         )
     part = train_data.subset(keep)
     seed = spec.train.seed
+    family = family_of(spec.model_name)
     if probe is not None:
         return FeatureBagDataset(
             part,
@@ -426,8 +430,8 @@ def _stage1_set(
             seed=seed,
             labeller=labeller,
             labelled_only=True,
+            positions=family.bag_positions,
         )
-    family = family_of(spec.model_name)
     return make_dataset(
         family.input,
         part,
@@ -438,6 +442,7 @@ def _stage1_set(
         seed=seed,
         labeller=labeller,
         labelled_only=True,
+        positions=family.bag_positions,
     )
 
 

@@ -64,11 +64,13 @@ def make_dataset(
     labeller: InstanceLabeller | None = None,
     labelled_only: bool = False,
     per_class: int | None = None,
+    positions: bool = False,
 ) -> Dataset[Any]:
     """The dataset for a family's ``input`` kind over ``data``.
 
-    ``"image"``: fixed-size images; ``"mil"``: bags of tissue tiles;
-    ``"sampling"``: a low-resolution view plus a high-resolution patch source.
+    ``"image"``: fixed-size images; ``"mil"``: bags of tissue tiles (with their grid
+    positions when ``positions``); ``"sampling"``: a low-resolution view plus a
+    high-resolution patch source.
     """
     if input_kind == "image":
         return ImageDataset(data, int(config["input_size"]), augment, normalise, seed)
@@ -82,6 +84,7 @@ def make_dataset(
             labeller=labeller,
             labelled_only=labelled_only,
             per_class=per_class,
+            positions=positions,
         )
     if input_kind == "sampling":
         return SlideSamplingDataset(data, _slide_options(options, config), normalise)

@@ -1,4 +1,5 @@
-"""The classify widget's "explain with" and "slide um/px" controls, end to end."""
+"""The classify widget's side maps (explanations, HATNet's attention levels) and its "slide
+um/px" box, end to end."""
 
 from __future__ import annotations
 
@@ -55,6 +56,39 @@ def test_explanations_become_hidden_aligned_layers(make_napari_viewer, qtbot, sl
     assert not any(layer.visible for layer in layers.values())
     widget.show_overlay.value = True
     assert heatmap.visible and not layers["explanation:saliency"].visible
+
+
+def test_hatnet_levels_become_hidden_aligned_layers(
+    make_napari_viewer, qtbot, slide, tmp_path
+) -> None:
+    import torch
+
+    from napari_histattn.models.checkpoint import save
+    from napari_histattn.models.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("hatnet", encoder="tiny", patch_size=32, embed_dim=8, attn_dim=8,
+                         n_heads=2, region_size=2)  # fmt: skip
+    path = save(tmp_path / "hatnet.safetensors", model, class_names=["benign", "lesion"],
+                preprocessing={"input": "mil", "patch_size": 32, "target_mpp": 2.0,
+                               "mean": [0.5] * 3, "std": [0.25] * 3})  # fmt: skip
+    viewer = make_napari_viewer()
+    viewer.open(str(slide), plugin="napari-histattn")
+    _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
+    assert widget.add_checkpoint(path)
+    result = _classify(qtbot, viewer, widget)
+    assert result is not None and set(result.attention_maps) == {"word", "region"}
+    layers = widget.result_layers()
+    heatmap = layers["heatmap"]
+    assert heatmap.visible
+    for level in ("word", "region"):
+        layer = layers[f"attention:{level}"]
+        assert f"{level} attention" in layer.name and not layer.visible
+        np.testing.assert_allclose(layer.scale, heatmap.scale)
+        np.testing.assert_allclose(layer.translate, heatmap.translate)
+    widget.show_overlay.value = False
+    widget.show_overlay.value = True
+    assert heatmap.visible and not layers["attention:word"].visible
 
 
 def test_slide_mpp_box_reaches_the_engine(make_napari_viewer, qtbot, slide, tmp_path) -> None:

@@ -23,7 +23,7 @@ import torch
 from napari_histattn.models.checkpoint import save
 from napari_histattn.models.registry import create_model, model_example
 
-FAMILIES = ("attention_sampling", "amil", "dafl_cnn", "mldam")
+FAMILIES = ("attention_sampling", "amil", "dafl_cnn", "mldam", "hatnet")
 
 # Mean/std of H&E-ish pixels; any fixed values exercise the normalisation path.
 _MEAN = [0.8, 0.6, 0.75]
@@ -43,6 +43,17 @@ CHECKPOINT_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
     ),
     "amil": (
+        {"n_classes": 2, "patch_size": 32},
+        {
+            "input": "mil",
+            "patch_size": 32,
+            "target_mpp": 2.0,
+            "mean": _MEAN,
+            "std": _STD,
+            "tissue": {"thumbnail_size": 512},
+        },
+    ),
+    "hatnet": (
         {"n_classes": 2, "patch_size": 32},
         {
             "input": "mil",

@@ -118,7 +118,9 @@ def test_every_family_classifies_a_generated_slide(name, lesion_slide, loaded) -
     assert reports[-1].stage == "regions"
     for report in reports:
         assert report.total is None or 0 <= report.done <= report.total
-    batch_stage = {"attention_sampling": "patches", "amil": "encode"}.get(name, "tiles")
+    batch_stage = {"attention_sampling": "patches", "amil": "encode", "hatnet": "encode"}.get(
+        name, "tiles"
+    )
     last = [r for r in reports if r.stage == batch_stage][-1]
     assert last.done == last.total
 
@@ -191,6 +193,23 @@ def test_same_seed_same_result(name, lesion_slide, loaded) -> None:
     if a.samples is not None:
         assert b.samples is not None
         assert np.array_equal(a.samples.centers_l0_xy, b.samples.centers_l0_xy)
+
+
+@pytest.mark.parametrize(
+    ("name", "levels"), [("hatnet", {"word", "region"}), ("mldam", {"level 2"}), ("amil", set())]
+)
+def test_further_attention_levels_lie_on_the_attention_grid(
+    name, levels, lesion_slide, loaded
+) -> None:
+    with open_slide(lesion_slide.path) as slide:
+        result, _ = run(slide, loaded[name], device="cpu", seed=1)
+    assert set(result.attention_maps) == levels
+    tiles = np.isfinite(result.attention)
+    for values in result.attention_maps.values():
+        assert values.shape == result.attention.shape and values.dtype == np.float32
+        assert (np.isfinite(values) == tiles).all() and (values[tiles] >= 0).all()
+    keys = [side.key for side in result.side_maps()]
+    assert keys == [f"attention:{level}" for level in result.attention_maps]
 
 
 @pytest.mark.gpu

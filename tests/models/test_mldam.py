@@ -48,6 +48,15 @@ def test_output_attention_and_fused_features() -> None:
     assert torch.allclose(out.attention_logits.mean(dim=(1, 2)), torch.ones(3), atol=0.05)
     assert model.head.in_features == 32 + 64  # the two levels' widths, concatenated
     assert model.cells_per_tile(32) == 16 and model.gradcam_layer is model.convs[-1]
+    # The coarser level rides along for the viewer, relative to its mean like the attention.
+    with torch.no_grad():
+        x = torch.rand(3, 3, 32, 32)
+        out, maps = model(x), model.level_maps(x)
+    assert out.levels is not None and set(out.levels) == {"level 2"}
+    coarse = maps["block 2"]
+    torch.testing.assert_close(
+        out.levels["level 2"], coarse / coarse.mean(dim=(1, 2), keepdim=True)
+    )
 
 
 def test_the_baseline_is_the_backbone_alone() -> None:
@@ -62,7 +71,7 @@ def test_the_baseline_is_the_backbone_alone() -> None:
             h = pool(last)
         assert torch.allclose(out.logits, model.head(last.mean(dim=(2, 3))), atol=1e-6)
     assert torch.allclose(out.attention, torch.full_like(out.attention, 1 / 1024))
-    assert model.cells_per_tile(32) == 8
+    assert model.cells_per_tile(32) == 8 and out.levels is None
 
 
 @pytest.mark.parametrize(

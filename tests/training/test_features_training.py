@@ -245,6 +245,47 @@ def test_amil_trained_on_cached_features_from_slide_labels_beats_chance_and_clas
     np.testing.assert_allclose(ignored.attention, cached.attention)
 
 
+def test_hatnet_trains_on_cached_features_with_tile_positions_and_shows_both_levels(
+    cohort: tuple[Path, Path], features: Path, tmp_path: Path
+) -> None:
+    import json
+
+    from napari_histattn.cli import main
+    from napari_histattn.inference.engine import classify
+    from napari_histattn.inference.outputs import write_outputs
+
+    out = tmp_path / "run"
+    argv = ["train", "--labels", str(cohort[1]), "--features", str(features), "--model", "hatnet"]
+    argv += ["--config", "region_size=2", "--config", "n_heads=2", "--config", "attn_dim=16"]
+    argv += ["--out", str(out), "--folds", "3", "--epochs", "30", "--lr", "3e-3", "--quiet"]
+    argv += ["--patience", "0", "--batch-size", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == N_SLIDES
+    assert metrics["accuracy"] > 0.5 and metrics["roc_auc"] > 0.5, metrics
+
+    ckpt = out / "fold-1" / "model.safetensors"
+    slide = cohort[0] / "s00.tiff"
+    result = run_to_completion(classify(slide, ckpt, device="cpu", features_dir=features))
+    assert result.family == "hatnet" and set(result.attention_maps) == {"word", "region"}
+    tiles = np.isfinite(result.attention)
+    for name in ("word", "region"):
+        assert (np.isfinite(result.attention_maps[name]) == tiles).all()
+    # Each tile's attention is its word attention times its region's.
+    np.testing.assert_allclose(
+        result.attention[tiles],
+        result.attention_maps["word"][tiles] * result.attention_maps["region"][tiles],
+        rtol=1e-5,
+    )
+    assert result.attention[tiles].sum() == pytest.approx(1.0, abs=1e-4)
+    assert result.provenance["n_regions"] > 1 and result.provenance["region_size"] == 2
+    with open_slide(slide) as opened:
+        written = write_outputs(result, opened, tmp_path / "outputs")
+    word = np.load(written["attention_word"])
+    np.testing.assert_array_equal(word, result.attention_maps["word"])
+    assert written["attention_region_heatmap"].name == "attention-region.png"
+
+
 @pytest.mark.gui
 @pytest.mark.slow
 def test_a_features_trained_checkpoint_classifies_in_the_widget(

@@ -26,11 +26,13 @@ __all__ = [
     "AttentionMIL",
     "AttentionPooling",
     "MILTask",
+    "bag_patch_size",
     "run_on_slide",
 ]
 
 
-def _patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+def bag_patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
+    """A bag model's tile side: its preprocessing's (features: the encoder's), else its own."""
     return int(pre.get("patch_size") or config.get("patch_size") or 1)
 
 
@@ -42,7 +44,7 @@ FAMILY = register_family(
         task=lambda options: MILTask(chunk_size=options.chunk_size),
         input="mil",
         default_batch_size=128,
-        params=tile_params(_patch_size),
+        params=tile_params(bag_patch_size),
         description="attention MIL (Ilse et al. 2018): attention pooling over every tissue tile",
     )
 )

@@ -54,7 +54,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
         plan = yield from ctx.plan(patch_size, ds)
         chosen = subset(len(plan), ctx.param("n_patches"))
-        yield from _encode_tiles(ctx, plan, chosen, pool)
+        yield from encode_tiles(ctx, plan, chosen, pool)
     n = int(chosen.size)
 
     with torch.inference_mode():
@@ -94,7 +94,7 @@ def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str
     }
 
 
-def _encode_tiles(
+def encode_tiles(
     ctx: Any, plan: Any, chosen: Any, sink: Callable[[Tensor], None]
 ) -> Generator[Progress, None, None]:
     """The model's own encoder over the chosen tiles, one batch at a time (stage ``encode``),

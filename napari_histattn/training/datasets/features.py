@@ -10,7 +10,8 @@ features takes seconds per epoch on a CPU, because no pixel is read or encoded.
 With an :class:`~napari_histattn.training.datasets.annotated.InstanceLabeller`
 items are ``(features, instance_labels (n,), label)``: tiles inside a
 pathologist's annotations carry a class, the others -1 (``labelled_only``
-keeps only the annotated tiles, for stage 1 of two-stage training).
+keeps only the annotated tiles, for stage 1 of two-stage training). ``positions``
+puts each tile's grid (row, col) ``(n, 2)`` after the features (HATNet).
 """
 
 from __future__ import annotations
@@ -56,8 +57,10 @@ class FeatureBagDataset(Dataset[tuple[Tensor, int]]):
         seed: int = 0,
         labeller: InstanceLabeller | None = None,
         labelled_only: bool = False,
+        positions: bool = False,
     ) -> None:
         self.data = data
+        self.positions = positions
         self.labeller = labeller
         self.labelled_only = labelled_only
         self.features_dir = Path(features_dir)
@@ -126,18 +129,19 @@ class FeatureBagDataset(Dataset[tuple[Tensor, int]]):
         except FeatureFileError as exc:
             raise DatasetError(self._paths[index], str(exc)) from exc
         label = self.data.samples[index].label
-        if self.labeller is None:
-            rows = cached.features[self.chosen(index)]
-            return torch.from_numpy(np.ascontiguousarray(rows)), label
-        tiles = self.tile_labels(index, cached)
-        if self.labelled_only:  # stage 1: the annotated tiles only
+        tiles = None if self.labeller is None else self.tile_labels(index, cached)
+        if tiles is not None and self.labelled_only:  # stage 1: the annotated tiles only
             chosen = np.flatnonzero(tiles >= 0)
             if chosen.size == 0:
                 raise DatasetError(self._paths[index], "this slide has no annotated tiles")
         else:
             chosen = self.chosen(index)
-        bag = torch.from_numpy(np.ascontiguousarray(cached.features[chosen]))
-        return bag, torch.from_numpy(tiles[chosen]), label
+        head: tuple[Any, ...] = (torch.from_numpy(np.ascontiguousarray(cached.features[chosen])),)
+        if self.positions:
+            head += (torch.from_numpy(np.ascontiguousarray(cached.grid_rc[chosen])),)
+        if tiles is None:
+            return (*head, label)
+        return (*head, torch.from_numpy(tiles[chosen]), label)
 
     def tile_labels(self, index: int, cached: Any = None) -> np.ndarray:
         """``(n,)`` annotation label of each of item ``index``'s tiles (-1: unlabelled)."""

@@ -101,7 +101,8 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
     """A-MIL bags: the tissue patches of each slide (or image), read lazily.
 
     Item ``(patches (n, 3, p, p), label)``, or ``(patches, instance_labels (n,),
-    label)`` with a ``labeller``. The tile plan of a slide is computed once (tissue
+    label)`` with a ``labeller``; ``positions`` puts each tile's grid (row, col)
+    ``(n, 2)`` after the patches (HATNet). The tile plan of a slide is computed once (tissue
     on a thumbnail); each access reads only the patches of the bag (at most
     ``options.max_patches``). Augmentation is drawn per patch. ``labelled_only``
     keeps the annotated tiles only, and ``per_class`` at most that many of each
@@ -118,6 +119,7 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
         labeller: InstanceLabeller | None = None,
         labelled_only: bool = False,
         per_class: int | None = None,
+        positions: bool = False,
     ) -> None:
         if per_class is not None and (not labelled_only or per_class < 1):
             raise ValueError("per_class needs labelled_only and must be >= 1")
@@ -126,6 +128,7 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
         self.labeller = labeller
         self.labelled_only = labelled_only
         self.per_class = per_class
+        self.positions = positions
         self.augment = None if augment is None else replace(augment, per_instance=True)
         self.normalise = normalise or Normalise()
         self.seed = seed
@@ -208,9 +211,12 @@ class SlideBagDataset(Dataset[tuple[Tensor, int]]):
         if self.augment is not None:
             bag = self.augment(bag, sample_generator(self.seed, self.epoch, index))
         label = self.data.samples[index].label
+        head: tuple[Any, ...] = (self.normalise(bag),)
+        if self.positions:
+            head += (torch.from_numpy(self.plan(index).grid_rc[chosen]),)
         if self.labeller is None:
-            return self.normalise(bag), label
-        return self.normalise(bag), torch.from_numpy(self.tile_labels(index)[chosen]), label
+            return (*head, label)
+        return (*head, torch.from_numpy(self.tile_labels(index)[chosen]), label)
 
     def close(self) -> None:
         """Close the slides this dataset opened."""
