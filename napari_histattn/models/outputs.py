@@ -53,8 +53,9 @@ class MILOutput(AttentionOutput):
 @dataclass
 class HATNetOutput(MILOutput):
     """HATNet: as :class:`MILOutput` (``attention`` ``(B, N)`` is each tile's word attention
-    times its region's attention and sums to 1 over the bag; ``features`` are the words'
-    contextualised embeddings), plus both attention levels.
+    times its region's attention and sums to 1 over the bag; ``features`` and
+    ``instance_logits`` are each tile's own, before the tiles attend to each other), plus
+    both attention levels.
 
     ``word_attention`` ``(B, N)`` sums to 1 over the tiles of each region;
     ``region_attention`` ``(B, R)`` sums to 1 over each bag's regions (0 at padding);

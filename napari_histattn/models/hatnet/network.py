@@ -22,10 +22,13 @@ into one image representation. Here, on a slide's tile grid:
 5. **Head**: a linear layer on the pooled slide embedding.
 
 A tile's attention is ``a_n * b_g(n)``, which sums to 1 over the slide's tiles,
-so the heatmap reads as A-MIL's does. The head applied to each word's
-contextualised embedding gives per-tile class scores; they make the instance
-decision rules, losses and region classes of :class:`~napari_histattn.models.amil.AttentionMIL`
-work unchanged (this class subclasses it; its ``pooling`` is the region pooling).
+so the heatmap reads as A-MIL's does. The head applied to each tile's own embedding
+(before the tiles attend to each other) gives per-tile class scores, the tile's own
+evidence as A-MIL's are: they make the instance decision rules, losses and region
+classes of :class:`~napari_histattn.models.amil.AttentionMIL` work unchanged (this
+class subclasses it; its ``pooling`` is the region pooling). Scores of the
+contextualised words were tried first: trained from slide labels only, the head never
+sees single words, and on the demo slide look-alike regions scored "lesion".
 
 Everything is equivariant to the order of the tiles and depends on their grid
 positions only through the region grouping, the slots and the region code, so
@@ -307,22 +310,19 @@ class HATNet(AttentionMIL):
         pooled, region_weights, region_scores = self.pooling(region_embeddings, regions.mask)
         bag_logits = self.head(pooled.flatten(1))
 
-        # Back to tiles: contextual words, the two attention levels and their product.
-        contextual = features.new_zeros(b, n, dim).index_put(
-            mask.nonzero(as_tuple=True), words[real_flat, real_slot]
-        )
+        # Back to tiles: the two attention levels and their product.
         word_attention = _on_tiles(word_weights[real_flat, real_slot, 0], mask)
         word_logits = _on_tiles(word_scores[real_flat, real_slot, 0], mask)
         bag_index = torch.arange(b, device=mask.device)[:, None].expand(b, n)[mask]
         region_of = regions.of_tile[mask]
         tile_region_attention = _on_tiles(region_weights[bag_index, region_of, 0], mask)
         tile_region_logits = _on_tiles(region_scores[bag_index, region_of, 0], mask)
-        instance_logits = self.instance_logits(contextual)
+        instance_logits = self.instance_logits(features)  # each tile's own evidence
         return HATNetOutput(
             logits=self.decide(bag_logits, instance_logits, mask, self.decision),
             attention=word_attention * tile_region_attention,
             attention_logits=word_logits + tile_region_logits,
-            features=contextual,
+            features=features,
             mask=mask,
             bag_logits=bag_logits,
             instance_logits=instance_logits,
