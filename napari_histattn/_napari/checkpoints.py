@@ -67,11 +67,15 @@ class RunDefaults:
         Each declared parameter's default for this checkpoint, by name.
     batch_size
         Patches or tiles per model call.
+    explains
+        Whether this checkpoint gets post-hoc explanations (its family computes them and
+        does not refuse it).
     """
 
     family: Any
     values: dict[str, Any]
     batch_size: int
+    explains: bool = False
 
 
 def checkpoint_dirs() -> list[Path]:
@@ -150,7 +154,8 @@ def checkpoint_defaults(choice: CheckpointChoice) -> RunDefaults:
         raise CheckpointError(
             choice.path, f"unusable run parameters in its metadata: {exc}"
         ) from exc
-    return RunDefaults(family, values, int(family.default_batch_size))
+    explains = family.cannot_explain(config, pre) is None
+    return RunDefaults(family, values, int(family.default_batch_size), explains)
 
 
 def device_choices() -> list[str]:

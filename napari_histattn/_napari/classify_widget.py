@@ -111,6 +111,7 @@ class ClassifyWidget(Container):
             "tick to run it anyway (the result says how much it was upsampled)."
         )
         self._family: Any = None
+        self._explainable = False
         self._param_names: set[str] = set()
         self.classify_button = PushButton(label="", text="Classify")
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
@@ -210,14 +211,15 @@ class ClassifyWidget(Container):
             show_error(str(exc))
             return
         self._family = defaults.family
+        self._explainable = defaults.explains
         self._param_names = set(defaults.values)
         configure_controls(self.params, defaults.family, defaults.values)
         self.explain.visible = self._explains()
         self.batch_size.value = defaults.batch_size
 
     def _explains(self) -> bool:
-        """Whether the chosen model's family computes post-hoc explanations."""
-        return bool(self._family is not None and self._family.explains)
+        """Whether the chosen checkpoint gets post-hoc explanations."""
+        return bool(self._family is not None and self._explainable)
 
     def add_checkpoint(self, path: str | Path) -> bool:
         """Add a checkpoint file to the model picker and select it.

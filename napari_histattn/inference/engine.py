@@ -243,10 +243,11 @@ def classify(
                 f"{', '.join(map(repr, unknown))}; it takes: {takes}"
             )
         methods = parse_methods(explain)
-        if methods and not family.explains:
+        refusal = family.cannot_explain(ckpt.config, ckpt.preprocessing) if methods else None
+        if refusal is not None:
             raise HistattnError(
-                f"model family {family.name!r} ({ckpt.model_name}) computes no post-hoc "
-                "explanations yet; families that do: "
+                f"{refusal} ({ckpt.model_name}, {Path(ckpt.path).name}); families that "
+                "explain: "
                 + ", ".join(
                     f"{f.name!r} ({', '.join(f.models)})" for f in list_families() if f.explains
                 )

@@ -220,13 +220,15 @@ class SlideRun:
         return _triple(mean), _triple(std)
 
     def explain_tiles(
-        self, images: torch.Tensor, classes: list[int], layer: Any
+        self, images: torch.Tensor, classes: list[int], layer: Any, model: Any = None
     ) -> dict[tuple[str, int], torch.Tensor]:
-        """The asked-for explanations of the model's evidence for each class of ``classes``
-        on a batch of tiles (:func:`~napari_histattn.inference.explain.explain`)."""
+        """The asked-for explanations of the evidence for each class of ``classes`` on a batch
+        of tiles (:func:`~napari_histattn.inference.explain.explain`), of the model or of
+        ``model`` (an image classifier made from it, such as a bag model's tile classifier)."""
         from napari_histattn.inference.explain import explain
 
-        return explain(self.model, images, classes, self.explain, layer=layer)
+        return explain(self.model if model is None else model, images, classes, self.explain,
+                       layer=layer)  # fmt: skip
 
     def whole_image(self, size: int, max_side: int) -> torch.Tensor:
         """The whole slide, resized to ``size`` x ``size`` as image training resizes a file

@@ -263,6 +263,9 @@ class Family:
     explains
         Whether ``run`` computes the post-hoc explanations that ``ctx.explain`` asks for
         (:attr:`SlideOutput.explanations`).
+    explain_refusal
+        ``explain_refusal(config, preprocessing)``: why a checkpoint of an explaining
+        family cannot be explained (a sentence), or None when it can (``None``: all can).
     bag_positions
         ``input="mil"`` only: whether the bags carry each tile's grid (row, col), items
         ``(bag, positions, [tile labels,] label)`` (HATNet groups tiles into regions).
@@ -277,11 +280,18 @@ class Family:
     params: tuple[FamilyParam, ...] = ()
     description: str = ""
     explains: bool = False
+    explain_refusal: Callable[[Mapping[str, Any], Mapping[str, Any]], str | None] | None = None
     bag_positions: bool = False
 
     def param(self, name: str) -> FamilyParam | None:
         """The declared parameter called ``name``, or ``None``."""
         return next((p for p in self.params if p.name == name), None)
+
+    def cannot_explain(self, config: Mapping[str, Any], pre: Mapping[str, Any]) -> str | None:
+        """Why a checkpoint with this configuration gets no post-hoc explanations, or None."""
+        if not self.explains:
+            return f"model family {self.name!r} computes no post-hoc explanations yet"
+        return None if self.explain_refusal is None else self.explain_refusal(config, pre)
 
     def defaults(self, config: Mapping[str, Any], pre: Mapping[str, Any]) -> dict[str, Any]:
         """The default of every parameter that applies to a checkpoint with this configuration."""

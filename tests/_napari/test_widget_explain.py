@@ -109,11 +109,19 @@ def test_slide_mpp_box_reaches_the_engine(make_napari_viewer, qtbot, slide, tmp_
     viewer.open(str(bare), plugin="napari-histattn")
     _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
     assert widget.add_checkpoint(path)
-    assert widget.explain.native.isHidden()  # A-MIL computes none
-    widget.explain.value = "+ all three"  # ignored for it
+    assert not widget.explain.native.isHidden()  # A-MIL explains its encoder's tile evidence
     widget.slide_mpp.value = 0.5
     result = _classify(qtbot, viewer, widget)
     assert result is not None
     assert result.provenance["slide_mpp_source"] == "given"
     assert result.provenance["slide_mpp_xy"] == [0.5, 0.5]
     assert result.explanations == {}
+    # A bag model trained on cached features has no encoder to explain: the box hides.
+    from napari_histattn.models.registry import create_model
+
+    on_features = save(tmp_path / "features.safetensors",
+                       create_model("amil", encoder="none", embed_dim=8, n_classes=2),
+                       class_names=["benign", "lesion"],
+                       preprocessing={"input": "features", "patch_size": 32})  # fmt: skip
+    assert widget.add_checkpoint(on_features)
+    assert widget.explain.native.isHidden()

@@ -99,10 +99,11 @@ def test_method_names() -> None:
         parse_methods("gradcam,lime")
 
 
+@pytest.mark.parametrize("name", ["dafl_cnn", "amil", "hatnet"])
 def test_classify_returns_explanations_on_the_attention_grid(
-    lesion_slide, checkpoint_paths: dict[str, Path], tmp_path: Path
+    name, lesion_slide, checkpoint_paths: dict[str, Path], tmp_path: Path
 ) -> None:
-    ck = load(checkpoint_paths["dafl_cnn"], device="cpu")
+    ck = load(checkpoint_paths[name], device="cpu")
     result = run_to_completion(
         classify(lesion_slide.path, ck, device="cpu", explain="gradcam,saliency,guided_gradcam")
     )
@@ -118,6 +119,36 @@ def test_classify_returns_explanations_on_the_attention_grid(
     assert plain.explanations == {}
     assert np.allclose(plain.probabilities, result.probabilities)
     assert np.allclose(plain.attention, result.attention, equal_nan=True)
+
+
+def test_a_bag_models_tile_explanation_is_its_tile_classifiers_map_averaged(
+    lesion_slide, checkpoint_paths: dict[str, Path]
+) -> None:
+    from napari_histattn.inference.patches import (
+        TissueSettings,
+        plan_tiles,
+        read_tiles,
+        rgb_to_tensor,
+    )
+    from napari_histattn.io.slide import open_slide
+
+    ck = load(checkpoint_paths["amil"], device="cpu")
+    result = run_to_completion(classify(lesion_slide.path, ck, device="cpu", explain="saliency"))
+    pre, model = ck.preprocessing, ck.model
+    with open_slide(lesion_slide.path) as slide:
+        ds = result.provenance["downsample_used"]
+        plan = plan_tiles(slide, int(pre["patch_size"]), ds, TissueSettings(**pre["tissue"]))
+        some = np.arange(0, len(plan), max(1, len(plan) // 5))
+        tiles = rgb_to_tensor(read_tiles(slide, plan, some), pre["mean"], pre["std"])
+    # The head on each tile's own embedding: A-MIL's per-tile probabilities.
+    with torch.no_grad():
+        logits = model.tile_classifier()(tiles).logits
+    expected_probs = torch.softmax(logits.double(), dim=1).numpy()
+    maps = explain(model.tile_classifier(), tiles, [1], ["saliency"], layer=None)
+    rc = plan.grid_rc[some]
+    got = result.explanations["saliency"][rc[:, 0], rc[:, 1]]
+    np.testing.assert_allclose(got, maps[("saliency", 1)].flatten(1).mean(1).numpy(), rtol=1e-4)
+    np.testing.assert_allclose(result.cell_probs[rc[:, 0], rc[:, 1]], expected_probs, atol=1e-5)
 
 
 def test_written_beside_the_attention(lesion_slide, checkpoint_paths, tmp_path: Path) -> None:
@@ -136,6 +167,19 @@ def test_written_beside_the_attention(lesion_slide, checkpoint_paths, tmp_path: 
 def test_a_family_without_explanations_refuses_them(lesion_slide, checkpoint_paths) -> None:
     with pytest.raises(
         HistattnError,
-        match=r"computes no post-hoc explanations yet; families that do: 'image' \(dafl_cnn\)",
+        match=r"'sampling' computes no post-hoc explanations yet .*families that explain: ",
     ):
-        run_to_completion(classify(lesion_slide.path, checkpoint_paths["amil"], explain="gradcam"))
+        run_to_completion(
+            classify(lesion_slide.path, checkpoint_paths["attention_sampling"], explain="gradcam")
+        )
+
+
+def test_a_bag_model_on_cached_features_refuses_them(lesion_slide, tmp_path) -> None:
+    from napari_histattn.models.checkpoint import save
+    from napari_histattn.models.registry import create_model
+
+    model = create_model("amil", encoder="none", embed_dim=8, n_classes=2)
+    path = save(tmp_path / "features.safetensors", model, class_names=["benign", "lesion"],
+                preprocessing={"input": "features", "patch_size": 32})  # fmt: skip
+    with pytest.raises(HistattnError, match="trained on cached features and has no patch encoder"):
+        run_to_completion(classify(lesion_slide.path, path, explain="saliency"))

@@ -27,8 +27,20 @@ __all__ = [
     "AttentionPooling",
     "MILTask",
     "bag_patch_size",
+    "own_encoder_only",
     "run_on_slide",
 ]
+
+
+def own_encoder_only(config: Mapping[str, Any], pre: Mapping[str, Any]) -> str | None:
+    """A bag model explains its own patch encoder's evidence; one trained on cached
+    features has none."""
+    if pre.get("input") == "features" or config.get("encoder") == "none":
+        return (
+            "this checkpoint was trained on cached features and has no patch encoder of its "
+            "own, so there is nothing to take gradients through"
+        )
+    return None
 
 
 def bag_patch_size(config: Mapping[str, Any], pre: Mapping[str, Any]) -> int:
@@ -45,6 +57,8 @@ FAMILY = register_family(
         input="mil",
         default_batch_size=128,
         params=tile_params(bag_patch_size),
+        explains=True,
+        explain_refusal=own_encoder_only,
         description="attention MIL (Ilse et al. 2018): attention pooling over every tissue tile",
     )
 )

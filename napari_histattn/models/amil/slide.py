@@ -35,6 +35,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     """
     model = ctx.model
     pooling = StreamedPooling(model)
+    explained = TileExplanations(ctx) if ctx.explain else None
 
     def pool(features: Tensor) -> None:
         with torch.inference_mode():
@@ -54,7 +55,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
         plan = yield from ctx.plan(patch_size, ds)
         chosen = subset(len(plan), ctx.param("n_patches"))
-        yield from encode_tiles(ctx, plan, chosen, pool)
+        yield from encode_tiles(ctx, plan, chosen, pool, explained)
     n = int(chosen.size)
 
     with torch.inference_mode():
@@ -70,13 +71,19 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     rc = plan.grid_rc[chosen]
     att_map[rc[:, 0], rc[:, 1]] = weights
     cell_probs[rc[:, 0], rc[:, 1]] = per_patch
+    explanations = {} if explained is None else explained.on_grid(probs, rc, plan.grid_shape)
     yield from ctx.report("aggregate", 1, 1)
     return SlideOutput(
         probabilities=probs,
         attention=att_map,
         cell_l0=plan.tile_l0,
         cell_probs=cell_probs,
-        info={**tile_info(ds, patch_size, n, len(plan)), **evidence(model, weights, per_patch)},
+        info={
+            **tile_info(ds, patch_size, n, len(plan)),
+            **evidence(model, weights, per_patch),
+            **({} if explained is None else explained.info(probs)),
+        },
+        explanations=explanations,
     )
 
 
@@ -95,15 +102,72 @@ def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str
 
 
 def encode_tiles(
-    ctx: Any, plan: Any, chosen: Any, sink: Callable[[Tensor], None]
+    ctx: Any,
+    plan: Any,
+    chosen: Any,
+    sink: Callable[[Tensor], None],
+    explained: TileExplanations | None = None,
 ) -> Generator[Progress, None, None]:
     """The model's own encoder over the chosen tiles, one batch at a time (stage ``encode``),
-    each batch's embeddings given to ``sink``, the next batch read while this one is
-    encoded."""
+    each batch's embeddings given to ``sink`` (and the batch to ``explained``), the next
+    batch read while this one is encoded."""
     n = int(chosen.size)
     for stop, images in ctx.tile_batches(plan, chosen):
         with torch.inference_mode():
             with ctx.encoder_precision():
                 features = ctx.call(partial(ctx.model.encode, images, chunk_size=None), "the tiles")
             sink(features.float())
+        if explained is not None:
+            explained.add(images)
         yield from ctx.report("encode", stop, n)
+
+
+class TileExplanations:
+    """Post-hoc explanations of a bag model's per-tile evidence (the head on each tile's
+    own embedding, :meth:`~.network.AttentionMIL.tile_classifier`), gathered batch by batch.
+
+    A bag model's grid has one cell per tile, so each tile's map (Grad-CAM at the
+    encoder's last convolution, guided Grad-CAM, saliency) is averaged to the tile's one
+    value. Every class after the first is explained, since the slide call, which says
+    whose evidence the map shows, comes only after the whole bag.
+    """
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.classes = list(range(1, len(ctx.class_names)))
+        self.classifier = ctx.model.tile_classifier()
+        self.layer = ctx.model.gradcam_layer
+        self.parts: dict[tuple[str, int], list[np.ndarray]] = {}
+
+    def add(self, images: Tensor) -> None:
+        """Explain one batch of tiles ``(b, 3, p, p)``."""
+        maps = self.ctx.call(
+            partial(self.ctx.explain_tiles, images, self.classes, self.layer, self.classifier),
+            "the explanations",
+        )
+        for key, values in maps.items():
+            self.parts.setdefault(key, []).append(values.flatten(1).mean(1).float().cpu().numpy())
+
+    def shown(self, probs: np.ndarray) -> int:
+        """The class whose evidence the maps show: the call, or the first non-benign class."""
+        return min(max(int(np.argmax(probs)), 1), len(self.ctx.class_names) - 1)
+
+    def on_grid(
+        self, probs: np.ndarray, rc: np.ndarray, grid_shape: tuple[int, int]
+    ) -> dict[str, np.ndarray]:
+        """Each method's map of the called class's evidence, on the tile grid (NaN off tiles)."""
+        shown = self.shown(probs)
+        out = {}
+        for (method, c), parts in self.parts.items():
+            if c == shown:
+                grid = np.full(grid_shape, np.nan, dtype=np.float32)
+                grid[rc[:, 0], rc[:, 1]] = np.concatenate(parts)
+                out[method] = grid
+        return out
+
+    def info(self, probs: np.ndarray) -> dict[str, Any]:
+        """Provenance: whose evidence, and of what."""
+        return {
+            "explained_class": self.ctx.class_names[self.shown(probs)],
+            "explained": "the head on each tile's own embedding (tile mean of each map)",
+        }

@@ -12,7 +12,7 @@ tile's grid position in the bag (``bag_positions``).
 
 from __future__ import annotations
 
-from napari_histattn.models.amil import bag_patch_size
+from napari_histattn.models.amil import bag_patch_size, own_encoder_only
 from napari_histattn.models.family import Family, register_family, tile_params
 from napari_histattn.models.hatnet.network import HATNet, SelfAttentionBlock, group_regions
 from napari_histattn.models.hatnet.slide import run_on_slide
@@ -31,6 +31,8 @@ FAMILY = register_family(
         bag_positions=True,
         default_batch_size=128,
         params=tile_params(bag_patch_size),
+        explains=True,
+        explain_refusal=own_encoder_only,
         description="HATNet-style hierarchical self-attention (Mehta et al. 2020): tiles attend "
         "within regions, regions across the slide",
     )

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from napari_histattn.errors import HistattnError
-from napari_histattn.models.amil.slide import encode_tiles, evidence
+from napari_histattn.models.amil.slide import TileExplanations, encode_tiles, evidence
 from napari_histattn.models.family import SlideOutput, softmax64, subset, tile_info
 from napari_histattn.progress import Progress
 
@@ -25,11 +25,13 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     two levels are :attr:`~napari_histattn.models.family.SlideOutput.attention_maps`
     ``"word"`` (sums to 1 inside each region) and ``"region"`` (each tile shows its
     region's attention, summing to 1 over the regions). Per-tile class probabilities
-    are the head on each tile's contextualised embedding. ``n_patches`` (0: all) caps
-    the bag at an evenly spaced subset of tiles.
+    are the head on each tile's own embedding, and the explanations (``ctx.explain``)
+    are of that evidence (:class:`~napari_histattn.models.amil.slide.TileExplanations`).
+    ``n_patches`` (0: all) caps the bag at an evenly spaced subset of tiles.
     """
     model = ctx.model
     chunks: list[Tensor] = []
+    explained = TileExplanations(ctx) if ctx.explain else None
 
     if model.encoder is None:
         described = ctx.pre.get("feature_encoder")
@@ -45,7 +47,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
         plan = yield from ctx.plan(patch_size, ds)
         chosen = subset(len(plan), ctx.param("n_patches"))
-        yield from encode_tiles(ctx, plan, chosen, chunks.append)
+        yield from encode_tiles(ctx, plan, chosen, chunks.append, explained)
     n = int(chosen.size)
     if n == 0:
         raise HistattnError("no tissue tile to classify")
@@ -83,6 +85,8 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             **evidence(model, weights, per_tile),
             "region_size": int(model.region_size),
             "n_regions": n_regions,
+            **({} if explained is None else explained.info(probs)),
         },
         attention_maps={"word": on_grid(word), "region": on_grid(region)},
+        explanations={} if explained is None else explained.on_grid(probs, rc, (rows, cols)),
     )
