@@ -114,6 +114,7 @@ def test_classify_returns_explanations_on_the_attention_grid(
         assert np.array_equal(np.isfinite(values), tissue)
         assert np.all(values[tissue] >= 0) and np.nanmax(values) > 0
     assert result.provenance["explained_class"] == "lesion"  # the only class after the first
+    assert not ck.model.training  # explaining left the model in eval mode
     # Without the option, nothing is computed; the call is the same either way.
     plain = run_to_completion(classify(lesion_slide.path, ck, device="cpu"))
     assert plain.explanations == {}
@@ -164,7 +165,15 @@ def test_written_beside_the_attention(lesion_slide, checkpoint_paths, tmp_path: 
     assert (out / "explanation-gradcam.png").stat().st_size > 0
 
 
-def test_a_family_without_explanations_refuses_them(lesion_slide, checkpoint_paths) -> None:
+def test_a_family_without_explanations_refuses_them(
+    lesion_slide, checkpoint_paths, monkeypatch
+) -> None:
+    from dataclasses import replace
+
+    from napari_histattn.models import family as families
+
+    plain = replace(families.family_for_model("attention_sampling"), explains=False)
+    monkeypatch.setitem(families._BY_MODEL, "attention_sampling", plain)
     with pytest.raises(
         HistattnError,
         match=r"'sampling' computes no post-hoc explanations yet .*families that explain: ",
@@ -172,6 +181,22 @@ def test_a_family_without_explanations_refuses_them(lesion_slide, checkpoint_pat
         run_to_completion(
             classify(lesion_slide.path, checkpoint_paths["attention_sampling"], explain="gradcam")
         )
+
+
+def test_attention_sampling_explains_the_patches_it_drew(lesion_slide, checkpoint_paths) -> None:
+    ck = load(checkpoint_paths["attention_sampling"], device="cpu")
+    result = run_to_completion(
+        classify(lesion_slide.path, ck, device="cpu", seed=3, explain="gradcam,saliency")
+    )
+    assert result.samples is not None and set(result.explanations) == {"gradcam", "saliency"}
+    drawn = np.zeros(result.attention.shape, dtype=bool)
+    drawn[result.samples.grid_rc[:, 0], result.samples.grid_rc[:, 1]] = True
+    for values in result.explanations.values():
+        assert np.array_equal(np.isfinite(values), drawn)  # only where a patch was read
+        assert np.all(values[drawn] >= 0)
+    assert not ck.model.training
+    plain = run_to_completion(classify(lesion_slide.path, ck, device="cpu", seed=3))
+    assert np.allclose(plain.probabilities, result.probabilities)
 
 
 def test_a_bag_model_on_cached_features_refuses_them(lesion_slide, tmp_path) -> None:

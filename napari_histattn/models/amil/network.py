@@ -31,7 +31,6 @@ Registered name: ``"amil"`` (the family plug-in is :mod:`napari_histattn.models.
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -46,6 +45,7 @@ from napari_histattn.models.amil.instances import (
 from napari_histattn.models.encoders import MIN_PATCH_SIZE, build_encoder
 from napari_histattn.models.outputs import MILOutput
 from napari_histattn.models.registry import ModelExample, register_model
+from napari_histattn.models.tile_evidence import TileClassifier, last_convolution
 
 #: Default number of patches encoded at once by :meth:`AttentionMIL.encode`.
 DEFAULT_CHUNK_SIZE = 512
@@ -324,18 +324,16 @@ class AttentionMIL(nn.Module):
     @property
     def gradcam_layer(self) -> nn.Module:
         """The patch encoder's last convolution: the layer Grad-CAM reads."""
-        convs = [
-            m for m in (self.encoder.modules() if self.encoder else ()) if isinstance(m, nn.Conv2d)
-        ]
-        if not convs:
-            raise ValueError("this model has no convolutional patch encoder to explain")
-        return convs[-1]
+        return last_convolution(self.encoder)
 
     def tile_classifier(self) -> nn.Module:
         """The head on each tile's own embedding, as an image classifier (``(B, C, p, p)``
         tiles to an output whose ``logits`` are ``(B, n_classes)``): the per-tile evidence
         that post-hoc explanations explain (:meth:`instance_logits` of one tile)."""
-        return _TileClassifier(self)
+        if self.encoder is None:
+            raise ValueError('a model with encoder="none" has no patch encoder to explain')
+        encoder = self.encoder
+        return TileClassifier(self, lambda tiles: self.instance_logits(encoder(tiles)[None])[0])
 
     def set_feature_scaling(self, mean: Tensor, std: Tensor) -> None:
         """Set the per-dimension mean and std that ``standardise`` divides features by."""
@@ -488,19 +486,6 @@ class AttentionMIL(nn.Module):
         if patches.dim() != 5:
             raise ValueError(f"patches must be (B, N, C, h, w), got shape {tuple(patches.shape)}")
         return self.forward_features(self.encode(patches, chunk_size), mask)
-
-
-class _TileClassifier(nn.Module):
-    """See :meth:`AttentionMIL.tile_classifier`."""
-
-    def __init__(self, model: AttentionMIL) -> None:
-        super().__init__()
-        self.mil = model
-
-    def forward(self, tiles: Tensor) -> SimpleNamespace:
-        if self.mil.encoder is None:
-            raise ValueError('a model with encoder="none" has no patch encoder to explain')
-        return SimpleNamespace(logits=self.mil.instance_logits(self.mil.encoder(tiles)[None])[0])
 
 
 def _example_input(

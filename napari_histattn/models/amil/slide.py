@@ -18,6 +18,7 @@ from napari_histattn.models.family import (
     subset,
     tile_info,
 )
+from napari_histattn.models.tile_evidence import TileExplanations
 from napari_histattn.progress import Progress
 
 
@@ -120,54 +121,3 @@ def encode_tiles(
         if explained is not None:
             explained.add(images)
         yield from ctx.report("encode", stop, n)
-
-
-class TileExplanations:
-    """Post-hoc explanations of a bag model's per-tile evidence (the head on each tile's
-    own embedding, :meth:`~.network.AttentionMIL.tile_classifier`), gathered batch by batch.
-
-    A bag model's grid has one cell per tile, so each tile's map (Grad-CAM at the
-    encoder's last convolution, guided Grad-CAM, saliency) is averaged to the tile's one
-    value. Every class after the first is explained, since the slide call, which says
-    whose evidence the map shows, comes only after the whole bag.
-    """
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-        self.classes = list(range(1, len(ctx.class_names)))
-        self.classifier = ctx.model.tile_classifier()
-        self.layer = ctx.model.gradcam_layer
-        self.parts: dict[tuple[str, int], list[np.ndarray]] = {}
-
-    def add(self, images: Tensor) -> None:
-        """Explain one batch of tiles ``(b, 3, p, p)``."""
-        maps = self.ctx.call(
-            partial(self.ctx.explain_tiles, images, self.classes, self.layer, self.classifier),
-            "the explanations",
-        )
-        for key, values in maps.items():
-            self.parts.setdefault(key, []).append(values.flatten(1).mean(1).float().cpu().numpy())
-
-    def shown(self, probs: np.ndarray) -> int:
-        """The class whose evidence the maps show: the call, or the first non-benign class."""
-        return min(max(int(np.argmax(probs)), 1), len(self.ctx.class_names) - 1)
-
-    def on_grid(
-        self, probs: np.ndarray, rc: np.ndarray, grid_shape: tuple[int, int]
-    ) -> dict[str, np.ndarray]:
-        """Each method's map of the called class's evidence, on the tile grid (NaN off tiles)."""
-        shown = self.shown(probs)
-        out = {}
-        for (method, c), parts in self.parts.items():
-            if c == shown:
-                grid = np.full(grid_shape, np.nan, dtype=np.float32)
-                grid[rc[:, 0], rc[:, 1]] = np.concatenate(parts)
-                out[method] = grid
-        return out
-
-    def info(self, probs: np.ndarray) -> dict[str, Any]:
-        """Provenance: whose evidence, and of what."""
-        return {
-            "explained_class": self.ctx.class_names[self.shown(probs)],
-            "explained": "the head on each tile's own embedding (tile mean of each map)",
-        }

@@ -64,6 +64,7 @@ FAMILY = register_family(
         task=make_task,
         input="sampling",
         default_batch_size=64,
+        explains=True,
         params=(
             FamilyParam(
                 "n_patches",

@@ -71,6 +71,7 @@ from napari_histattn.models.attention_sampling.parts import (
 from napari_histattn.models.outputs import SamplingOutput
 from napari_histattn.models.patch_source import PatchSource, TensorPatchSource, read_patches
 from napari_histattn.models.registry import ModelExample, register_model
+from napari_histattn.models.tile_evidence import TileClassifier, last_convolution
 
 AGGREGATIONS = ("expectation", "reinforce")
 
@@ -248,6 +249,17 @@ class AttentionSampling(nn.Module):
         network's scores divided by the temperature, before the softmax over positions."""
         scores: Tensor = self.attention_net(low_res) / self.temperature
         return scores
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The feature network's last convolution: the layer Grad-CAM reads."""
+        return last_convolution(self.feature_net)
+
+    def tile_classifier(self) -> nn.Module:
+        """The classifier on each patch's own feature, as an image classifier (``(B, C, p,
+        p)`` patches to an output whose ``logits`` are ``(B, n_classes)``): the per-patch
+        evidence that post-hoc explanations explain."""
+        return TileClassifier(self, lambda patches: self.classifier(self.feature_net(patches)))
 
     def sample_features(self, patches: Tensor) -> Tensor:
         """Feature network over ``(B, N, C, p, p)`` patches: ``(B, N, D)``."""

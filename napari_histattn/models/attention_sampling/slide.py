@@ -17,7 +17,10 @@ probabilities are averaged (the estimator's variance falls as 1/rounds); the
 spread over rounds is recorded, and flagged when the call moves. The patch table
 is the distinct sampled patches of all rounds (clipped to the slide); their
 class probabilities are the classifier applied to that patch's feature alone
-(the prediction if all attention were on it).
+(the prediction if all attention were on it). Explanations asked for (``ctx.explain``)
+are of that per-patch evidence, each distinct sampled patch read again (stage
+``explain``) and its map averaged onto its cell; cells no patch was drawn from are NaN
+(:class:`~napari_histattn.models.tile_evidence.TileExplanations`).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from napari_histattn.models import ats_core
 from napari_histattn.models.attention_sampling.network import grid_to_highres_xy
 from napari_histattn.models.family import SampledLocations, SlideOutput, softmax64
 from napari_histattn.models.patch_source import patch_origin_hr_xy
+from napari_histattn.models.tile_evidence import TileExplanations
 from napari_histattn.progress import Progress
 
 __all__ = ["ROUND_SEED_STRIDE", "run_on_slide"]
@@ -166,6 +170,14 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     xy1 = np.clip(origins_l0 + side, 0, (w0, h0)).astype(np.float64)
     att_map = att_np.astype(np.float32)
     att_map[~tissue] = np.nan
+    explained = TileExplanations(ctx) if ctx.explain else None
+    if explained is not None:  # each distinct sampled patch, read again with gradients
+        read = centers_hr_xy[first]
+        for start in range(0, len(read), ctx.batch_size):
+            stop = min(start + ctx.batch_size, len(read))
+            patches = source.patches(0, read[start:stop], patch_size)
+            explained.add(patches.to(device=ctx.device, dtype=torch.float32))
+            yield from ctx.report("explain", stop, len(read))
     yield from ctx.report("aggregate", 1, 1)
     return SlideOutput(
         probabilities=probs,
@@ -185,5 +197,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             "sampling_rounds": rounds,
             # The engine turns these into the spread it reports, after calibration.
             **({"round_probabilities": per_round.tolist()} if rounds > 1 else {}),
+            **({} if explained is None else explained.info(probs)),
         },
+        explanations={} if explained is None else explained.on_grid(probs, rc, (h, w)),
     )

@@ -11,8 +11,9 @@ import torch
 from torch import Tensor
 
 from napari_histattn.errors import HistattnError
-from napari_histattn.models.amil.slide import TileExplanations, encode_tiles, evidence
+from napari_histattn.models.amil.slide import encode_tiles, evidence
 from napari_histattn.models.family import SlideOutput, softmax64, subset, tile_info
+from napari_histattn.models.tile_evidence import TileExplanations
 from napari_histattn.progress import Progress
 
 
@@ -26,7 +27,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     ``"word"`` (sums to 1 inside each region) and ``"region"`` (each tile shows its
     region's attention, summing to 1 over the regions). Per-tile class probabilities
     are the head on each tile's own embedding, and the explanations (``ctx.explain``)
-    are of that evidence (:class:`~napari_histattn.models.amil.slide.TileExplanations`).
+    are of that evidence (:class:`~napari_histattn.models.tile_evidence.TileExplanations`).
     ``n_patches`` (0: all) caps the bag at an evenly spaced subset of tiles.
     """
     model = ctx.model
