@@ -99,7 +99,7 @@ def check_passes(family: str, result: dict[str, Any]) -> bool:
 
     Both: the slide is called "lesion", at least one region classified "lesion" lies on
     a true lesion and none on a look-alike. A-MIL also puts its most attended cell
-    inside a lesion; attention sampling's attention network sees only the 8 um/px
+    inside a lesion (and so does HATNet); attention sampling's attention network sees only the 8 um/px
     view, where lesions and look-alikes look alike by design, so its attention covers
     both kinds and only the patches it reads tell them apart.
     """
@@ -108,6 +108,6 @@ def check_passes(family: str, result: dict[str, Any]) -> bool:
         and result["lesion_regions_on_lesions"] >= 1
         and result["lesion_regions_on_lookalikes"] == 0
     )
-    if family == "amil":
+    if family in ("amil", "hatnet"):
         ok = ok and result["max_attention_in_lesion"]
     return ok

@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python sample_data/make_demo_checkpoints.py            # ~5-7 min on 2 CPU cores
     .venv/bin/python sample_data/make_demo_checkpoints.py --no-check  # skip the sample-slide check
 
-Writes ``demo_attention_sampling``, ``demo_amil`` and ``demo_dafl_cnn``
+Writes ``demo_attention_sampling``, ``demo_amil``, ``demo_hatnet`` and ``demo_dafl_cnn``
 (``.safetensors`` + ``.json`` sidecar each), trained two-stage as
 ``benchmarks/_models/recipes.py`` describes: a patch network trained on patch
 labels that the generator provides (lesion / look-alike / normal tissue), then
@@ -54,6 +54,7 @@ from sample_data.demo_checks import (  # noqa: E402
 )
 
 OUT_DIR = ROOT / "sample_data"
+DEMOS = ("attention_sampling", "amil", "hatnet", "dafl_cnn")
 SEED = 20241126
 MODEL_MPP = 1.0
 PATCH_SIZE = 32
@@ -80,6 +81,15 @@ AMIL_CONFIG: dict[str, Any] = {
     "embed_dim": 128,
     "attn_dim": 64,
     "gated": True,
+}
+# HATNet shares A-MIL's stage-1 encoder (and starts from its head): regions of 4 x 4 tiles
+# (128 um at 1 um/px), one transformer block at each level.
+HATNET_CONFIG: dict[str, Any] = {
+    **AMIL_CONFIG,
+    "region_size": 4,
+    "n_heads": 4,
+    "word_layers": 1,
+    "region_layers": 1,
 }
 DAFL_CONFIG: dict[str, Any] = {
     "backbone": "vgg_small",
@@ -142,7 +152,7 @@ def _save(
     calibration: dict[str, Any] | None = None,
 ) -> Path:
     target = OUT_DIR / f"{name}.safetensors"
-    if check and training["family"] in ("attention_sampling", "amil"):
+    if check and training["family"] in ("attention_sampling", "amil", "hatnet"):
         with tempfile.TemporaryDirectory() as tmp:
             probe = checkpoint.save(
                 Path(tmp) / f"{name}.safetensors",
@@ -160,7 +170,7 @@ def _save(
         training["small_lesion_check"] = small
         if not check_passes(training["family"], result):
             raise SystemExit(f"{name}: the sample-slide check failed: {result}")
-        if training["family"] == "amil" and not small["passes"]:
+        if training["family"] in ("amil", "hatnet") and not small["passes"]:
             raise SystemExit(f"{name}: the small-lesion check failed: {small}")
     checkpoint.save(
         target,
@@ -174,14 +184,54 @@ def _save(
     return target
 
 
+def _decide_and_calibrate(
+    model: Any, held: D.ImageSet, mean: list[float], std: list[float], args: Any
+) -> tuple[str, Any, Calibration, dict[str, Any]]:
+    """A bag model's decision rule and temperature, chosen on small-lesion validation
+    images, and its held-out image metrics."""
+    _log("  decision rule and temperature on small-lesion validation images")
+    val_small = D.build_images(
+        D.DataSpec(model_mpp=MODEL_MPP),
+        range(SMALL_VAL_START, SMALL_VAL_START + N_SMALL_VAL),
+        SMALL_RADIUS_UM,
+        cache_dir=args.cache,
+        workers=args.workers,
+    )
+    log_probs = {}
+    for rule in model.decision_rules:
+        model.set_decision(rule)
+        probs = R.evaluate_amil(model, val_small, mean=mean, std=std)["probs"]
+        log_probs[rule] = np.log(np.clip(probs, 1e-12, None))
+    chosen, candidates, threshold = choose_decision(model.decision_rules, log_probs, val_small.y)
+    model.set_decision(chosen, threshold)
+    calibration = Calibration.fit(shifted(log_probs[chosen], threshold), val_small.y)
+    _log(f"  chose {chosen!r} ({candidates}); temperature {calibration.temperature:.3f}")
+    ev = R.evaluate_amil(model, held, mean=mean, std=std)
+    metrics = R.image_metrics(held, ev["probs"], ev["attention"])
+    _log(f"  held-out images: {metrics}")
+    return chosen, candidates, calibration, metrics
+
+
+def _decision_record(chosen: str, candidates: Any) -> dict[str, Any]:
+    return {
+        "chosen": chosen,
+        "how": "best balanced accuracy on small-lesion validation images, each rule "
+        "at its best margin threshold; ties keep the earlier rule (attention)",
+        "validation": f"{N_SMALL_VAL} images, lesion radius {SMALL_RADIUS_UM} um "
+        f"(seeds {SMALL_VAL_START}-{SMALL_VAL_START + N_SMALL_VAL - 1})",
+        "candidates": candidates,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--no-check", action="store_true", help="skip the sample-slide check")
     parser.add_argument("--cache", default=str(ROOT / "benchmarks" / "_work" / "images"))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", choices=("attention_sampling", "amil", "dafl_cnn"), nargs="*")
+    parser.add_argument("--only", choices=DEMOS, nargs="*")
     args = parser.parse_args(argv)
-    only = set(args.only or ("attention_sampling", "amil", "dafl_cnn"))
+    only = set(args.only or DEMOS)
+    amil_model: Any = None
     check = not args.no_check
     torch.manual_seed(SEED)
     torch.set_num_threads(2)
@@ -310,28 +360,9 @@ def main(argv: list[str] | None = None) -> int:
         feats, _ = R.bag_features(model, train, mean, std)
         encode_s = time.perf_counter() - t_encode
         h2 = R.train_amil_head(model, feats, train.y, epochs=40, seed=SEED, name="amil-stage2")
-        _log("A-MIL: decision rule and temperature on small-lesion validation images")
-        val_small = D.build_images(
-            spec,
-            range(SMALL_VAL_START, SMALL_VAL_START + N_SMALL_VAL),
-            SMALL_RADIUS_UM,
-            cache_dir=args.cache,
-            workers=args.workers,
+        chosen, candidates, calibration, metrics = _decide_and_calibrate(
+            model, held, mean, std, args
         )
-        log_probs = {}
-        for rule in model.decision_rules:
-            model.set_decision(rule)
-            probs = R.evaluate_amil(model, val_small, mean=mean, std=std)["probs"]
-            log_probs[rule] = np.log(np.clip(probs, 1e-12, None))
-        chosen, candidates, threshold = choose_decision(
-            model.decision_rules, log_probs, val_small.y
-        )
-        model.set_decision(chosen, threshold)
-        calibration = Calibration.fit(shifted(log_probs[chosen], threshold), val_small.y)
-        _log(f"  chose {chosen!r} ({candidates}); temperature {calibration.temperature:.3f}")
-        ev = R.evaluate_amil(model, held, mean=mean, std=std)
-        metrics = R.image_metrics(held, ev["probs"], ev["attention"])
-        _log(f"  held-out images: {metrics}")
         training = {
             "family": "amil",
             "recipe": "two-stage: (1) the small_cnn encoder plus a 3-class head trained on "
@@ -343,14 +374,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": data_summary,
             "stage1": {**h1.to_dict(), "held_out_patches": stage1},
             "stage2": {**h2.to_dict(), "encode_training_bags_seconds": round(encode_s, 1)},
-            "decision": {
-                "chosen": chosen,
-                "how": "best balanced accuracy on small-lesion validation images, each rule "
-                "at its best margin threshold; ties keep the earlier rule (attention)",
-                "validation": f"{N_SMALL_VAL} images, lesion radius {SMALL_RADIUS_UM} um "
-                f"(seeds {SMALL_VAL_START}-{SMALL_VAL_START + N_SMALL_VAL - 1})",
-                "candidates": candidates,
-            },
+            "decision": _decision_record(chosen, candidates),
             "lesion_radius_um": {
                 "train": sorted(D.TRAIN_SEEDS_BY_RADIUS),
                 "validation": SMALL_RADIUS_UM,
@@ -359,6 +383,57 @@ def main(argv: list[str] | None = None) -> int:
         }
         _save(
             "demo_amil",
+            model,
+            list(D.SLIDE_CLASSES),
+            _preprocessing(mean, std),
+            training,
+            check,
+            calibration=calibration.as_dict(),
+        )
+        amil_model = model
+
+    if "hatnet" in only:
+        _log("HATNet: the A-MIL demo's stage-1 encoder and head, frozen")
+        torch.manual_seed(SEED)
+        model = create_model("hatnet", **HATNET_CONFIG)
+        if amil_model is None:
+            amil_model = checkpoint.load(OUT_DIR / "demo_amil.safetensors", device="cpu").model
+        model.encoder.load_state_dict(amil_model.encoder.state_dict())
+        model.head.load_state_dict(amil_model.head.state_dict())
+        _log("HATNet: stage 2 (both attention levels + head on image labels, encoder frozen)")
+        t_encode = time.perf_counter()
+        feats, keep = R.bag_features(model, train, mean, std)
+        positions = R.tile_positions(keep, int(train.rgb.shape[1]) // PATCH_SIZE)
+        encode_s = time.perf_counter() - t_encode
+        # The head stays A-MIL's: it scores each tile's own embedding (the per-tile evidence
+        # that classifies regions) and the pooled slide embedding alike. Trained here, it
+        # followed the transformed slide embedding and scored look-alike tiles "lesion".
+        h2 = R.train_amil_head(
+            model, feats, train.y, epochs=40, seed=SEED, name="hatnet-stage2",
+            positions=positions, frozen=("encoder.", "head."),
+        )  # fmt: skip
+        chosen, candidates, calibration, metrics = _decide_and_calibrate(
+            model, held, mean, std, args
+        )
+        training = {
+            "family": "hatnet",
+            "recipe": "two-stage: (1) the A-MIL demo's stage 1 (the small_cnn encoder plus a "
+            "3-class head on generated patch labels), reused; (2) encoder and the A-MIL "
+            "demo's head frozen, word and region self-attention and both attention poolings "
+            "trained on image labels only, bags = all tissue tiles of an image with their "
+            "grid positions",
+            "seed": SEED,
+            "data": data_summary,
+            "stage2": {**h2.to_dict(), "encode_training_bags_seconds": round(encode_s, 1)},
+            "decision": _decision_record(chosen, candidates),
+            "lesion_radius_um": {
+                "train": sorted(D.TRAIN_SEEDS_BY_RADIUS),
+                "validation": SMALL_RADIUS_UM,
+            },
+            "held_out_images": metrics,
+        }
+        _save(
+            "demo_hatnet",
             model,
             list(D.SLIDE_CLASSES),
             _preprocessing(mean, std),

@@ -368,12 +368,26 @@ def bag_features(
 
 def _pad(feats: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     longest = max(int(f.shape[0]) for f in feats)
-    out = feats[0].new_zeros((len(feats), longest, feats[0].shape[1]))
+    out = feats[0].new_zeros((len(feats), longest, *feats[0].shape[1:]))
     mask = torch.zeros(len(feats), longest, dtype=torch.bool)
     for i, f in enumerate(feats):
         out[i, : f.shape[0]] = f
         mask[i, : f.shape[0]] = True
     return out, mask
+
+
+def tile_positions(keep: np.ndarray, side: int) -> list[Tensor]:
+    """Grid (row, col) of each image's tissue tiles (``keep`` ``(n, side * side)``), in the
+    order :func:`bag_features` encodes them: the bags' positions for HATNet."""
+    return [
+        torch.from_numpy(np.stack(np.divmod(np.flatnonzero(row), side), axis=1)) for row in keep
+    ]
+
+
+def _bag_call(model: Any, x: Tensor, mask: Tensor, positions: Tensor | None) -> Any:
+    if positions is None:
+        return model.forward_features(x, mask)
+    return model.forward_features(x, positions, mask)
 
 
 def train_amil_head(
@@ -387,10 +401,14 @@ def train_amil_head(
     seed: int = 0,
     log: Log = _print,
     name: str = "amil-head",
+    positions: Sequence[Tensor] | None = None,
+    frozen: tuple[str, ...] = ("encoder.",),
 ) -> History:
-    """Stage 2 of A-MIL: attention pooling and head on frozen features (image labels only)."""
+    """Stage 2 of A-MIL (or HATNet, with the bags' tile ``positions``): every parameter but
+    those named with a ``frozen`` prefix (the encoder) trained on frozen features, image
+    labels only."""
     gen = torch.Generator().manual_seed(seed)
-    params = list(model.pooling.parameters()) + list(model.head.parameters())
+    params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=1e-4)
     y_t = torch.as_tensor(y)
     hist = History()
@@ -402,7 +420,8 @@ def train_amil_head(
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             x, mask = _pad([feats[i] for i in idx])
-            out = model.forward_features(x, mask)
+            pos = None if positions is None else _pad([positions[i] for i in idx])[0]
+            out = _bag_call(model, x, mask, pos)
             loss = F.cross_entropy(out.logits, y_t[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -499,7 +518,11 @@ def evaluate_amil(
         t0 = time.perf_counter()
         keep = tissue_tiles(images.rgb[i : i + 1], p)[0]
         tiles = tile_grid(images.rgb[i : i + 1], p)[0][keep]
-        out = model(rgb_to_tensor(tiles, mean, std)[None], chunk_size=1024)
+        x = rgb_to_tensor(tiles, mean, std)[None]
+        if hasattr(model, "region_size"):  # HATNet: the tiles' grid positions too
+            out = model(x, tile_positions(keep[None], g)[0][None], chunk_size=1024)
+        else:
+            out = model(x, chunk_size=1024)
         probs.append(torch.softmax(out.logits.double(), 1)[0].numpy())
         seconds.append(time.perf_counter() - t0)
         grid = np.zeros(g * g)

@@ -22,6 +22,7 @@ SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data"
 DEMOS = {
     "demo_attention_sampling": ("attention_sampling", ["benign", "lesion"]),
     "demo_amil": ("amil", ["benign", "lesion"]),
+    "demo_hatnet": ("hatnet", ["benign", "lesion"]),
     "demo_dafl_cnn": ("dafl_cnn", ["normal", "lookalike", "lesion"]),
 }
 SCENE_MPP = 0.5
@@ -63,7 +64,7 @@ def test_loads_strictly_with_documented_metadata(
         assert check["predicted"] == "lesion"
         assert check["lesion_regions_on_lesions"] >= 1
         assert check["lesion_regions_on_lookalikes"] == 0
-        if name == "amil":
+        if name in ("amil", "hatnet"):
             assert check["max_attention_in_lesion"]
     # Small enough to commit.
     assert ckpt.path.stat().st_size < 2_000_000
@@ -124,8 +125,11 @@ def test_attention_sampling_demo_finds_the_lesion(
             assert _in_lesion(mask, (c + 0.5) * d, (r + 0.5) * d)
 
 
-def test_amil_demo_finds_the_lesion(images: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    ckpt = checkpoint.load(_path("demo_amil"), device="cpu")
+@pytest.mark.parametrize("stem", ["demo_amil", "demo_hatnet"])
+def test_bag_demos_find_the_lesion(
+    stem: str, images: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    ckpt = checkpoint.load(_path(stem), device="cpu")
     model, pre = ckpt.model, ckpt.preprocessing
     p = pre["patch_size"]
     for kind, (rgb, mask) in images.items():
@@ -134,8 +138,12 @@ def test_amil_demo_finds_the_lesion(images: dict[str, tuple[np.ndarray, np.ndarr
         tiles = tiles.reshape(g * g, p, p, 3)
         tissue = tissue_mask(rgb)[: g * p, : g * p].reshape(g, p, g, p).mean(axis=(1, 3))
         keep = np.nonzero(tissue.ravel() >= 0.5)[0]
+        x = rgb_to_tensor(tiles[keep], pre["mean"], pre["std"])[None]
         with torch.inference_mode():
-            out = model(rgb_to_tensor(tiles[keep], pre["mean"], pre["std"])[None])
+            if ckpt.model_name == "hatnet":  # each tile's grid (row, col) too
+                out = model(x, torch.from_numpy(np.stack(np.divmod(keep, g), axis=1))[None])
+            else:
+                out = model(x)
         assert ckpt.class_names[int(out.logits.argmax())] == kind
         if kind == "lesion":
             r, c = divmod(int(keep[int(out.attention[0].argmax())]), g)
