@@ -91,7 +91,9 @@ class SelfAttentionBlock(nn.Module):
             .reshape(b, length, 3, self.n_heads, dim // self.n_heads)
             .permute(2, 0, 3, 1, 4)
         )
-        attn_mask = None if mask is None else mask[:, None, None, :]
+        # No mask when nothing is padding (a slide at inference): the fused kernels then
+        # keep memory linear in the length, where a mask would cost L^2 per head.
+        attn_mask = None if mask is None or bool(mask.all()) else mask[:, None, None, :]
         mixed = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )
