@@ -5,12 +5,12 @@ Run from the repository root::
     .venv/bin/python sample_data/make_demo_checkpoints.py            # ~5-7 min on 2 CPU cores
     .venv/bin/python sample_data/make_demo_checkpoints.py --no-check  # skip the sample-slide check
 
-Writes ``demo_attention_sampling``, ``demo_amil``, ``demo_hatnet`` and ``demo_dafl_cnn``
-(``.safetensors`` + ``.json`` sidecar each), trained two-stage as
+Writes ``demo_attention_sampling``, ``demo_amil``, ``demo_hatnet``, ``demo_dafl_cnn`` and
+``demo_mldam`` (``.safetensors`` + ``.json`` sidecar each), trained two-stage as
 ``benchmarks/_models/recipes.py`` describes: a patch network trained on patch
 labels that the generator provides (lesion / look-alike / normal tissue), then
 the attention part trained on image labels only with that network frozen.
-The DAFL checkpoint is a patch classifier (normal / look-alike / lesion).
+The DAFL and MLDAM checkpoints are patch classifiers (normal / look-alike / lesion).
 
 All models work at 1.0 um/px (``target_mpp``): level-0 of the demo slide
 (0.5 um/px) averaged over 2 x 2 pixels. With ``--check`` (the default) each
@@ -54,7 +54,7 @@ from sample_data.demo_checks import (  # noqa: E402
 )
 
 OUT_DIR = ROOT / "sample_data"
-DEMOS = ("attention_sampling", "amil", "hatnet", "dafl_cnn")
+DEMOS = ("attention_sampling", "amil", "hatnet", "dafl_cnn", "mldam")
 SEED = 20241126
 MODEL_MPP = 1.0
 PATCH_SIZE = 32
@@ -97,6 +97,17 @@ DAFL_CONFIG: dict[str, Any] = {
     "cattn_positions": [0, 1],
     "sattn_positions": [1, 2],
     "input_size": PATCH_SIZE,
+}
+MLDAM_CONFIG: dict[str, Any] = {
+    "backbone": "vgg_small",
+    "n_classes": 3,
+    "levels": 2,
+    "input_size": PATCH_SIZE,
+}
+# The image-level patch classifiers, trained alike.
+PATCH_MODELS: dict[str, tuple[dict[str, Any], str]] = {
+    "dafl_cnn": (DAFL_CONFIG, "DAFL channel/spatial attention CNN"),
+    "mldam": (MLDAM_CONFIG, "multi-level dual attention CNN (MLDAM)"),
 }
 # Training images: 24 per lesion radius 150, 125 and 100 um (the demo slide's lesions
 # are ~200 um); held out: the first 16 benchmark test images (100 um lesions).
@@ -442,12 +453,14 @@ def main(argv: list[str] | None = None) -> int:
             calibration=calibration.as_dict(),
         )
 
-    if "dafl_cnn" in only:
-        _log("DAFL channel/spatial attention CNN: patch classifier")
+    for name, (config, title) in PATCH_MODELS.items():
+        if name not in only:
+            continue
+        _log(f"{title}: patch classifier")
         torch.manual_seed(SEED)
-        model = create_model("dafl_cnn", **DAFL_CONFIG)
+        model = create_model(name, **config)
         h1 = R.train_patch_classifier(
-            lambda x: model(x).logits,
+            lambda x, m=model: m(x).logits,
             list(model.parameters()),
             patches,
             classes,
@@ -456,16 +469,17 @@ def main(argv: list[str] | None = None) -> int:
             epochs=4,
             seed=SEED,
             lr=1e-3,
-            name="dafl",
+            name=name,
             modules=[model],
         )
         model.eval()
         metrics = R.patch_metrics(
-            test_classes, R.predict_patches(lambda x: model(x).logits, test_patches, mean, std)
+            test_classes,
+            R.predict_patches(lambda x, m=model: m(x).logits, test_patches, mean, std),
         )
         _log(f"  held-out patches: {metrics}")
         training = {
-            "family": "dafl_cnn",
+            "family": name,
             "recipe": "supervised patch classification on generated patch labels "
             "(normal / look-alike / lesion), 32 x 32 px patches at 1.0 um/px",
             "seed": SEED,
@@ -474,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             "held_out_patches": metrics,
         }
         _save(
-            "demo_dafl_cnn",
+            f"demo_{name}",
             model,
             list(D.PATCH_CLASSES),
             _preprocessing(mean, std, image_size=PATCH_SIZE),

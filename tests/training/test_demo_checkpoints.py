@@ -24,6 +24,7 @@ DEMOS = {
     "demo_amil": ("amil", ["benign", "lesion"]),
     "demo_hatnet": ("hatnet", ["benign", "lesion"]),
     "demo_dafl_cnn": ("dafl_cnn", ["normal", "lookalike", "lesion"]),
+    "demo_mldam": ("mldam", ["normal", "lookalike", "lesion"]),
 }
 SCENE_MPP = 0.5
 SIZE_L0 = 1024
@@ -58,7 +59,7 @@ def test_loads_strictly_with_documented_metadata(
     training = ckpt.metadata["training"]
     assert training["seed"] == 20241126
     assert training["family"] == name
-    if name != "dafl_cnn":
+    if name not in ("dafl_cnn", "mldam"):
         assert training["recipe"].startswith("two-stage")
         check = training["sample_slide_check"]
         assert check["predicted"] == "lesion"
@@ -150,10 +151,11 @@ def test_bag_demos_find_the_lesion(
             assert _in_lesion(mask, (c + 0.5) * p, (r + 0.5) * p)
 
 
-def test_dafl_demo_tells_lesion_from_lookalike_patches(
-    images: dict[str, tuple[np.ndarray, np.ndarray]],
+@pytest.mark.parametrize("stem", ["demo_dafl_cnn", "demo_mldam"])
+def test_patch_demos_tell_lesion_from_lookalike_patches(
+    stem: str, images: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> None:
-    ckpt = checkpoint.load(_path("demo_dafl_cnn"), device="cpu")
+    ckpt = checkpoint.load(_path(stem), device="cpu")
     pre = ckpt.preprocessing
     p = pre["patch_size"]
     rgb, mask = images["lesion"]

@@ -63,8 +63,13 @@ def test_slide_bags_are_tissue_tiles_with_bounded_size(slide_csv):
     chosen = eval_bags.chosen_tiles(4)
     assert np.array_equal(chosen, eval_bags.chosen_tiles(4)) and chosen[0] == 0
     assert chosen[-1] == n_tiles - 1
-    train_bags.close()
-    eval_bags.close()
+    # With positions (HATNet), each tile's grid (row, col) comes after the patches.
+    placed = SlideBagDataset(data, options, positions=True)
+    patches, rc, label = placed[4]
+    assert torch.equal(patches, eval_bags[4][0]) and label == data.samples[4].label
+    np.testing.assert_array_equal(rc.numpy(), placed.plan(4).grid_rc[chosen])
+    for bags in (train_bags, eval_bags, placed):
+        bags.close()
 
 
 def test_sampling_batch_pads_views_and_reads_only_samples(slide_csv):
@@ -93,6 +98,11 @@ def test_sampling_batch_pads_views_and_reads_only_samples(slide_csv):
     ("model", "config"),
     [
         ("amil", {"encoder": "tiny", "patch_size": 16, "embed_dim": 8, "attn_dim": 8}),
+        (
+            "hatnet",
+            {"encoder": "tiny", "patch_size": 16, "embed_dim": 8, "attn_dim": 8}
+            | {"n_heads": 2, "region_size": 2},
+        ),
         (
             "attention_sampling",
             {"n_patches": 4, "patch_size": 16, "downscale": 8, "feature_dim": 8},
