@@ -1,4 +1,5 @@
-"""Small lesions from slide labels: A-MIL on cached features under four supervision recipes.
+"""Small lesions from slide labels: A-MIL (or HATNet, ``--model hatnet``) under several
+supervision recipes.
 
 Training slides: the 24 slides of ``benchmarks/slide_labels.py`` (2,048^2 px at
 0.5 um/px, lesions of 100-150 um radius, two look-alikes each) plus 12 with
@@ -26,6 +27,7 @@ validation choose the decision rule and the temperature. Results go to
 ``RESULTS.md`` between ``<!-- small-lesions:start -->`` and ``<!-- small-lesions:end -->``.
 
     .venv/bin/python benchmarks/small_lesions.py --ssl-weights PATH [--recipes none ssl ...]
+        [--model hatnet]
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ RECIPES = {
     "patch+ssl+ann100": "as above with outlines on every slide (upper bound)",
     "patch1+ssl+ann10": "as patch+ssl+ann10 with 32-px tiles at 1.0 um/px (the demo's tile scale)",
     "patch1+ssl+ann100": "as patch+ssl+ann100 with 32-px tiles at 1.0 um/px",
-    "demo": "`sample_data/demo_amil`: encoder trained on generator patch labels in 3 classes",
+    "demo": "`sample_data/demo_<model>`: encoder trained on generator patch labels in 3 classes",
 }
 
 
@@ -121,20 +123,30 @@ def _features(rows: list, encoder: str, weights: Path | None, out: Path) -> floa
 
 
 def run_recipe(
-    name: str, train: list, test: list, feats: Path | None, annotated: list, ssl: Path | None
+    name: str,
+    train: list,
+    test: list,
+    feats: Path | None,
+    annotated: list,
+    ssl: Path | None,
+    model: str = "amil",
 ) -> dict:
-    """Train one recipe and score it on the test slides.
+    """Train one recipe with ``model`` (``amil`` or ``hatnet``) and score it on the test slides.
 
     ``feats`` None trains on pixels: the small_cnn encoder is trained with the
     attention head (warm-started from ``ssl`` when given) on at most 512 tiles per bag.
+    HATNet on cached features takes every tile of a bag (its regions need their
+    neighbours); A-MIL at most 512.
     """
     from napari_histattn.cli import main as cli
 
-    out = WORK / f"run-{name}"
+    out = WORK / (f"run-{name}" if model == "amil" else f"run-{model}-{name}")
     shutil.rmtree(out, ignore_errors=True)
     argv = ["train", "--labels", str(_labels(train, WORK / "train.csv"))]
     if feats is not None:
         argv += ["--features", str(feats), "--epochs", "40", "--lr", "2e-3"]
+        if model == "hatnet":
+            argv += ["--max-patches", "0"]
     else:
         coarse = name.startswith(("patch1", "px1"))  # 32 px at 1 um/px: 5.2x the area
         mpp = "1.0" if coarse else "0.5"
@@ -143,7 +155,7 @@ def run_recipe(
             argv += ["--config", "patch_size=32"]
         if ssl is not None:
             argv += ["--encoder-weights", str(ssl)]
-    argv += ["--model", "amil", "--folds", "1", "--val-fraction", "0.25"]
+    argv += ["--model", model, "--folds", "1", "--val-fraction", "0.25"]
     argv += ["--patience", "10", "--batch-size", "4", "--seed", "0"]
     argv += ["--config", "topk_loss_weight=0.5", "--out", str(out), "--quiet"]
     if annotated:
@@ -160,9 +172,8 @@ def run_recipe(
     started = time.perf_counter()
     assert cli(argv) == 0
     train_s = time.perf_counter() - started
-    return {"recipe": name, "annotated_slides": len(annotated), "train_s": train_s} | score(
-        out / "fold-1" / "model.safetensors", test, feats
-    )
+    row = {"recipe": name, "model": model, "annotated_slides": len(annotated), "train_s": train_s}
+    return row | score(out / "fold-1" / "model.safetensors", test, feats)
 
 
 def score(ckpt: Path, test: list, feats: Path | None) -> dict:
@@ -213,7 +224,8 @@ def report(rows: list, extra: dict, machine: str) -> str:
         f"12 with 40-60 um ones; 25 % validate), {extra['n_test']} test slides from unseen "
         "seeds at 3,072^2 px, 0.5 um/px: a positive has one lesion of 30-50 um radius "
         f"(lesion share of the tissue {extra['fraction_min']:.2%}-{extra['fraction_max']:.2%}) "
-        "and two look-alikes of its size, a negative three look-alikes. A-MIL with a "
+        "and two look-alikes of its size, a negative three look-alikes. A-MIL (HATNet rows: "
+        "HATNet, regions of 4 x 4 tiles, every tile of a bag) with a "
         "small_cnn encoder (28-px tiles at 0.5 um/px): on cached features (40 epochs), or "
         "`px` rows trained on pixels with the encoder learning (at most 512 tiles per bag, "
         "30 epochs, stage 1 10 epochs); max-instance loss 0.5, decision rule "
@@ -226,8 +238,10 @@ def report(rows: list, extra: dict, machine: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        model = r.get("model", "amil")
         lines.append(
-            f"| `{r['recipe']}` ({RECIPES[r['recipe']]}) | {r['accuracy']:.2f} | "
+            f"| {'HATNet ' if model == 'hatnet' else ''}`{r['recipe']}` ({RECIPES[r['recipe']]}) "
+            f"| {r['accuracy']:.2f} | "
             f"{r['sensitivity_at_95_spec']:.2f} | {r['roc_auc']:.2f} | {r['loc_auc_tissue']:.2f} "
             f"| {r['loc_auc_lookalike']:.2f} | {r['mass_in_lesion']:.3f} | {r['ece']:.2f} | "
             f"{r['decision']} ({r['temperature']:.2f}) | {_seconds(r['train_s'])} |"
@@ -244,6 +258,9 @@ def main() -> int:
     parser.add_argument("--ssl-note", default="small_cnn, 40 epochs on the training slides")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
     parser.add_argument("--test", type=int, default=16)
+    parser.add_argument(
+        "--model", choices=("amil", "hatnet"), default="amil", help="the bag model the rows train"
+    )
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     machine = _machine()
@@ -265,11 +282,19 @@ def main() -> int:
     # Rows of recipes not run now are kept from the last run.
     last = WORK / "last.json"
     kept = json.loads(last.read_text())["rows"] if last.exists() else []
-    rows = [r for r in kept if r["recipe"] in RECIPES and r["recipe"] not in args.recipes]
+    rows = [
+        r
+        for r in kept
+        if r["recipe"] in RECIPES
+        and (r["recipe"] not in args.recipes or r.get("model", "amil") != args.model)
+    ]
     for recipe in args.recipes:
         if recipe == "demo":  # trained by sample_data/make_demo_checkpoints.py, not here
-            ckpt = ROOT / "sample_data" / "demo_amil.safetensors"
-            rows.append({"recipe": recipe, "annotated_slides": 0, "train_s": float("nan")})
+            ckpt = ROOT / "sample_data" / f"demo_{args.model}.safetensors"
+            rows.append(
+                {"recipe": recipe, "model": args.model, "annotated_slides": 0}
+                | {"train_s": float("nan")}
+            )
             rows[-1] |= score(ckpt, test, None)
             continue
         pixels = recipe.startswith(("px", "patch"))
@@ -277,9 +302,9 @@ def main() -> int:
         source = None if pixels else feats["ssl" if ssl else "none"]
         every = [s for s, _ in train]
         annotated = every if recipe.endswith("ann100") else ten if recipe.endswith("ann10") else []
-        rows.append(run_recipe(recipe, train, test, source, annotated, ssl))
+        rows.append(run_recipe(recipe, train, test, source, annotated, ssl, args.model))
         print(json.dumps(rows[-1]), file=sys.stderr)
-    rows.sort(key=lambda r: list(RECIPES).index(r["recipe"]))
+    rows.sort(key=lambda r: (r.get("model", "amil") != "amil", list(RECIPES).index(r["recipe"])))
     extra = {
         "n_train": len(train),
         "n_test": len(test),
