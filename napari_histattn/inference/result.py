@@ -250,6 +250,15 @@ class ClassificationResult:
                 f"p({name}): attention-weighted patches {float(weighted[index]):.3f}, "
                 f"most confident patch {float(top[index]):.3f}"
             )
+        levels = [side.title for side in self.side_maps() if side.key.startswith("attention:")]
+        if prov.get("region_size") and levels:  # HATNet
+            k = int(prov["region_size"])
+            lines.append(
+                f"attention = word x region ({prov.get('n_regions')} regions of {k} x {k} "
+                f"tiles); layers: {', '.join(levels)}"
+            )
+        elif levels:
+            lines.append(f"further attention layers: {', '.join(levels)}")
         spread = prov.get("probability_spread")
         if spread is not None:
             lines.append(

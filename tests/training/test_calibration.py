@@ -220,6 +220,7 @@ def test_the_result_panel_says_when_the_call_threshold_moved():
     result = ClassificationResult.__new__(ClassificationResult)
     result.class_names = ["benign", "lesion"]
     result.probabilities = np.array([0.2, 0.8])
+    result.attention_maps, result.explanations = {}, {}
     result.provenance = {"decision": "attention", "decision_threshold": -2.5}
     assert result.evidence_lines() == ["called lesion above margin -2.50 (set on validation data)"]
     result.provenance = {"decision": "attention", "decision_threshold": 0.0}

@@ -279,6 +279,8 @@ def test_hatnet_trains_on_cached_features_with_tile_positions_and_shows_both_lev
     )
     assert result.attention[tiles].sum() == pytest.approx(1.0, abs=1e-4)
     assert result.provenance["n_regions"] > 1 and result.provenance["region_size"] == 2
+    shown = f"attention = word x region ({result.provenance['n_regions']} regions of 2 x 2 tiles)"
+    assert any(line.startswith(shown) for line in result.evidence_lines())
     with open_slide(slide) as opened:
         written = write_outputs(result, opened, tmp_path / "outputs")
     word = np.load(written["attention_word"])
