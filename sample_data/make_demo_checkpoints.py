@@ -123,6 +123,8 @@ EXTRA_SEEDS_BY_RADIUS = {125.0: 130_000, 100.0: 140_000}
 SMALL_VAL_START = 150_000
 N_SMALL_VAL = 16
 SMALL_RADIUS_UM = 40.0
+#: What a bag demo's sidecar records of its lesion sizes.
+LESION_RADII_UM = {"train": sorted(D.TRAIN_SEEDS_BY_RADIUS), "validation": SMALL_RADIUS_UM}
 # Attention sampling averages this many sampling rounds by default (the spread of one
 # round's p(lesion) over seeds moved calls near the boundary).
 SAMPLING_ROUNDS = 4
@@ -386,10 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "stage1": {**h1.to_dict(), "held_out_patches": stage1},
             "stage2": {**h2.to_dict(), "encode_training_bags_seconds": round(encode_s, 1)},
             "decision": _decision_record(chosen, candidates),
-            "lesion_radius_um": {
-                "train": sorted(D.TRAIN_SEEDS_BY_RADIUS),
-                "validation": SMALL_RADIUS_UM,
-            },
+            "lesion_radius_um": LESION_RADII_UM,
             "held_out_images": metrics,
         }
         _save(
@@ -437,10 +436,7 @@ def main(argv: list[str] | None = None) -> int:
             "data": data_summary,
             "stage2": {**h2.to_dict(), "encode_training_bags_seconds": round(encode_s, 1)},
             "decision": _decision_record(chosen, candidates),
-            "lesion_radius_um": {
-                "train": sorted(D.TRAIN_SEEDS_BY_RADIUS),
-                "validation": SMALL_RADIUS_UM,
-            },
+            "lesion_radius_um": LESION_RADII_UM,
             "held_out_images": metrics,
         }
         _save(

@@ -42,21 +42,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         with torch.inference_mode():
             ctx.call(partial(pooling.add, features), "the bag")
 
-    if model.encoder is None:  # trained on cached features: the recorded encoder makes them
-        described = ctx.pre.get("feature_encoder")
-        if not isinstance(described, dict):
-            raise HistattnError(
-                f"model {ctx.checkpoint.model_name!r} takes features, but its checkpoint "
-                "records no feature_encoder"
-            )
-        plan = yield from ctx.encoded_tiles(described, ctx.param("n_patches"), pool)
-        ds, patch_size, chosen = plan.downsample, plan.patch_size, np.arange(len(plan))
-    else:
-        ds = ctx.downsample()
-        patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
-        plan = yield from ctx.plan(patch_size, ds)
-        chosen = subset(len(plan), ctx.param("n_patches"))
-        yield from encode_tiles(ctx, plan, chosen, pool, explained)
+    plan, ds, patch_size, chosen = yield from bag_embeddings(ctx, pool, explained)
     n = int(chosen.size)
 
     with torch.inference_mode():
@@ -100,6 +86,31 @@ def evidence(model: Any, weights: np.ndarray, per_patch: np.ndarray) -> dict[str
         "attention_weighted_patch_probability": [float(v) for v in weighted],
         "top_patch_probability": [float(v) for v in per_patch.max(axis=0)],
     }
+
+
+def bag_embeddings(
+    ctx: Any, sink: Callable[[Tensor], None], explained: TileExplanations | None = None
+) -> Generator[Progress, None, tuple[Any, float, int, np.ndarray]]:
+    """Every tile's embedding of a bag model's slide, given to ``sink`` in batches: from the
+    cached features of the checkpoint's recorded encoder (a model trained on features) or
+    from the model's own encoder (then also given to ``explained``). Returns the tile
+    plan, its downsample and tile side, and the plan's rows in the bag."""
+    model = ctx.model
+    if model.encoder is None:  # trained on cached features: the recorded encoder makes them
+        described = ctx.pre.get("feature_encoder")
+        if not isinstance(described, dict):
+            raise HistattnError(
+                f"model {ctx.checkpoint.model_name!r} takes features, but its checkpoint "
+                "records no feature_encoder"
+            )
+        plan = yield from ctx.encoded_tiles(described, ctx.param("n_patches"), sink)
+        return plan, plan.downsample, plan.patch_size, np.arange(len(plan))
+    ds = ctx.downsample()
+    patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
+    plan = yield from ctx.plan(patch_size, ds)
+    chosen = subset(len(plan), ctx.param("n_patches"))
+    yield from encode_tiles(ctx, plan, chosen, sink, explained)
+    return plan, ds, patch_size, chosen
 
 
 def encode_tiles(

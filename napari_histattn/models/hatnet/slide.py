@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 
 from napari_histattn.errors import HistattnError
-from napari_histattn.models.amil.slide import encode_tiles, evidence
-from napari_histattn.models.family import SlideOutput, softmax64, subset, tile_info
+from napari_histattn.models.amil.slide import bag_embeddings, evidence
+from napari_histattn.models.family import SlideOutput, softmax64, tile_info
 from napari_histattn.models.tile_evidence import TileExplanations
 from napari_histattn.progress import Progress
 
@@ -34,21 +34,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     chunks: list[Tensor] = []
     explained = TileExplanations(ctx) if ctx.explain else None
 
-    if model.encoder is None:
-        described = ctx.pre.get("feature_encoder")
-        if not isinstance(described, dict):
-            raise HistattnError(
-                f"model {ctx.checkpoint.model_name!r} takes features, but its checkpoint "
-                "records no feature_encoder"
-            )
-        plan = yield from ctx.encoded_tiles(described, ctx.param("n_patches"), chunks.append)
-        ds, patch_size, chosen = plan.downsample, plan.patch_size, np.arange(len(plan))
-    else:
-        ds = ctx.downsample()
-        patch_size = int(ctx.param("patch_size") or ctx.pre.get("patch_size") or model.patch_size)
-        plan = yield from ctx.plan(patch_size, ds)
-        chosen = subset(len(plan), ctx.param("n_patches"))
-        yield from encode_tiles(ctx, plan, chosen, chunks.append, explained)
+    plan, ds, patch_size, chosen = yield from bag_embeddings(ctx, chunks.append, explained)
     n = int(chosen.size)
     if n == 0:
         raise HistattnError("no tissue tile to classify")
