@@ -53,17 +53,6 @@ CHECKPOINT_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
             "tissue": {"thumbnail_size": 512},
         },
     ),
-    "hatnet": (
-        {"n_classes": 2, "patch_size": 32},
-        {
-            "input": "mil",
-            "patch_size": 32,
-            "target_mpp": 2.0,
-            "mean": _MEAN,
-            "std": _STD,
-            "tissue": {"thumbnail_size": 512},
-        },
-    ),
     "dafl_cnn": (
         {"n_classes": 2, "input_size": 32},
         {
@@ -87,6 +76,9 @@ CHECKPOINT_SPECS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         },
     ),
 }
+
+# HATNet reads bags of tiles as A-MIL does.
+CHECKPOINT_SPECS["hatnet"] = CHECKPOINT_SPECS["amil"]
 
 CLASS_NAMES = ["benign", "lesion"]
 
