@@ -1,7 +1,8 @@
-"""A-MIL's instance-level evidence: the top-k instance margin its decision rules use, and the
-instance terms of its loss (annotated tiles; CLAM-SB's attention pseudo-labels).
+"""A-MIL's instance-level evidence: its slide decision rules (:class:`DecisionRules`, mixed
+into the model) and the top-k instance margin they use, and the instance terms of its loss
+(annotated tiles; CLAM-SB's attention pseudo-labels).
 
-Plain functions of an output's tensors, so that :class:`~.network.AttentionMIL`
+Plain functions of an output's tensors and one mixin, so that :class:`~.network.AttentionMIL`
 stays the architecture and these read in one place.
 """
 
@@ -13,7 +14,10 @@ from torch import Tensor
 
 from napari_histattn.models.outputs import MILOutput
 
-__all__ = ["annotation_loss", "clam_instance_loss", "top_k_margin"]
+__all__ = ["DECISIONS", "DecisionRules", "annotation_loss", "clam_instance_loss", "top_k_margin"]
+
+#: Slide decision rules (see :class:`DecisionRules`); the instance rules need two classes.
+DECISIONS = ("attention", "top_k", "max")
 
 
 def top_k_margin(instance_logits: Tensor, mask: Tensor | None, k: int) -> Tensor:
@@ -61,3 +65,65 @@ def clam_instance_loss(
         classifier = classifiers[int(targets[b])]
         losses.append(nn.functional.cross_entropy(classifier(chosen), pseudo))
     return torch.stack(losses).mean() if losses else None
+
+
+class DecisionRules:
+    """How a bag model makes its slide call from its attention-pooled and instance logits
+    (the rules of :class:`~.network.AttentionMIL`, whose docstring describes them); mixed
+    into the model, which sets ``n_classes``, ``decision``, ``decision_k`` and
+    ``decision_threshold``."""
+
+    n_classes: int
+    decision: str
+    decision_k: int
+    decision_threshold: float
+
+    @property
+    def decision_rules(self) -> tuple[str, ...]:
+        """The decision rules this model can use (all of them with two classes)."""
+        return DECISIONS if self.n_classes == 2 else ("attention",)
+
+    def set_decision(self, rule: str, threshold: float = 0.0) -> None:
+        """Use ``rule`` with margin ``threshold`` for the slide call from now on (recorded in
+        ``model_config``)."""
+        if rule not in self.decision_rules:
+            raise ValueError(f"decision must be one of {self.decision_rules}, got {rule!r}")
+        if threshold != 0.0 and self.n_classes != 2:
+            raise ValueError("a decision threshold needs two classes")
+        self.decision, self.decision_threshold = rule, float(threshold)
+        config = getattr(self, "model_config", None)
+        if isinstance(config, dict):
+            config.update(
+                decision=rule, decision_k=self.decision_k, decision_threshold=float(threshold)
+            )
+
+    def rule_logits(self, output: MILOutput) -> dict[str, Tensor]:
+        """The slide logits of ``output`` under every decision rule at threshold 0 (one
+        forward for all)."""
+        if output.bag_logits is None or output.instance_logits is None:
+            raise ValueError("the output carries no bag and instance logits")
+        return {
+            rule: self.decide(output.bag_logits, output.instance_logits, output.mask, rule, 0.0)
+            for rule in self.decision_rules
+        }
+
+    def decide(
+        self,
+        bag_logits: Tensor,
+        instance_logits: Tensor,
+        mask: Tensor | None,
+        rule: str,
+        threshold: float | None = None,
+    ) -> Tensor:
+        """Slide logits under ``rule`` (see the class docstring), the positive logit lowered
+        by the margin ``threshold`` (default: the model's); the instance rules return
+        ``[0, margin]`` so that the softmax gives ``sigmoid(margin)``."""
+        t = self.decision_threshold if threshold is None else float(threshold)
+        if rule == "attention":
+            if t == 0.0:
+                return bag_logits
+            return bag_logits - torch.tensor([0.0, t], device=bag_logits.device)
+        top = top_k_margin(instance_logits, mask, self.decision_k)
+        if rule == "max":
+            top = torch.maximum(top, bag_logits[:, 1] - bag_logits[:, 0])
+        return torch.stack([torch.zeros_like(top), top - t], dim=1)

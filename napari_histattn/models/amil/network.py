@@ -38,6 +38,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from napari_histattn.models.amil.instances import (
+    DECISIONS,
+    DecisionRules,
     annotation_loss,
     clam_instance_loss,
     top_k_margin,
@@ -49,8 +51,6 @@ from napari_histattn.models.tile_evidence import TileClassifier, last_convolutio
 
 #: Default number of patches encoded at once by :meth:`AttentionMIL.encode`.
 DEFAULT_CHUNK_SIZE = 512
-#: Slide decision rules (see :class:`AttentionMIL`); the instance rules need two classes.
-DECISIONS = ("attention", "top_k", "max")
 
 
 class AttentionPooling(nn.Module):
@@ -120,7 +120,7 @@ class AttentionPooling(nn.Module):
         return pooled, weights, scores
 
 
-class AttentionMIL(nn.Module):
+class AttentionMIL(DecisionRules, nn.Module):
     """A-MIL: patch encoder, attention pooling and a linear multi-class head.
 
     Parameters
@@ -392,61 +392,11 @@ class AttentionMIL(nn.Module):
             instance_logits=instance_logits,
         )
 
-    @property
-    def decision_rules(self) -> tuple[str, ...]:
-        """The decision rules this model can use (all of them with two classes)."""
-        return DECISIONS if self.n_classes == 2 else ("attention",)
-
-    def set_decision(self, rule: str, threshold: float = 0.0) -> None:
-        """Use ``rule`` with margin ``threshold`` for the slide call from now on (recorded in
-        ``model_config``)."""
-        if rule not in self.decision_rules:
-            raise ValueError(f"decision must be one of {self.decision_rules}, got {rule!r}")
-        if threshold != 0.0 and self.n_classes != 2:
-            raise ValueError("a decision threshold needs two classes")
-        self.decision, self.decision_threshold = rule, float(threshold)
-        config = getattr(self, "model_config", None)
-        if isinstance(config, dict):
-            config.update(
-                decision=rule, decision_k=self.decision_k, decision_threshold=float(threshold)
-            )
-
-    def rule_logits(self, output: MILOutput) -> dict[str, Tensor]:
-        """The slide logits of ``output`` under every decision rule at threshold 0 (one
-        forward for all)."""
-        if output.bag_logits is None or output.instance_logits is None:
-            raise ValueError("the output carries no bag and instance logits")
-        return {
-            rule: self.decide(output.bag_logits, output.instance_logits, output.mask, rule, 0.0)
-            for rule in self.decision_rules
-        }
-
     def instance_logits(self, features: Tensor) -> Tensor:
         """The head applied to each instance alone (the bag made of that instance):
         ``(B, N, D) -> (B, N, n_classes)``."""
         branches = int(self.pooling.n_branches)
         return self.head(features.repeat(1, 1, branches) if branches > 1 else features)
-
-    def decide(
-        self,
-        bag_logits: Tensor,
-        instance_logits: Tensor,
-        mask: Tensor | None,
-        rule: str,
-        threshold: float | None = None,
-    ) -> Tensor:
-        """Slide logits under ``rule`` (see the class docstring), the positive logit lowered
-        by the margin ``threshold`` (default: the model's); the instance rules return
-        ``[0, margin]`` so that the softmax gives ``sigmoid(margin)``."""
-        t = self.decision_threshold if threshold is None else float(threshold)
-        if rule == "attention":
-            if t == 0.0:
-                return bag_logits
-            return bag_logits - torch.tensor([0.0, t], device=bag_logits.device)
-        top = top_k_margin(instance_logits, mask, self.decision_k)
-        if rule == "max":
-            top = torch.maximum(top, bag_logits[:, 1] - bag_logits[:, 0])
-        return torch.stack([torch.zeros_like(top), top - t], dim=1)
 
     def loss(self, output: MILOutput, targets: Tensor) -> Tensor:
         """Training loss: cross-entropy of the attention-pooled logits, plus (when weighted
