@@ -65,6 +65,7 @@ from numpy.typing import NDArray
 from napari_histattn import __version__
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.devices import device_batch_size, free_memory, select_device
+from napari_histattn.inference.domain import domain_warnings, training_domain
 from napari_histattn.inference.errors import ModelRunError, UnsupportedModelError
 from napari_histattn.inference.explain import parse_methods
 from napari_histattn.inference.integrity import (
@@ -428,6 +429,11 @@ def _assemble(
     unreadable = _account_unreadable(slide, patches, raw, provenance)
     glass = glass_warning(slide.thumbnail(256))
     provenance["glass_warning"] = glass
+    domain = training_domain(ckpt.metadata)
+    provenance["training_domain"] = domain.as_dict()
+    provenance["domain_warnings"] = domain_warnings(
+        domain, slide, slide_mpp=None if mpp is None else float(mpp[0])
+    )
     result = ClassificationResult(
         class_names=names,
         probabilities=probs,

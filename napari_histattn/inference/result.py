@@ -222,7 +222,7 @@ class ClassificationResult:
         # The class the evidence is about: the positive class of a two-class model.
         index = 1 if len(self.class_names) == 2 else self.predicted_index
         name = self.class_names[index]
-        lines = []
+        lines = [f"warning: {text}" for text in prov.get("domain_warnings") or ()]
         if prov.get("glass_warning"):
             lines.append(f"warning: {prov['glass_warning']}")
         tiles = int(prov.get("unreadable_tiles") or 0)

@@ -36,6 +36,7 @@ from napari_histattn.training.datasets import (
     estimate_normalisation,
 )
 from napari_histattn.training.datasets.annotated import Annotations, InstanceLabeller
+from napari_histattn.training.datasets.layouts import data_domain
 from napari_histattn.training.evaluation import (
     _close,
     _groups_if_meaningful,
@@ -218,6 +219,7 @@ def cross_validate(
                 f"model {spec.model_name!r} does not learn from tile labels; annotations train amil"
             )
         labeller = InstanceLabeller(spec.annotations, class_names)
+    domain = data_domain(data)  # what the checkpoint says it knows (inference warns outside it)
     seed = spec.train.seed
     splits = cross_validation_folds(
         data.labels, data.groups, spec.folds, seed, spec.val_fraction, spec.test_fraction
@@ -319,6 +321,7 @@ def cross_validate(
                 checkpoint_path=out / name / "model.safetensors",
                 training_info={
                     "data": data.summary(),
+                    "domain": domain,
                     "fold": fold.index + 1,
                     "folds": k,
                     "split_sizes": {

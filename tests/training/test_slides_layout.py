@@ -128,7 +128,17 @@ def test_kfold_on_slides_and_evaluate_reproduces(slide_csv, tmp_path, model, con
         }
         assert not patients & others
     fold = result.folds[0]
-    pre = json.loads((tmp_path / "cv" / "fold-1" / "model.json").read_text())["preprocessing"]
+    sidecar = json.loads((tmp_path / "cv" / "fold-1" / "model.json").read_text())
+    pre = sidecar["preprocessing"]
+    # PNGs without a pixel size: neither ours nor known scans, so the source is unknown.
+    assert sidecar["training"]["domain"] == {
+        "source": "unknown",
+        "stain": None,
+        "slide_mpp_range": None,
+        "model_mpp": None,
+        "classes": ["lesion", "normal"],
+        "recorded": True,
+    }
     assert pre["patch_size"] == 16 and pre["input"] in ("mil", "sampling")
     again = run_to_completion(
         evaluate_checkpoint(

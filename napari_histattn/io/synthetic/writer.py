@@ -31,6 +31,7 @@ from napari_histattn.io.synthetic.ground_truth import (
     label_mask,
     scene_geojson,
 )
+from napari_histattn.io.synthetic.marker import SYNTHETIC_DESCRIPTION
 from napari_histattn.io.synthetic.render import BACKGROUND
 from napari_histattn.io.synthetic.scene import Scene
 from napari_histattn.io.synthetic.tiles import (
@@ -211,7 +212,7 @@ def write_synthetic_slide(
             BACKGROUND,
         )
         desc = (
-            f"napari-histattn synthetic H&E slide|seed={scene.seed}|mpp={scene.mpp}"
+            f"{SYNTHETIC_DESCRIPTION}|seed={scene.seed}|mpp={scene.mpp}"
             f"|lesions={len(scene.lesions)}|lookalikes={len(scene.lookalikes)}"
         )
         writer = TiffStreamWriter(

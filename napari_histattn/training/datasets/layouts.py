@@ -113,6 +113,35 @@ class LabelledData:
         return out
 
 
+def data_domain(data: LabelledData) -> dict[str, Any]:
+    """The training domain of ``data`` for the checkpoint (``training.domain``).
+
+    Whole slides are opened (headers only) to tell our generator's from scanned
+    ones and to take their pixel sizes; BreakHis is scanned H&E; a folder of
+    images says neither, so its source is recorded as unknown.
+    """
+    from napari_histattn.inference.domain import TrainingDomain, domain_of_slides
+
+    classes = tuple(data.class_names)
+    if data.layout == "breakhis":
+        return TrainingDomain(source="real", stain="H&E", classes=classes, recorded=True).as_dict()
+    if data.layout not in ("slides", "synthetic"):
+        return TrainingDomain(classes=classes, recorded=True).as_dict()
+    from napari_histattn.io.slide import open_slide
+
+    opened = []
+    try:
+        for sample in data.samples:
+            try:
+                opened.append(open_slide(sample.path))
+            except HistattnError:
+                continue  # unreadable slides are reported where they are read
+        return domain_of_slides(opened, classes=classes).as_dict()
+    finally:
+        for slide in opened:
+            slide.close()
+
+
 def _require_classes(data: LabelledData, min_classes: int = 2) -> LabelledData:
     if not data.samples:
         raise DatasetError(data.root, "no labelled images or slides were found")
