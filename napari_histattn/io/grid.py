@@ -147,6 +147,10 @@ class Region:
         ``attention_mass``, ``n_patches``, ``area_px2``, ``area_um2``, ``prob_<class>``.
     name
         Display name; defaults to ``"Attention region <rank>"``.
+    metadata
+        Name to text (QuPath's object metadata, GeoJSON ``properties.metadata``): who
+        made the region (``source`` ``model`` or ``expert``, ``author``, ``model``) and
+        a reviewer's decision on it (``review``, ``model_class``).
     """
 
     polygon: BaseGeometry
@@ -155,6 +159,7 @@ class Region:
     rank: int = 1
     measurements: Mapping[str, float] = field(default_factory=dict)
     name: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not isinstance(self.polygon, Polygon | MultiPolygon):
@@ -172,6 +177,9 @@ class Region:
         object.__setattr__(self, "color_rgb", colour)
         object.__setattr__(
             self, "measurements", _frozen_mapping({str(k): v for k, v in self.measurements.items()})
+        )
+        object.__setattr__(
+            self, "metadata", _frozen_mapping({str(k): str(v) for k, v in self.metadata.items()})
         )
         if self.name is None:
             object.__setattr__(self, "name", f"Attention region {self.rank}")

@@ -160,6 +160,8 @@ def regions_to_geojson(
             properties["color"] = colour
         properties["isLocked"] = False
         properties["measurements"] = _measurements_json(measurements)
+        if region.metadata:  # QuPath's object metadata: who made it, a reviewer's decision
+            properties["metadata"] = dict(region.metadata)
         feature_id = uuid.uuid5(_ID_NAMESPACE, f"{index}:{region.rank}:{polygon.wkb_hex}")
         features.append(
             {
@@ -295,11 +297,27 @@ def _measurements_from(properties: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _metadata_from(properties: Mapping[str, Any]) -> dict[str, str]:
+    """QuPath's object metadata (text to text); anything else, or beyond the limits, is
+    left out."""
+    raw = properties.get("metadata")
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, str] = {}
+    for key, value in list(raw.items())[:MAX_METADATA_KEYS]:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            out[str(key)[:MAX_METADATA_TEXT]] = str(value)[:MAX_METADATA_TEXT]
+    return out
+
+
 #: Limits of what a GeoJSON import reads: beyond them the file is refused, never
 #: allowed to take minutes or gigabytes (a file of overlapping polygons once took 5.6 GB).
 MAX_GEOJSON_BYTES = 256 * 2**20
 MAX_FEATURES = 200_000
 MAX_VERTICES = 5_000_000
+#: Object metadata kept per feature: this many entries of at most this many characters.
+MAX_METADATA_KEYS = 32
+MAX_METADATA_TEXT = 1000
 #: A single polygon with more vertices than this is not repaired (make_valid is slow on it).
 MAX_REPAIR_VERTICES = 200_000
 
@@ -474,6 +492,7 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
                 rank=rank,
                 measurements=measurements,
                 name=str(name) if name is not None else None,
+                metadata=_metadata_from(properties),
             )
         )
     return regions
