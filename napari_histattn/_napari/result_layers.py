@@ -30,16 +30,11 @@ from numpy.typing import NDArray
 from shapely.geometry import MultiPolygon, Polygon
 
 from napari_histattn._napari.layers import LayerDataTuple, _units_kwargs
+from napari_histattn._napari.result_export import model_label
 from napari_histattn._napari.shapes_regions import shapes_to_regions
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.outputs import ATTENTION_OPACITY, attention_ramp
-from napari_histattn.io.export import (
-    l0_polygon_to_napari_yx,
-    write_geojson,
-    write_patches_csv,
-    write_region_crops,
-)
-from napari_histattn.io.export.exportset import ExportSet
+from napari_histattn.io.export import l0_polygon_to_napari_yx
 from napari_histattn.io.regions import Region
 
 if TYPE_CHECKING:
@@ -51,7 +46,6 @@ __all__ = [
     "HEATMAP_OPACITY",
     "REGION_COLOR",
     "SlideSource",
-    "export_result",
     "heatmap_layer_data",
     "region_lines",
     "regions_layer_data",
@@ -67,6 +61,9 @@ HEATMAP_OPACITY = ATTENTION_OPACITY
 #: truth's yellow (lesion) and cyan (look-alike), the heatmap's reds and yellows
 #: and the sampled patches' white. Exports keep each region's class colour.
 REGION_COLOR = (0.2, 1.0, 0.2, 1.0)
+#: Outlines of regions a reviewer accepted (blue) and rejected (grey), in place of
+#: :data:`REGION_COLOR`.
+REVIEW_COLORS = {"accepted": (0.3, 0.65, 1.0, 1.0), "rejected": (0.6, 0.6, 0.6, 1.0)}
 #: Outline colour of sampled patches: white stands out on H&E and on magma, and
 #: differs from the ground truth's yellow (lesion) and cyan (look-alike).
 SAMPLE_COLOR = (1.0, 1.0, 1.0, 1.0)
@@ -140,11 +137,6 @@ def slide_source(layer: Any) -> SlideSource:
     )
 
 
-def _model_label(result: ClassificationResult) -> str:
-    path = result.provenance.get("checkpoint_path")
-    return Path(str(path)).stem if path else str(result.provenance.get("model_name", "model"))
-
-
 def heatmap_colormap(n: int = 64) -> dict[str, Any]:
     """The heatmap's colours: :func:`~napari_histattn.inference.outputs.attention_ramp`
     (warm inferno, transparent near 0, opaque from moderate values), as in ``heatmap.png``.
@@ -168,7 +160,7 @@ def side_map_layer_data(
 
     shown = replace(result, attention=np.asarray(side.values, dtype=np.float32))
     data, kwargs, kind = heatmap_layer_data(shown, source)
-    kwargs["name"] = f"{source.name} {side.title} ({_model_label(result)})"
+    kwargs["name"] = f"{source.name} {side.title} ({model_label(result)})"
     kwargs["metadata"] = {**kwargs["metadata"], RESULT_KEY: side.key}
     return (data, kwargs, kind)
 
@@ -193,7 +185,7 @@ def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> Lay
     scale_yx, translate_yx = heatmap_napari_geometry(result, source.mpp_xy)
     data = np.asarray(result.normalised_attention(), dtype=np.float32)
     kwargs: dict[str, Any] = {
-        "name": f"{source.name} attention ({_model_label(result)})",
+        "name": f"{source.name} attention ({model_label(result)})",
         "scale": scale_yx,
         "translate": (
             translate_yx[0] + source.translate_yx[0],
@@ -266,7 +258,8 @@ def regions_layer_data(
         Recorded in the layer's metadata (and written by the GeoJSON writer).
     edge_color
         One RGBA outline colour for every region (the classify widget uses
-        :data:`REGION_COLOR`); ``None`` draws each in its class colour.
+        :data:`REGION_COLOR`), except reviewed ones (:data:`REVIEW_COLORS`); ``None``
+        draws each in its class colour.
 
     Returns
     -------
@@ -298,21 +291,35 @@ def regions_layer_data(
                         "attention_norm_max", region.measurements.get("attention_max", math.nan)
                     )
                 ),
+                "source": region.metadata.get("source", ""),
+                "review": region.metadata.get("review", ""),
+                "author": region.metadata.get("author", ""),
+                "model_class": region.metadata.get("model_class", ""),
             }
             row.update({k: float(region.measurements.get(k, math.nan)) for k in measurement_names})
             rows.append(row)
+            review = REVIEW_COLORS.get(region.metadata.get("review", ""))
             colours.append(
-                tuple(edge_color) if edge_color else (*(c / 255.0 for c in region.colour), 1.0)
+                (review or tuple(edge_color))
+                if edge_color
+                else (*(c / 255.0 for c in region.colour), 1.0)
             )
             if region.class_name is not None:
                 class_colours[region.class_name] = tuple(region.colour)
-    columns = ["label", "name", "rank", "class", "attention", *measurement_names]
+    columns = ["label", "name", "rank", "class", "attention"]
+    columns += ["source", "review", "author", "model_class", *measurement_names]
     features = {c: np.asarray([r[c] for r in rows]) for c in columns}
+    # A shape drawn into this layer is the reviewer's, never part of a model region.
+    defaults: dict[str, Any] = {c: math.nan for c in columns}
+    defaults.update(label="", name="", rank=0, source="expert", review="", author="")
+    defaults["model_class"] = ""
+    defaults["class"] = "unclassified"
     kwargs: dict[str, Any] = {
         "name": name,
         "shape_type": "polygon",
         "translate": tuple(translate_yx),
         "features": features,
+        "feature_defaults": defaults,
         "edge_color": np.asarray(colours, dtype=float).reshape(-1, 4) if rows else "white",
         "face_color": "transparent",
         "edge_width": _edge_width(mpp_xy, size_l0_wh),
@@ -340,8 +347,14 @@ def regions_layer_data(
 def _region_label(region: Region) -> str:
     """``#rank``: a short marker on the canvas, so that neighbouring regions' labels do not
     run into each other ("#1 lesion#2 lesion"); the class and its evidence are in the
-    result panel (:func:`region_lines`) and the layer's ``class`` feature."""
-    return f"#{region.rank}"
+    result panel (:func:`region_lines`) and the layer's ``class`` feature. A reviewed
+    region adds its decision (``#1 ok``, ``#2 no``) and a reviewer's class
+    (``#3 ok: benign``)."""
+    decision = region.metadata.get("review", "")
+    mark = {"accepted": " ok", "rejected": " no"}.get(decision, "")
+    if mark and "model_class" in region.metadata:
+        mark += f": {region.class_name}"
+    return f"#{region.rank}{mark}"
 
 
 def region_lines(regions: Sequence[Region]) -> list[str]:
@@ -394,94 +407,3 @@ def samples_layer_data(
         **_units_kwargs(source.mpp_xy is not None),
     }
     return (points, kwargs, "points")
-
-
-# --------------------------------------------------------------------------- export
-
-
-def export_paths(geojson_path: str | os.PathLike[str]) -> dict[str, Path]:
-    """Files of an export named after the GeoJSON: ``<stem>.geojson``, ``<stem>_patches.csv``, ``<stem>_crops/``."""
-    target = Path(geojson_path)
-    if target.suffix.lower() != ".geojson":
-        target = target.with_name(target.name + ".geojson")
-    return {
-        "geojson": target,
-        "csv": target.with_name(f"{target.stem}_patches.csv"),
-        "crops": target.with_name(f"{target.stem}_crops"),
-    }
-
-
-def export_result(
-    result: ClassificationResult,
-    slide: Slide,
-    geojson_path: str | os.PathLike[str],
-    *,
-    regions: Sequence[Region] | None = None,
-    threshold: float | None = None,
-    crops: bool = False,
-) -> dict[str, Path]:
-    """Write a result's regions as QuPath GeoJSON, its patches as CSV, optionally PNG crops.
-
-    Parameters
-    ----------
-    result
-        The classification.
-    slide
-        Its slide (mpp for the GeoJSON, pixels for the crops).
-    geojson_path
-        The GeoJSON file (its folder is created if missing); the CSV and the crop
-        folder are named after it (:func:`export_paths`).
-    regions, threshold
-        The regions to write and the threshold they were made with (the widget's
-        slider); default ``result.regions`` and ``result.threshold``.
-    crops
-        Also write full-resolution PNG crops of the regions.
-
-    Returns
-    -------
-    dict of str to Path
-        ``"geojson"``, ``"csv"`` and, with ``crops``, ``"crop_<rank>"``.
-
-    Raises
-    ------
-    ExportError
-        A file cannot be written, or another export into the folder is running.
-        The files are one set (:class:`~napari_histattn.io.export.exportset.ExportSet`):
-        an earlier export of the same name is left intact on failure, and its
-        crops of regions this export does not write are removed on success.
-    """
-    paths = export_paths(geojson_path)
-    folder = paths["geojson"].parent
-    chosen = list(result.regions if regions is None else regions)
-    provenance = {
-        **result.provenance,
-        "predicted_class": result.predicted_class,
-        "probabilities": result.probabilities_by_class,
-        "threshold": result.threshold if threshold is None else float(threshold),
-    }
-    names = {key: path.name for key, path in paths.items()}
-    with ExportSet(folder, paths["geojson"].stem) as staged:
-        write_geojson(
-            staged.path(names["geojson"]), chosen, provenance=provenance, mpp_xy=slide.mpp_xy
-        )
-        write_patches_csv(
-            staged.path(names["csv"]),
-            result.patches,
-            class_names=result.class_names,
-            unreadable=None if result.unreadable is None else result.unreadable.tolist(),
-        )
-        crop_names: list[str] = []
-        if crops and chosen:
-            w, h = slide.level_dimensions[0]
-            files = write_region_crops(
-                staged.path(names["crops"]),
-                chosen,
-                slide.read_region,
-                top_k=len(chosen),
-                slide_l0_wh=(w, h),
-            )
-            crop_names = [f"{names['crops']}/{f.name}" for f in files]
-    written = {"geojson": folder / names["geojson"], "csv": folder / names["csv"]}
-    ranked = sorted(chosen, key=lambda r: r.rank)
-    written.update({f"crop_{r.rank}": folder / n for r, n in zip(ranked, crop_names, strict=False)})
-    return written

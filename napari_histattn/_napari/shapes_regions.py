@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -23,9 +23,6 @@ from napari_histattn.io.export import (
     napari_yx_to_l0_polygon,
 )
 from napari_histattn.io.regions import Region, make_valid_polygonal
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["shapes_to_regions"]
 
@@ -118,11 +115,12 @@ def shapes_to_regions(
     names = _column(features, "name")
     classes = _column(features, "class")
     ranks = _column(features, "rank")
+    texts = {c: _column(features, c) for c in _TEXT_COLUMNS}
     colours = np.asarray(attributes.get("edge_color", np.ones((len(data), 4))), dtype=float)
     class_colours = metadata.get("class_colours") or {}
     numeric = []
     for column in _feature_names(features):
-        if column in ("label", "name", "class", "rank"):
+        if column in ("label", "name", "class", "rank", *_TEXT_COLUMNS):
             continue
         values = _column(features, column) or []
         if values and all(isinstance(v, int | float | np.number) for v in values):
@@ -136,7 +134,8 @@ def shapes_to_regions(
         if polygon is None:
             continue
         polygons[index] = polygon
-        key = str(names[index]) if names is not None else f"shape {index}"
+        # A shape drawn into a regions layer has no name: it is one region of its own.
+        key = str(names[index]) if names is not None and str(names[index]) else f"shape {index}"
         groups.setdefault(key, []).append(index)
     if not polygons:
         raise ExportError(path, "the Shapes layer has no polygon, rectangle or ellipse to export")
@@ -160,6 +159,13 @@ def shapes_to_regions(
             if known is not None
             else (_colour_rgb(colours[first]) if first < len(colours) else None)
         )
+        metadata = {
+            column: str(values[first])
+            for column, values in texts.items()
+            if values is not None and _text(values[first])
+        }
+        named = names is not None and bool(str(names[first]))
+        drawn = metadata.get("source") == "expert"
         regions.append(
             Region(
                 polygon=geometry,
@@ -167,10 +173,19 @@ def shapes_to_regions(
                 color_rgb=colour,
                 rank=rank,
                 measurements=measurements,
-                name=key if names is not None else None,
+                name=key if named else (f"Annotation {order}" if drawn else None),
+                metadata=metadata,
             )
         )
     return regions
+
+
+#: Text features that travel as the region's metadata (who made it, the review).
+_TEXT_COLUMNS = ("source", "review", "author", "model", "model_class")
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and value.lower() != "nan"
 
 
 def _finite(value: Any) -> bool:
