@@ -11,6 +11,7 @@ Errors reach the user as napari notifications and the widget returns to idle.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,30 +46,39 @@ from napari_histattn._napari.family_params import (
     param_values,
     slide_mpp_control,
 )
+from napari_histattn._napari.readout import readout_text
+from napari_histattn._napari.result_actions import ResultActions
 from napari_histattn._napari.result_panel import panel_text
+from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
     Shown,
+    ShownResults,
     add_result_layers,
-    regions_tuple,
+    adopt_drawing_layer,
+    replace_regions_layer,
     set_overlay_visible,
 )
 from napari_histattn.errors import HistattnError
+from napari_histattn.inference.compare import compare_regions
 from napari_histattn.progress import Progress
 
 RESEARCH_ONLY = "Research use only — not for diagnosis"
 _BAR_MAX = 1000
+#: The dock's widest (px).
+MAX_WIDTH = 520
 
 
 @dataclass
 class _Run:
     layer: Any
     cancel: threading.Event
+    key: str = ""
     worker: Any = None
     last: Progress | None = None
     failed: bool = False
 
 
-class ClassifyWidget(Container):
+class ClassifyWidget(ResultActions, Container):
     """Classify a slide layer with an attention model and show where the model looked.
 
     Parameters
@@ -81,7 +91,7 @@ class ClassifyWidget(Container):
         super().__init__(labels=True)
         self._viewer = napari_viewer
         self._runs: dict[Any, _Run] = {}
-        self._shown: dict[Any, Shown] = {}
+        self._shown = ShownResults()
         self._checkpoints: dict[str, CheckpointChoice] = {
             str(c.path): c for c in find_checkpoints()
         }
@@ -118,6 +128,8 @@ class ClassifyWidget(Container):
         self.progress = ProgressBar(label="", min=0, max=_BAR_MAX, value=0)
         self.status = Label(label="", value="idle")
         self.result_label = Label(label="result", value="—")
+        self.readout = Label(label="at cursor", value="—")
+        self.review = ReviewPanel(napari_viewer, self._on_review_changed)
         self.threshold = FloatSlider(
             label="region threshold", min=0.05, max=0.95, step=0.05, value=0.5
         )
@@ -143,6 +155,8 @@ class ClassifyWidget(Container):
                 self.progress,
                 self.status,
                 self.result_label,
+                self.readout,
+                self.review,
                 self.threshold,
                 self.show_overlay,
                 self.export_button,
@@ -151,6 +165,11 @@ class ClassifyWidget(Container):
             ]
         )
 
+        for label in (self.layer_note, self.status, self.result_label, self.readout):
+            _wrapping(label)
+        _wrapping(self.review.heading)
+        # A third of a 1600 px window at most: the canvas keeps the rest.
+        self.native.setMaximumWidth(MAX_WIDTH)
         self.layer.changed.connect(self._on_layer_changed)
         self.model.changed.connect(self._on_model_changed)
         self.open_checkpoint.changed.connect(self._on_open_checkpoint_clicked)
@@ -160,10 +179,13 @@ class ClassifyWidget(Container):
         self.show_overlay.changed.connect(self._on_show_overlay_changed)
         self.export_button.changed.connect(self._on_export_clicked)
         events = self._viewer.layers.events
-        events.inserted.connect(self._refresh_layers)
+        events.inserted.connect(self._on_layer_inserted)
         events.removed.connect(self._on_layer_removed)
         events.reordered.connect(self._refresh_layers)
         self.native.destroyed.connect(self._on_destroyed)
+        self._viewer.mouse_move_callbacks.append(self._on_mouse_move)
+        self._viewer.scale_bar.visible = True  # in micrometres on a slide with a pixel size
+        self.review.bind_keys()
 
         self._refresh_layers()
         models = [c for c in self.model.choices if c is not None]
@@ -201,7 +223,18 @@ class ClassifyWidget(Container):
         self.layer_note.visible = bool(note)
         self._update_state()
 
+    def _on_layer_inserted(self, event: Any) -> None:
+        from napari.layers import Shapes
+
+        slide = self.layer.value
+        if isinstance(event.value, Shapes) and slide is not None:
+            # A new Shapes layer takes the chosen slide's frame, so its drawings export.
+            with contextlib.suppress(HistattnError):
+                adopt_drawing_layer(event.value, rl.slide_source(slide))
+        self._refresh_layers()
+
     def _on_model_changed(self, key: str | None) -> None:
+        self._update_state()
         choice = self._checkpoints.get(key) if key else None
         if choice is None:
             return
@@ -278,7 +311,7 @@ class ClassifyWidget(Container):
             return
         from napari_histattn.inference import engine
 
-        run = _Run(layer=layer, cancel=threading.Event())
+        run = _Run(layer=layer, cancel=threading.Event(), key=str(key))
         worker = thread_worker(
             engine.classify, ignore_errors=True, start_thread=False, worker_class=GeneratorWorker
         )(
@@ -330,11 +363,17 @@ class ClassifyWidget(Container):
     def _on_returned(self, run: _Run, source: rl.SlideSource, result: Any) -> None:
         if run.cancel.is_set() or run.layer not in self._viewer.layers:
             return  # cancelled after its last batch: present nothing
-        self._remove_result_layers(run.layer)
+        self._remove_result_layers(run.layer, run.key)  # the same model's earlier result
         shown = add_result_layers(
-            self._viewer, result, source, float(self.threshold.value), self.show_overlay.value
+            self._viewer,
+            result,
+            source,
+            float(self.threshold.value),
+            self.show_overlay.value,
+            key=run.key,
         )
-        self._shown[run.layer] = shown
+        shown.review.author = self.review.reviewer.value.strip() or None
+        self._shown.add(run.layer, shown)
         # Keep the slide selected, so that Classify and Export act on it.
         self.layer.value = run.layer
         self._viewer.layers.selection.active = run.layer
@@ -368,11 +407,7 @@ class ClassifyWidget(Container):
         layer = event.value
         if layer in self._runs:
             self.cancel(layer=layer)
-        self._shown.pop(layer, None)
-        for shown in self._shown.values():
-            for kind, result_layer in list(shown.layers.items()):
-                if result_layer == layer:
-                    del shown.layers[kind]
+        self._shown.drop_layer(layer)
         self._refresh_layers()
 
     def _on_destroyed(self, *_args: Any) -> None:
@@ -386,38 +421,49 @@ class ClassifyWidget(Container):
         self.classify_button.enabled = layer is not None and not running
         self.cancel_button.enabled = running
         self.export_button.enabled = layer is not None and layer in self._shown
-        shown = self._shown.get(layer) if layer is not None else None
+        shown = self._current()
         if shown is not None:
             self._show_result(shown)
-        elif not running:
-            self.result_label.value = "—"
+        else:  # never the previous slide's result
+            self.result_label.value = "classifying..." if running else "—"
+            self.review.set_result([], None)
         run = self._runs.get(layer) if running else None
         if run is not None and run.last is not None:
             self._on_progress(run, run.last)  # show the chosen layer's own progress
 
+    def _current(self, layer: Any = None) -> Shown | None:
+        """The chosen slide's result of the chosen model, else its latest result."""
+        layer = self.layer.value if layer is None else layer
+        return None if layer is None else self._shown.get(layer, self.model.value)
+
     def _show_result(self, shown: Shown) -> None:
-        self.result_label.value = panel_text(shown.result, shown.regions)
+        text = panel_text(shown.result, shown.reviewed_regions())
+        others = [o for o in self._shown.of(self.layer.value) if o is not shown]
+        for other in others:  # a compare line per other model's result on this slide
+            diff = compare_regions(
+                shown.result.predicted_class,
+                shown.regions,
+                other.result.predicted_class,
+                other.regions,
+            )
+            text += "\n" + diff.line(shown.model, other.model)
+        self.result_label.value = text
+        self.review.set_result(shown.regions, shown.review, shown.source, shown.result.class_names)
         self.export_button.enabled = True
 
-    # ------------------------------------------------------------------ result layers
+    def _on_review_changed(self) -> None:
+        shown = self._current()
+        if shown is not None:
+            replace_regions_layer(self._viewer, shown, bool(self.show_overlay.value))
+            self.result_label.value = panel_text(shown.result, shown.reviewed_regions())
 
-    def result_layers(self, layer: Any = None) -> dict[str, Any]:
-        """The result layers (``heatmap``, ``regions``, ``samples``) of a slide layer."""
-        shown = self._shown.get(self.layer.value if layer is None else layer)
-        return dict(shown.layers) if shown is not None else {}
+    def _on_mouse_move(self, _viewer: Any, event: Any) -> None:
+        shown = self._current()
+        text = "" if shown is None else readout_text(shown, event.position)
+        self.readout.value = text or "—"
 
-    def result_for(self, layer: Any = None) -> Any:
-        """The ClassificationResult shown for a slide layer (default: the chosen one), or None."""
-        shown = self._shown.get(self.layer.value if layer is None else layer)
-        return None if shown is None else shown.result
-
-    def regions_for(self, layer: Any = None) -> list[Any]:
-        """The regions at the slider's threshold for a slide layer (default: the chosen one)."""
-        shown = self._shown.get(self.layer.value if layer is None else layer)
-        return [] if shown is None else list(shown.regions)
-
-    def _remove_result_layers(self, layer: Any) -> None:
-        shown = self._shown.pop(layer, None)
+    def _remove_result_layers(self, layer: Any, key: str) -> None:
+        shown = self._shown.pop(layer, key)
         for result_layer in shown.layers.values() if shown else []:
             if result_layer in self._viewer.layers:
                 self._viewer.layers.remove(result_layer)
@@ -425,60 +471,21 @@ class ClassifyWidget(Container):
     def _on_threshold_changed(self, threshold: float) -> None:
         for shown in self._shown.values():
             shown.regions = shown.result.regions_at(float(threshold), shown.result.top_k)
-            old = shown.layers.get("regions")
-            if old is None or old not in self._viewer.layers:
-                continue
-            if self.layer.value is not None and self._shown.get(self.layer.value) is shown:
-                self._show_result(shown)
-            data, kwargs, _ = regions_tuple(shown)
-            index = list(self._viewer.layers).index(old)
-            self._viewer.layers.remove(old)
-            new = self._viewer.add_shapes(data, **kwargs)
-            new.visible = bool(self.show_overlay.value)
-            self._viewer.layers.move(len(self._viewer.layers) - 1, index)
-            shown.layers["regions"] = new
+            replace_regions_layer(self._viewer, shown, bool(self.show_overlay.value))
+        current = self._current()
+        if current is not None:
+            self._show_result(current)
 
     def _on_show_overlay_changed(self, visible: bool) -> None:
         set_overlay_visible(list(self._shown.values()), bool(visible))
 
-    # ------------------------------------------------------------------ export
 
-    def export_to(self, path: str | Path, *, crops: bool | None = None) -> dict[str, Path]:
-        """Export the chosen slide's regions (GeoJSON), patches (CSV) and optional crops.
+def _wrapping(label: Label) -> None:
+    """Wrap a label's text and never let it widen the dock (a long note once took the
+    whole window): its width follows the dock's, not its text's."""
+    from qtpy.QtWidgets import QSizePolicy
 
-        Raises
-        ------
-        HistattnError
-            No result for the chosen layer; :class:`~napari_histattn.errors.ExportError`
-            when a file cannot be written (an earlier file of that name is kept).
-        """
-        shown = self._shown.get(self.layer.value)
-        if shown is None:
-            raise HistattnError("no classification result for this layer yet: click Classify")
-        return rl.export_result(
-            shown.result,
-            shown.source.slide,
-            path,
-            regions=shown.regions,
-            threshold=float(self.threshold.value),
-            crops=bool(self.crops.value if crops is None else crops),
-        )
-
-    def _on_export_clicked(self, _value: Any = None) -> None:
-        from qtpy.QtWidgets import QFileDialog
-
-        shown = self._shown.get(self.layer.value)
-        start = "regions.geojson"
-        if shown is not None:
-            start = str(shown.source.path.with_name(f"{shown.source.path.stem}_regions.geojson"))
-        path, _ = QFileDialog.getSaveFileName(
-            self.native, "Export regions", start, "GeoJSON (*.geojson)"
-        )
-        if not path:
-            return
-        try:
-            written = self.export_to(path)
-        except HistattnError as exc:
-            show_error(str(exc))
-            return
-        show_info("Exported " + ", ".join(str(p) for p in written.values()))
+    label.native.setWordWrap(True)
+    policy = label.native.sizePolicy()
+    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
+    label.native.setSizePolicy(policy)

@@ -1,7 +1,9 @@
-"""A result on screen: the layers one classification adds to the viewer, and their visibility.
+"""Results on screen: the layers each classification adds, kept per slide layer and model.
 
-The classify widget keeps one :class:`Shown` per slide layer; this module builds its
-layers from the result (:mod:`napari_histattn._napari.result_layers`), so that the
+The classify widget keeps a :class:`ShownResults`: every run's layers stay, named by
+slide and model, until removed, so two models can be compared on one slide; running
+the same model again on the same slide replaces its layers. This module builds the
+layers from the result (:mod:`napari_histattn._napari.result_layers`) so that the
 widget only wires controls to it.
 """
 
@@ -10,27 +12,103 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from napari_histattn._napari import result_layers as rl
+import numpy as np
 
-__all__ = ["Shown", "add_result_layers", "regions_tuple", "set_overlay_visible"]
+from napari_histattn._napari import result_layers as rl
+from napari_histattn._napari.result_export import model_label
+from napari_histattn.inference.review import RegionReview, expert_regions
+
+__all__ = [
+    "EXPERT_KEY",
+    "Shown",
+    "ShownResults",
+    "adopt_drawing_layer",
+    "add_result_layers",
+    "expert_annotations",
+    "regions_tuple",
+    "replace_regions_layer",
+    "set_overlay_visible",
+]
+
+#: Metadata key of Shapes layers that hold a reviewer's own drawings on a slide.
+EXPERT_KEY = "histattn_annotations"
 
 
 @dataclass
 class Shown:
-    """A result on screen: its slide, its layers and the regions at the slider's threshold."""
+    """A result on screen: its slide, model, layers, the regions at the slider's threshold
+    and the reviewer's decisions on them."""
 
     result: Any
     source: rl.SlideSource
+    key: str = ""
     layers: dict[str, Any] = field(default_factory=dict)
     regions: list[Any] = field(default_factory=list)
+    review: RegionReview = field(default_factory=RegionReview)
+
+    @property
+    def model(self) -> str:
+        """The model's short name (its checkpoint's stem)."""
+        return model_label(self.result)
+
+    def reviewed_regions(self) -> list[Any]:
+        """The regions with the reviewer's decisions applied."""
+        return self.review.apply(self.regions, model=self.model)
+
+
+class ShownResults:
+    """The results on screen, per slide layer and model key (insertion ordered)."""
+
+    def __init__(self) -> None:
+        self._by_layer: dict[Any, dict[str, Shown]] = {}
+
+    def add(self, layer: Any, shown: Shown) -> None:
+        """Keep ``shown`` for ``layer``, last (it becomes the layer's latest result)."""
+        results = self._by_layer.setdefault(layer, {})
+        results.pop(shown.key, None)
+        results[shown.key] = shown
+
+    def get(self, layer: Any, key: str | None = None) -> Shown | None:
+        """``layer``'s result of model ``key``, else its latest result, else None."""
+        results = self._by_layer.get(layer) or {}
+        if key is not None and key in results:
+            return results[key]
+        return next(reversed(results.values())) if results else None
+
+    def of(self, layer: Any) -> list[Shown]:
+        """Every result shown on ``layer``, oldest first."""
+        return list((self._by_layer.get(layer) or {}).values())
+
+    def pop(self, layer: Any, key: str) -> Shown | None:
+        """Forget ``layer``'s result of model ``key`` (its layers are the caller's to remove)."""
+        results = self._by_layer.get(layer) or {}
+        shown = results.pop(key, None)
+        if not results:
+            self._by_layer.pop(layer, None)
+        return shown
+
+    def drop_layer(self, layer: Any) -> None:
+        """Forget a removed slide layer's results, or a removed result layer."""
+        self._by_layer.pop(layer, None)
+        for shown in self.values():
+            for kind, result_layer in list(shown.layers.items()):
+                if result_layer is layer:
+                    del shown.layers[kind]
+
+    def values(self) -> list[Shown]:
+        """Every result on screen."""
+        return [shown for results in self._by_layer.values() for shown in results.values()]
+
+    def __contains__(self, layer: Any) -> bool:
+        return bool(self._by_layer.get(layer))
 
 
 def regions_tuple(shown: Shown) -> Any:
-    """The regions layer's data tuple for ``shown``'s current regions."""
+    """The regions layer's data tuple for ``shown``'s current regions and decisions."""
     source = shown.source
     return rl.regions_layer_data(
-        shown.regions,
-        name=f"{source.name} attended regions",
+        shown.reviewed_regions(),
+        name=f"{source.name} attended regions ({shown.model})",
         mpp_xy=source.mpp_xy,
         size_l0_wh=source.size_l0_wh,
         translate_yx=source.translate_yx,
@@ -41,20 +119,22 @@ def regions_tuple(shown: Shown) -> Any:
 
 
 def add_result_layers(
-    viewer: Any, result: Any, source: rl.SlideSource, threshold: float, visible: bool
+    viewer: Any, result: Any, source: rl.SlideSource, threshold: float, visible: bool, key: str = ""
 ) -> Shown:
-    """Add ``result``'s layers: the heatmap, the regions at ``threshold``, the sampled
-    patches (attention sampling) and one layer per further attention level and per
-    explanation (hidden at first: they would cover the attention)."""
-    shown = Shown(result=result, source=source)
+    """Add ``result``'s layers: the heatmap (with its colour bar), the regions at
+    ``threshold``, the sampled patches (attention sampling) and one layer per further
+    attention level and per explanation (hidden at first: they would cover the attention)."""
+    shown = Shown(result=result, source=source, key=key)
     data, kwargs, _ = rl.heatmap_layer_data(result, source)
-    shown.layers["heatmap"] = viewer.add_image(data, **kwargs)
+    heatmap = viewer.add_image(data, **kwargs)
+    heatmap.colorbar.visible = True
+    shown.layers["heatmap"] = heatmap
     shown.regions = result.regions_at(float(threshold), result.top_k)
     data, kwargs, _ = regions_tuple(shown)
     shown.layers["regions"] = viewer.add_shapes(data, **kwargs)
     if result.samples is not None:
         data, kwargs, _ = rl.samples_layer_data(
-            result.samples, source, name=f"{source.name} sampled patches"
+            result.samples, source, name=f"{source.name} sampled patches ({shown.model})"
         )
         shown.layers["samples"] = viewer.add_points(data, **kwargs)
     for side in result.side_maps():
@@ -62,6 +142,124 @@ def add_result_layers(
         shown.layers[side.key] = viewer.add_image(data, **kwargs, visible=False)
     set_overlay_visible([shown], visible)
     return shown
+
+
+def replace_regions_layer(viewer: Any, shown: Shown, visible: bool) -> None:
+    """Redraw ``shown``'s regions layer (new threshold or decisions) in the same place of
+    the layer list; shapes a reviewer drew into it move to their own annotations layer
+    first (:func:`adopt_drawing_layer`), so that nothing drawn is lost or merged."""
+    old = shown.layers.get("regions")
+    if old is None or old not in viewer.layers:
+        return
+    move_drawings(viewer, old, shown.source)
+    data, kwargs, _ = regions_tuple(shown)
+    index = list(viewer.layers).index(old)
+    selected = viewer.layers.selection.active
+    viewer.layers.remove(old)
+    new = viewer.add_shapes(data, **kwargs)
+    new.visible = bool(visible)
+    viewer.layers.move(len(viewer.layers) - 1, index)
+    shown.layers["regions"] = new
+    if selected is not None and selected in viewer.layers:
+        viewer.layers.selection.active = selected
+
+
+def _drawn_indices(layer: Any) -> list[int]:
+    features = getattr(layer, "features", None)
+    if features is None or "source" not in features:
+        return []
+    return [i for i, source in enumerate(features["source"]) if source == "expert"]
+
+
+def move_drawings(viewer: Any, layer: Any, source: rl.SlideSource) -> int:
+    """Move shapes a reviewer drew into a model regions ``layer`` to the slide's annotations
+    layer (created if needed); returns how many moved."""
+    drawn = _drawn_indices(layer)
+    if not drawn:
+        return 0
+    shapes = [np.asarray(layer.data[i]) for i in drawn]
+    kinds = [layer.shape_type[i] for i in drawn]
+    # Both layers sit in the same world: the regions layer's data are world units
+    # relative to its translate, which is the slide's.
+    offset = np.asarray(layer.translate, dtype=float)[-2:] - np.asarray(source.translate_yx)
+    target = annotations_layer(viewer, source)
+    target.add([s + offset for s in shapes], shape_type=kinds)
+    layer.selected_data = set(drawn)
+    layer.remove_selected()
+    return len(drawn)
+
+
+def annotations_layer(viewer: Any, source: rl.SlideSource) -> Any:
+    """The slide's reviewer annotations layer, added (empty, in the slide's frame) if none."""
+    for layer in viewer.layers:
+        meta = getattr(layer, "metadata", {}) or {}
+        if meta.get(EXPERT_KEY) and meta.get("slide_path") == str(source.path):
+            return layer
+    layer = viewer.add_shapes(
+        name=f"{source.name} my annotations",
+        edge_color="yellow",
+        face_color="transparent",
+        edge_width=rl.regions_layer_data(
+            [], name="", mpp_xy=source.mpp_xy, size_l0_wh=source.size_l0_wh
+        )[1]["edge_width"],
+    )
+    adopt_drawing_layer(layer, source)
+    return layer
+
+
+def adopt_drawing_layer(layer: Any, source: rl.SlideSource) -> bool:
+    """Put a Shapes layer the user added (napari's "New shapes layer") in ``source``'s frame,
+    so that what is drawn in it exports in level-0 pixels. A layer that records a frame
+    already (ours, a re-opened GeoJSON) is left alone; returns whether it was adopted."""
+    meta = layer.metadata
+    if rl.RESULT_KEY in meta or "mpp_xy" in meta:
+        return False
+    meta.update(
+        {
+            EXPERT_KEY: True,
+            "mpp_xy": source.mpp_xy,
+            "slide_translate_yx": tuple(source.translate_yx),
+            "slide_path": str(source.path),
+        }
+    )
+    return True
+
+
+def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) -> list[Any]:
+    """The reviewer's own annotations on ``source``'s slide, in level-0 pixels: every shape
+    of its annotations layers, and any still drawn into a model regions layer."""
+    from napari_histattn._napari.shapes_regions import shapes_to_regions
+    from napari_histattn.errors import ExportError
+
+    regions: list[Any] = []
+    for layer in viewer.layers:
+        meta = getattr(layer, "metadata", {}) or {}
+        if meta.get("slide_path") != str(source.path) or not len(getattr(layer, "data", [])):
+            continue
+        if meta.get(EXPERT_KEY):
+            picked = list(range(len(layer.data)))
+        elif meta.get(rl.RESULT_KEY) == "regions":
+            picked = _drawn_indices(layer)
+        else:
+            continue
+        if not picked:
+            continue
+        attributes = layer.as_layer_data_tuple()[1]
+        features = getattr(layer, "features", None)
+        classes = list(features["class"]) if features is not None and "class" in features else []
+        attributes["features"] = {
+            "name": [f"{layer.name} {i + 1}" for i in picked],
+            **({"class": [str(classes[i]) for i in picked]} if classes else {}),
+        }
+        attributes["shape_type"] = [layer.shape_type[i] for i in picked]
+        attributes["edge_color"] = np.asarray(layer.edge_color)[picked]
+        attributes["metadata"] = {**meta, "class_colours": {}}
+        try:
+            found = shapes_to_regions([layer.data[i] for i in picked], attributes)
+        except ExportError:
+            continue  # lines and paths only: nothing with an area
+        regions += found
+    return expert_regions(regions, author=author)
 
 
 def set_overlay_visible(shown: list[Shown], visible: bool) -> None:
