@@ -197,11 +197,9 @@ def annotations_layer(viewer: Any, source: rl.SlideSource) -> Any:
             return layer
     layer = viewer.add_shapes(
         name=f"{source.name} my annotations",
-        edge_color="yellow",
+        edge_color="magenta",  # unlike the ground truth's yellow and cyan, the regions' green
         face_color="transparent",
-        edge_width=rl.regions_layer_data(
-            [], name="", mpp_xy=source.mpp_xy, size_l0_wh=source.size_l0_wh
-        )[1]["edge_width"],
+        edge_width=rl._edge_width(source.mpp_xy, source.size_l0_wh),
     )
     adopt_drawing_layer(layer, source)
     return layer

@@ -153,6 +153,10 @@ def test_a_new_shapes_layer_exports_in_level0_and_reimports_in_place(
     n_model = len(widget.regions_for())
     regions_layer.add([np.asarray([[10, 10], [10, 60], [60, 60]], float)], shape_type="polygon")
     assert regions_layer.features["source"].iloc[-1] == "expert"
+    widget.threshold.value = 0.25  # a redraw moves it to the reviewer's own layer
+    assert len(widget.regions_for()) == len(widget.result_layers()["regions"].data)
+    assert len(drawn.data) == 2  # into the reviewer's layer already on this slide
+    n_model = len(widget.regions_for())
 
     written = widget.export_to(tmp_path / "with-mine.geojson")
     model, expert = split_review(read_geojson_regions(written["geojson"]))
