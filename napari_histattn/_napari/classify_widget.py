@@ -12,6 +12,7 @@ Errors reach the user as napari notifications and the widget returns to idle.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from napari_histattn._napari.family_params import (
 )
 from napari_histattn._napari.readout import readout_text
 from napari_histattn._napari.result_actions import ResultActions
-from napari_histattn._napari.result_panel import panel_text
+from napari_histattn._napari.result_panel import RESULT_WIDTH, panel_text
 from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
     Shown,
@@ -65,7 +66,7 @@ from napari_histattn.progress import Progress
 RESEARCH_ONLY = "Research use only — not for diagnosis"
 _BAR_MAX = 1000
 #: The dock's widest (px).
-MAX_WIDTH = 520
+MAX_WIDTH = 600
 
 
 @dataclass
@@ -88,7 +89,9 @@ class ClassifyWidget(ResultActions, Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__(labels=True)
+        # Scrollable: with the review panel it is taller than a laptop's screen, and a
+        # squeezed dock once cut the result panel's text.
+        super().__init__(labels=True, scrollable=True)
         self._viewer = napari_viewer
         self._runs: dict[Any, _Run] = {}
         self._shown = ShownResults()
@@ -127,8 +130,8 @@ class ClassifyWidget(ResultActions, Container):
         self.cancel_button = PushButton(label="", text="Cancel", enabled=False)
         self.progress = ProgressBar(label="", min=0, max=_BAR_MAX, value=0)
         self.status = Label(label="", value="idle")
-        self.result_label = Label(label="result", value="—")
-        self.readout = Label(label="at cursor", value="—")
+        self.result_label = Label(label="", value="—")
+        self.readout = Label(label="", value="at cursor: —")
         self.review = ReviewPanel(napari_viewer, self._on_review_changed)
         self.threshold = FloatSlider(
             label="region threshold", min=0.05, max=0.95, step=0.05, value=0.5
@@ -165,10 +168,9 @@ class ClassifyWidget(ResultActions, Container):
             ]
         )
 
-        for label in (self.layer_note, self.status, self.result_label, self.readout):
+        for label in (self.layer_note, self.status):
             _wrapping(label)
-        _wrapping(self.review.heading)
-        # A third of a 1600 px window at most: the canvas keeps the rest.
+        # Under 40 % of a 1600 px window: the canvas keeps the rest.
         self.native.setMaximumWidth(MAX_WIDTH)
         self.layer.changed.connect(self._on_layer_changed)
         self.model.changed.connect(self._on_model_changed)
@@ -460,7 +462,7 @@ class ClassifyWidget(ResultActions, Container):
     def _on_mouse_move(self, _viewer: Any, event: Any) -> None:
         shown = self._current()
         text = "" if shown is None else readout_text(shown, event.position)
-        self.readout.value = text or "—"
+        self.readout.value = textwrap.fill(f"at cursor: {text or '—'}", RESULT_WIDTH)
 
     def _remove_result_layers(self, layer: Any, key: str) -> None:
         shown = self._shown.pop(layer, key)
@@ -481,11 +483,6 @@ class ClassifyWidget(ResultActions, Container):
 
 
 def _wrapping(label: Label) -> None:
-    """Wrap a label's text and never let it widen the dock (a long note once took the
-    whole window): its width follows the dock's, not its text's."""
-    from qtpy.QtWidgets import QSizePolicy
-
+    """Wrap a label's text at spaces (the dock's :data:`MAX_WIDTH` bounds the rest: a long
+    note once widened the dock until the canvas had no room)."""
     label.native.setWordWrap(True)
-    policy = label.native.sizePolicy()
-    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
-    label.native.setSizePolicy(policy)

@@ -13,6 +13,7 @@ Keyboard (viewer-wide, while the widget is open): ``.`` next region, ``,`` previ
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ __all__ = ["KEYS", "ReviewPanel", "region_rows"]
 
 #: Viewer key bindings of the panel: action to key.
 KEYS = {"next": "Period", "previous": "Comma", "accept": "Alt-A", "reject": "Alt-R"}
-_COLUMNS = ("#", "class", "p", "attention", "area um²", "review")
+_COLUMNS = ("#", "class", "p", "attn", "um²", "review")
 #: Share of the canvas a selected region fills after the camera moves to it.
 _FILL = 0.35
 
@@ -73,8 +74,13 @@ class ReviewPanel(Container):
         self._regions: list[Region] = []
         self._review: RegionReview | None = None
         self._frame: Any = None  # the result's SlideSource (mpp, translate)
-        self.heading = Label(value="attended regions: none yet")
-        self.table = Table(value={"data": [], "columns": list(_COLUMNS)})
+        from qtpy.QtWidgets import QStyledItemDelegate
+
+        self.heading = Label(label="", value="attended regions: none yet")
+        self.table = Table(label="", value={"data": [], "columns": list(_COLUMNS)})
+        # Qt's own delegate: magicgui's would show "1.00" as "1.0000".
+        self._delegate = QStyledItemDelegate(self.table.native)
+        self.table.native.setItemDelegate(self._delegate)
         self.table.native.setColumnCount(len(_COLUMNS))
         self.table.native.setHorizontalHeaderLabels(list(_COLUMNS))
         self.table.native.verticalHeader().setVisible(False)
@@ -93,12 +99,25 @@ class ReviewPanel(Container):
             label="reclassify as", choices=lambda _widget: list(self._classes), nullable=True
         )
         self.reviewer = LineEdit(label="reviewer", value="")
+        self.reviewer.native.setPlaceholderText("your name or initials")
         self.reviewer.tooltip = "Your name or initials: written with each decision and drawing"
-        steps = Container(widgets=[self.previous_button, self.next_button], layout="horizontal")
-        decide = Container(widgets=[self.accept_button, self.reject_button], layout="horizontal")
-        for row in (steps, decide):
+        steps = Container(
+            label="", widgets=[self.previous_button, self.next_button], layout="horizontal"
+        )
+        decide = Container(
+            label="", widgets=[self.accept_button, self.reject_button], layout="horizontal"
+        )
+        reclass = Container(
+            widgets=[Label(value="reclassify as"), self.reclassify],
+            layout="horizontal",
+            labels=False,
+        )
+        who = Container(
+            widgets=[Label(value="reviewer"), self.reviewer], layout="horizontal", labels=False
+        )
+        for row in (steps, decide, reclass, who):
             row.margins = (0, 0, 0, 0)
-        self.extend([self.heading, self.table, steps, decide, self.reclassify, self.reviewer])
+        self.extend([self.heading, self.table, steps, decide, reclass, who])
         self.previous_button.changed.connect(lambda: self.step(-1))
         self.next_button.changed.connect(lambda: self.step(1))
         self.accept_button.changed.connect(lambda: self.decide("accepted"))
@@ -151,9 +170,10 @@ class ReviewPanel(Container):
             self.heading.value = "attended regions: none yet"
         else:
             counts = review.counts(self._regions)
-            self.heading.value = (
+            self.heading.value = textwrap.fill(
                 f"{len(rows)} attended region(s): {counts['accepted']} accepted, "
-                f"{counts['rejected']} rejected, {counts['pending']} to review"
+                f"{counts['rejected']} rejected, {counts['pending']} to review",
+                48,
             )
         self._set_enabled(bool(rows))
         if keep is not None and 0 <= keep < len(rows):

@@ -210,7 +210,7 @@ def test_cursor_readout_gives_the_heatmap_value_whatever_layer_is_selected(
 
     viewer.layers.selection.active = viewer.layers[0]  # the slide, not the heatmap
     widget._on_mouse_move(viewer, Move())
-    text = widget.readout.value
+    text = widget.readout.value.replace("\n", " ")
     assert f"attention {float(result.attention[r, c]):.4g}" in text
     assert f"({float(heatmap.data[r, c]):.2f} on the heatmap)" in text
     assert f"p(lesion) {float(result.cell_probs[r, c, 1]):.2f}" in text
@@ -219,7 +219,7 @@ def test_cursor_readout_gives_the_heatmap_value_whatever_layer_is_selected(
         position = (-1000.0, -1000.0)
 
     widget._on_mouse_move(viewer, Off())
-    assert widget.readout.value == "—"
+    assert widget.readout.value == "at cursor: —"
 
 
 def test_synthetic_demo_on_the_cmu_slide_shows_the_domain_warning_first(
@@ -228,7 +228,7 @@ def test_synthetic_demo_on_the_cmu_slide_shows_the_domain_warning_first(
     viewer, widget = _open(make_napari_viewer, cmu_svs, DEMO_AMIL)
     _classify(qtbot, widget)
     lines = widget.result_label.value.splitlines()
-    assert lines[0] == "OUTSIDE THE MODEL'S TRAINING DOMAIN: do not rely on this call"
+    assert lines[0] == "OUTSIDE THE MODEL'S TRAINING DOMAIN: do not rely on it"
     assert "trained only on synthetic" in widget.result_label.value
 
 
