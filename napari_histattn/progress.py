@@ -9,6 +9,7 @@ at the next ``yield``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -97,3 +98,17 @@ def run_with_tqdm(gen: Generator[Progress, None, T], disable: bool = False) -> T
     finally:
         if bar is not None:
             bar.close()
+
+
+def timing_text(started: float, fraction: float | None) -> str:
+    """`` (12 s, about 30 s left)``: the time since ``started`` (``time.monotonic()``) and,
+    once a tenth of the work is done, the time left at the pace so far."""
+    elapsed = time.monotonic() - started
+    text = f" ({_seconds(elapsed)}"
+    if fraction is not None and 0.1 <= fraction < 1.0:
+        text += f", about {_seconds(elapsed * (1.0 - fraction) / fraction)} left"
+    return text + ")"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f} s" if value < 90 else f"{value / 60:.1f} min"

@@ -14,7 +14,8 @@ from __future__ import annotations
 import contextlib
 import textwrap
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ from napari_histattn._napari.family_params import (
 )
 from napari_histattn._napari.readout import readout_text
 from napari_histattn._napari.result_actions import ResultActions
-from napari_histattn._napari.result_panel import RESULT_WIDTH, panel_text
+from napari_histattn._napari.result_panel import RESULT_WIDTH
 from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
     Shown,
@@ -58,10 +59,10 @@ from napari_histattn._napari.shown import (
     adopt_drawing_layer,
     replace_regions_layer,
     set_overlay_visible,
+    shown_text,
 )
 from napari_histattn.errors import HistattnError
-from napari_histattn.inference.compare import compare_regions
-from napari_histattn.progress import Progress
+from napari_histattn.progress import Progress, timing_text
 
 RESEARCH_ONLY = "Research use only — not for diagnosis"
 _BAR_MAX = 1000
@@ -77,6 +78,7 @@ class _Run:
     worker: Any = None
     last: Progress | None = None
     failed: bool = False
+    started: float = field(default_factory=time.monotonic)
 
 
 class ClassifyWidget(ResultActions, Container):
@@ -360,7 +362,7 @@ class ClassifyWidget(ResultActions, Container):
         self.progress.value = 0 if fraction is None else int(round(fraction * _BAR_MAX))
         counts = f" {report.done}/{report.total}" if report.total else ""
         detail = f" — {report.message}" if report.message else ""
-        self.status.value = f"{report.stage}{counts}{detail}"
+        self.status.value = f"{report.stage}{counts}{detail}{timing_text(run.started, fraction)}"
 
     def _on_returned(self, run: _Run, source: rl.SlideSource, result: Any) -> None:
         if run.cancel.is_set() or run.layer not in self._viewer.layers:
@@ -439,17 +441,7 @@ class ClassifyWidget(ResultActions, Container):
         return None if layer is None else self._shown.get(layer, self.model.value)
 
     def _show_result(self, shown: Shown) -> None:
-        text = panel_text(shown.result, shown.reviewed_regions())
-        others = [o for o in self._shown.of(self.layer.value) if o is not shown]
-        for other in others:  # a compare line per other model's result on this slide
-            diff = compare_regions(
-                shown.result.predicted_class,
-                shown.regions,
-                other.result.predicted_class,
-                other.regions,
-            )
-            text += "\n" + diff.line(shown.model, other.model)
-        self.result_label.value = text
+        self.result_label.value = shown_text(self._viewer, shown, self._shown.of(self.layer.value))
         self.review.set_result(shown.regions, shown.review, shown.source, shown.result.class_names)
         self.export_button.enabled = True
 
@@ -457,7 +449,9 @@ class ClassifyWidget(ResultActions, Container):
         shown = self._current()
         if shown is not None:
             replace_regions_layer(self._viewer, shown, bool(self.show_overlay.value))
-            self.result_label.value = panel_text(shown.result, shown.reviewed_regions())
+            self.result_label.value = shown_text(
+                self._viewer, shown, self._shown.of(self.layer.value)
+            )
 
     def _on_mouse_move(self, _viewer: Any, event: Any) -> None:
         shown = self._current()

@@ -9,6 +9,7 @@ widget only wires controls to it.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +26,11 @@ __all__ = [
     "adopt_drawing_layer",
     "add_result_layers",
     "expert_annotations",
+    "ground_truth_line",
     "regions_tuple",
     "replace_regions_layer",
     "set_overlay_visible",
+    "shown_text",
 ]
 
 #: Metadata key of Shapes layers that hold a reviewer's own drawings on a slide.
@@ -258,6 +261,63 @@ def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) 
             continue  # lines and paths only: nothing with an area
         regions += found
     return expert_regions(regions, author=author)
+
+
+def ground_truth_line(viewer: Any, shown: Shown) -> str | None:
+    """The attention's localisation AUC (over tissue) against lesion outlines open on the
+    slide (a sample's ground truth, an expert's annotations of the positive class), or
+    None when no such outline is open."""
+    from napari_histattn._napari.shapes_regions import shapes_to_regions
+    from napari_histattn.errors import ExportError
+    from napari_histattn.inference.localisation import tissue_localisation_auc
+
+    names = shown.result.class_names
+    positive = names[1] if len(names) == 2 else shown.result.predicted_class
+    lines = []
+    for layer in viewer.layers:
+        meta = getattr(layer, "metadata", {}) or {}
+        features = getattr(layer, "features", None)
+        ours = rl.RESULT_KEY in meta and "geojson_path" not in meta  # not a file opened
+        if ours or "mpp_xy" not in meta or features is None:
+            continue
+        if meta.get("slide_path") not in (None, str(shown.source.path)):
+            continue
+        if "class" not in features or not (features["class"] == positive).any():
+            continue
+        try:
+            outlines = shapes_to_regions(list(layer.data), layer.as_layer_data_tuple()[1])
+        except ExportError:
+            continue
+        lesions = [r.polygon for r in outlines if r.class_name == positive]
+        auc, cells = tissue_localisation_auc(shown.result, lesions)
+        if cells:
+            lines.append(
+                f"vs {layer.name!r} ({len(lesions)} {positive} outline(s)): localisation "
+                f"AUC {auc:.2f} over tissue cells"
+            )
+    return "\n".join(lines) or None
+
+
+def shown_text(viewer: Any, shown: Shown, on_slide: list[Shown]) -> str:
+    """The result panel of ``shown``: :func:`panel_text` with the reviewer's decisions, a
+    comparison with each other model's result on the slide (``on_slide``) and the
+    localisation against lesion outlines open on it."""
+    from napari_histattn._napari.result_panel import RESULT_WIDTH, panel_text
+    from napari_histattn.inference.compare import compare_regions
+
+    text = panel_text(shown.result, shown.reviewed_regions())
+    for other in (o for o in on_slide if o is not shown):
+        diff = compare_regions(
+            shown.result.predicted_class,
+            shown.regions,
+            other.result.predicted_class,
+            other.regions,
+        )
+        text += "\n" + textwrap.fill(diff.line(shown.model, other.model), RESULT_WIDTH)
+    truth = ground_truth_line(viewer, shown)
+    if truth:
+        text += "\n" + textwrap.fill(truth, RESULT_WIDTH)
+    return text
 
 
 def set_overlay_visible(shown: list[Shown], visible: bool) -> None:

@@ -244,3 +244,30 @@ def test_region_polygons_in_the_table_are_the_export_geometry(
     doc = json.loads(written["geojson"].read_text())
     first = shape(doc["features"][0]["geometry"])
     assert first.contains(Point(top.polygon.representative_point()))
+
+
+def test_panel_states_localisation_against_open_ground_truth(
+    make_napari_viewer, qtbot, review_slide
+) -> None:
+    import re
+
+    viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
+    _classify(qtbot, widget)
+    assert "localisation AUC" not in widget.result_label.value  # no outlines open yet
+    viewer.open(str(review_slide[0].with_suffix(".geojson")), plugin="napari-histattn")
+    widget._update_state()
+    text = widget.result_label.value.replace("\n", " ")
+    found = re.search(r"\(3 lesion outline\(s\)\): localisation AUC (\d\.\d\d) over tissue", text)
+    assert found, text
+    assert float(found.group(1)) >= 0.9  # the demo finds the generated lesions
+
+
+def test_progress_states_elapsed_time_and_what_is_left() -> None:
+    import time
+
+    from napari_histattn.progress import timing_text
+
+    started = time.monotonic() - 20.0
+    assert timing_text(started, 0.05) == " (20 s)"  # too early to estimate
+    assert timing_text(started, 0.5) == " (20 s, about 20 s left)"
+    assert timing_text(time.monotonic() - 600, 0.5) == " (10.0 min, about 10.0 min left)"
