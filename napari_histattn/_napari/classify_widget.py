@@ -12,6 +12,7 @@ Errors reach the user as napari notifications and the widget returns to idle.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import textwrap
 import threading
 import time
@@ -187,6 +188,9 @@ class ClassifyWidget(ResultActions, Container):
         events.removed.connect(self._on_layer_removed)
         events.reordered.connect(self._refresh_layers)
         self.native.destroyed.connect(self._on_destroyed)
+        # napari imports pandas for the first Shapes layer with features: 0.4 s of the first
+        # result's display on the main thread (benchmarks/main_thread.py), done here instead.
+        threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
         self._viewer.mouse_move_callbacks.append(self._on_mouse_move)
         self._viewer.scale_bar.visible = True  # in micrometres on a slide with a pixel size
         self.review.bind_keys()

@@ -1,0 +1,154 @@
+"""Main-thread time of the review steps in the viewer (issue 12: no step over 100 ms).
+
+Opens the sample slide (``histattn``'s File > Open Sample slide, generated and cached on
+first use) in a shown napari viewer under Xvfb, classifies it with the demo A-MIL, then
+times on the main thread, each step until Qt has processed its events:
+
+- adding the result to the viewer (the widget's ``_on_returned``: layers and panel);
+- each step of the region-threshold slider over 0.05-0.95 (regions rebuilt, layer
+  redrawn, panel and table refreshed);
+- an accept decision on a region (layer redrawn with its new outline and label);
+- a cursor readout (the mouse-move callback).
+
+Results go to ``RESULTS.md`` between ``<!-- main-thread:start -->`` and
+``<!-- main-thread:end -->``.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/main_thread.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+START, END = "<!-- main-thread:start -->", "<!-- main-thread:end -->"
+DEMO = ROOT / "sample_data" / "demo_amil.safetensors"
+LIMIT_S = 0.1
+
+
+CALLS: dict[str, list[float]] = {}
+
+
+def _timed(app: Any, step: Any, name: str = "") -> float:
+    """Seconds until ``step`` and the events it queued (the redraw) are done; the call
+    alone is kept in :data:`CALLS` under ``name``."""
+    started = time.perf_counter()
+    step()
+    CALLS.setdefault(name, []).append(time.perf_counter() - started)
+    app.processEvents()
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    import napari
+    from features import _machine, _write_section
+    from qtpy.QtWidgets import QApplication
+
+    from napari_histattn.io.synthetic import synthetic_sample_slide
+
+    sample = synthetic_sample_slide()
+    viewer = napari.Viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    viewer.open(str(sample.path), plugin="napari-histattn")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-histattn", "Classify with attention")
+    assert widget.add_checkpoint(DEMO)
+    widget.device.value = "cpu"
+    app = QApplication.instance()
+
+    timings: dict[str, list[float]] = {
+        "display": [],
+        "threshold": [],
+        "decision": [],
+        "readout": [],
+    }
+    original = widget._on_returned
+
+    def timed_return(run: Any, source: Any, result: Any) -> None:
+        timings["display"].append(_timed(app, lambda: original(run, source, result), "display"))
+
+    widget._on_returned = timed_return  # type: ignore[method-assign]
+    for _ in range(3):
+        widget.run_classify()
+        while not widget.is_idle:
+            app.processEvents()
+            time.sleep(0.01)
+    shown = widget._current()
+    assert shown is not None
+    for value in [round(0.05 * k, 2) for k in range(1, 20)] + [0.5]:
+        timings["threshold"].append(
+            _timed(app, lambda v=value: setattr(widget.threshold, "value", v), "threshold")
+        )
+    for index in range(min(3, len(widget.regions_for()))):
+        widget.review.select(index)  # the camera moves: let the new view's tiles load first
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.05)
+        timings["decision"].append(
+            _timed(app, lambda: widget.review.decide("accepted"), "decision")
+        )
+    r, c = shown.result.top_cell()
+    x, y = shown.result.cell_center_l0_xy(r, c)
+    mpp = shown.source.mpp_xy or (1.0, 1.0)
+
+    class Move:
+        position = (y * mpp[1], x * mpp[0])
+
+    for _ in range(20):
+        timings["readout"].append(
+            _timed(app, lambda: widget._on_mouse_move(viewer, Move()), "readout")
+        )
+    viewer.close()
+
+    grid = "x".join(str(v) for v in shown.result.grid_shape)
+    rows = []
+    for name, label in (
+        ("display", "result added to the viewer (layers + panel), 3 runs"),
+        ("threshold", "region-threshold slider step, 20 steps over 0.05-0.95"),
+        ("decision", "accept a region (layer redrawn, table and panel), up to 3 decisions"),
+        ("readout", "cursor readout, 20 moves"),
+    ):
+        values = timings[name]
+        median, worst = statistics.median(values), max(values)
+        call = statistics.median(CALLS[name])
+        met = "yes" if worst <= LIMIT_S else f"**no** (worst {worst * 1000:.0f} ms)"
+        rows.append(
+            f"| {label} | {call * 1000:.0f} | {median * 1000:.0f} | {worst * 1000:.0f} | {met} |"
+        )
+        print(name, [round(v * 1000) for v in values], flush=True)
+    w, h = shown.source.size_l0_wh
+    lines = [
+        START,
+        "## Main-thread time of reviewing (`benchmarks/main_thread.py`)",
+        "",
+        f"Machine: {_machine()}; napari {napari.__version__} on Xvfb (llvmpipe), window "
+        f"1600x1000. The sample slide ({w} x {h} px), demo A-MIL on the CPU (attention grid "
+        f"{grid}). Each step is timed on the main thread until Qt has processed its events; "
+        f"the limit is the issue's {LIMIT_S * 1000:.0f} ms.",
+        "",
+        "| step | our code alone, median (ms) | with the redraw, median (ms) | worst (ms) "
+        "| within 100 ms? |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+        "Where the time goes (cProfile of the same steps): a slider step or a decision "
+        "redraws the regions layer in place (removing and adding it again cost a garbage "
+        "collection and a scene-graph rebuild in napari: 430 ms a step before); what is left "
+        "over 100 ms is the canvas redraw in software OpenGL (llvmpipe, about 70 ms a frame "
+        "here). Adding a result is napari's layer creation (heatmap, regions, their vispy "
+        "nodes) and, for a second run of the same model, removing the earlier layers; "
+        "napari's first import of pandas (0.4 s) now happens in a thread when the widget "
+        "opens. Missed: adding a result, and the slider step and decision by the redraw on "
+        "this GPU-less machine.",
+        END,
+    ]
+    _write_section("\n".join(lines), START, END)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
