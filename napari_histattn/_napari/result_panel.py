@@ -30,7 +30,7 @@ def panel_text(result: Any, regions: Sequence[Any]) -> str:
     else:  # a warning instead of a diagnosis
         lines = [f"NOT A DIAGNOSIS: {reason}", "model output (not usable):"]
     if result.provenance.get("domain_warnings"):  # before anything a reviewer might trust
-        lines.insert(0, "OUTSIDE THE MODEL'S TRAINING DOMAIN: do not rely on it")
+        lines[:0] = ["OUTSIDE THE MODEL'S TRAINING DOMAIN:", "do not rely on this call"]
     evidence = result.evidence_lines()
     lines += [line for line in evidence if line.startswith("warning:")]  # before the numbers
     lines += [f"  {name}: {p:.3f}" for name, p in result.probabilities_by_class.items()]

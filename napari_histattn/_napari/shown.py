@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_histattn._napari import result_layers as rl
+from napari_histattn._napari.layers import _units_kwargs
 from napari_histattn._napari.result_export import model_label
 from napari_histattn.inference.review import RegionReview, expert_regions
 
@@ -215,6 +216,7 @@ def annotations_layer(viewer: Any, source: rl.SlideSource) -> Any:
         edge_color="magenta",  # unlike the ground truth's yellow and cyan, the regions' green
         face_color="transparent",
         edge_width=rl._edge_width(source.mpp_xy, source.size_l0_wh),
+        **_units_kwargs(source.mpp_xy is not None),
     )
     adopt_drawing_layer(layer, source)
     return layer
@@ -235,6 +237,9 @@ def adopt_drawing_layer(layer: Any, source: rl.SlideSource) -> bool:
             "slide_path": str(source.path),
         }
     )
+    units = _units_kwargs(source.mpp_xy is not None).get("units")
+    if units is not None:  # the slide's units: mixed units make napari ignore them all
+        layer.units = units
     return True
 
 
