@@ -67,6 +67,11 @@ from napari_histattn.progress import Progress, timing_text
 
 RESEARCH_ONLY = "Research use only — not for diagnosis"
 _BAR_MAX = 1000
+#: Shown under the slide picker for a slide that records no pixel size.
+NO_MPP_NOTE = (
+    "This slide records no pixel size: enter its um/px in 'slide um/px' before Classify "
+    "(about 0.25 at 40x, 0.5 at 20x; it is recorded with the result)."
+)
 #: The dock's widest (px).
 MAX_WIDTH = 600
 
@@ -187,6 +192,7 @@ class ClassifyWidget(ResultActions, Container):
         events.inserted.connect(self._on_layer_inserted)
         events.removed.connect(self._on_layer_removed)
         events.reordered.connect(self._refresh_layers)
+        self._viewer.layers.selection.events.active.connect(self._on_active_layer)
         self.native.destroyed.connect(self._on_destroyed)
         # napari imports pandas for the first Shapes layer with features: 0.4 s of the first
         # result's display on the main thread (benchmarks/main_thread.py), done here instead.
@@ -224,12 +230,20 @@ class ClassifyWidget(ResultActions, Container):
         note = ""
         if layer is not None:
             try:
-                rl.slide_source(layer)
+                if rl.slide_source(layer).mpp_xy is None:
+                    note = NO_MPP_NOTE
             except HistattnError as exc:
                 note = str(exc)
         self.layer_note.value = note
         self.layer_note.visible = bool(note)
         self._update_state()
+
+    def _on_active_layer(self, event: Any) -> None:
+        """The panel follows the slide chosen in the layer list."""
+        layer = event.value
+        slides = [choice for choice in self.layer.choices if choice is not None]
+        if layer is not None and layer is not self.layer.value and layer in slides:
+            self.layer.value = layer
 
     def _on_layer_inserted(self, event: Any) -> None:
         from napari.layers import Shapes

@@ -110,6 +110,8 @@ def test_slide_mpp_box_reaches_the_engine(make_napari_viewer, qtbot, slide, tmp_
     _, widget = viewer.window.add_plugin_dock_widget(*WIDGET)
     assert widget.add_checkpoint(path)
     assert not widget.explain.native.isHidden()  # A-MIL explains its encoder's tile evidence
+    assert "records no pixel size" in widget.layer_note.value  # says what to do
+    assert not widget.layer_note.native.isHidden()
     widget.slide_mpp.value = 0.5
     result = _classify(qtbot, viewer, widget)
     assert result is not None

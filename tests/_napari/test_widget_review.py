@@ -297,3 +297,18 @@ def test_threshold_step_and_decision_stay_on_budget(
     layer = widget.result_layers()["regions"]
     widget.threshold.value = 0.5
     assert widget.result_layers()["regions"] is layer
+
+
+def test_panel_follows_the_slide_selected_in_the_layer_list(
+    make_napari_viewer, qtbot, review_slide, cmu_svs: Path
+) -> None:
+    viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
+    _classify(qtbot, widget)
+    synthetic = viewer.layers[0]
+    other = viewer.open(str(cmu_svs), plugin="napari-histattn")[0]
+    viewer.layers.selection.active = other
+    assert widget.layer.value is other
+    assert widget.result_label.value == "—"  # never the other slide's result
+    assert widget.review.table.native.rowCount() == 0
+    viewer.layers.selection.active = synthetic
+    assert widget.result_label.value.startswith("predicted: lesion")
