@@ -254,7 +254,8 @@ def test_panel_states_localisation_against_open_ground_truth(
     viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
     _classify(qtbot, widget)
     assert "localisation AUC" not in widget.result_label.value  # no outlines open yet
-    viewer.open(str(review_slide[0].with_suffix(".geojson")), plugin="napari-histattn")
+    (truth,) = viewer.open(str(review_slide[0].with_suffix(".geojson")), plugin="napari-histattn")
+    assert tuple(truth.metadata["mpp_xy"]) == (MPP, MPP)  # in micrometres, on the slide
     widget._update_state()
     text = widget.result_label.value.replace("\n", " ")
     found = re.search(r"\(3 lesion outline\(s\)\): localisation AUC (\d\.\d\d) over tissue", text)

@@ -50,7 +50,9 @@ def lesion_mask(scene: Scene, downsample: float) -> np.ndarray:
 
 
 def scene_geojson(scene: Scene) -> dict[str, Any]:
-    """Ground truth as a GeoJSON FeatureCollection (level-0 pixels, QuPath conventions)."""
+    """Ground truth as a GeoJSON FeatureCollection (level-0 pixels, QuPath conventions),
+    recording the slide's pixel size (``properties.mpp_xy``, as our exports do) so that
+    File > Open lays it on the slide in micrometres."""
     features = []
     counts: dict[str, int] = {}
     for region in (scene.tissue, *scene.regions):
@@ -69,4 +71,8 @@ def scene_geojson(scene: Scene) -> dict[str, Any]:
                 },
             }
         )
-    return {"type": "FeatureCollection", "features": features}
+    return {
+        "type": "FeatureCollection",
+        "properties": {"mpp_xy": [float(scene.mpp), float(scene.mpp)]},
+        "features": features,
+    }
