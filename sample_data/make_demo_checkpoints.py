@@ -193,6 +193,11 @@ def _save(
         training=training,
         calibration=calibration,
     )
+    if training["family"] in ("amil", "hatnet"):  # the out-of-distribution reference
+        from sample_data.feature_reference import add_reference
+
+        with tempfile.TemporaryDirectory() as tmp:
+            add_reference(target, Path(tmp))
     _log(f"  wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target
 

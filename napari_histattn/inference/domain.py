@@ -18,6 +18,7 @@ from napari_histattn.io.synthetic.marker import is_synthetic_properties
 
 __all__ = [
     "MPP_TOLERANCE",
+    "OOD_LIMIT",
     "TrainingDomain",
     "domain_of_slides",
     "domain_warnings",
@@ -29,6 +30,9 @@ __all__ = [
 #: slides' range is out of domain (resampling to the model's resolution does not
 #: undo a different scanner's optics and blur).
 MPP_TOLERANCE = 1.5
+#: An out-of-distribution score above this is a warning (1.0: as unusual as the most
+#: unusual 5 % of held-out training slides).
+OOD_LIMIT = 1.5
 
 _SOURCES = ("synthetic", "real", "mixed", "unknown")
 _GENERATOR_MARK = "napari_histattn.io.synthetic"
@@ -166,7 +170,11 @@ def domain_of_slides(slides: Iterable[Any], *, classes: Iterable[str] = ()) -> T
 
 
 def domain_warnings(
-    domain: TrainingDomain, slide: Any, *, slide_mpp: float | None = None
+    domain: TrainingDomain,
+    slide: Any,
+    *,
+    slide_mpp: float | None = None,
+    ood: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Why this slide lies outside what the model was trained on (empty when it does not).
 
@@ -178,6 +186,10 @@ def domain_warnings(
         The open slide (its properties say whether our generator wrote it).
     slide_mpp
         The level-0 pixel size the run used (the slide's, or the one the user gave).
+    ood
+        The run's out-of-distribution measurement
+        (:mod:`napari_histattn.models.feature_reference`), when the checkpoint has a
+        reference: a score above :data:`OOD_LIMIT` is a warning.
     """
     warnings: list[str] = []
     kind = slide_kind(slide)
@@ -200,4 +212,10 @@ def domain_warnings(
                 f"slides' ({span} um/px): a different scanner or magnification, which the "
                 "model has not seen"
             )
+    score = None if not ood else ood.get("score")
+    if score is not None and float(score) > OOD_LIMIT:
+        warnings.append(
+            f"its tiles look unlike the training tiles to the model: out-of-distribution "
+            f"score {float(score):.1f} (1.0 = the most unusual 5 % of held-out training slides)"
+        )
     return warnings

@@ -432,7 +432,7 @@ def _assemble(
     domain = training_domain(ckpt.metadata)
     provenance["training_domain"] = domain.as_dict()
     provenance["domain_warnings"] = domain_warnings(
-        domain, slide, slide_mpp=None if mpp is None else float(mpp[0])
+        domain, slide, slide_mpp=None if mpp is None else float(mpp[0]), ood=raw.info.get("ood")
     )
     result = ClassificationResult(
         class_names=names,

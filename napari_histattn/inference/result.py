@@ -223,6 +223,12 @@ class ClassificationResult:
         index = 1 if len(self.class_names) == 2 else self.predicted_index
         name = self.class_names[index]
         lines = [f"warning: {text}" for text in prov.get("domain_warnings") or ()]
+        ood = prov.get("ood")
+        if ood:
+            lines.append(
+                f"out-of-distribution score {float(ood['score']):.2f} (tile features against "
+                f"training; 1.0 = the most unusual 5 % of {ood['n_held_out']} held-out slides)"
+            )
         if prov.get("glass_warning"):
             lines.append(f"warning: {prov['glass_warning']}")
         tiles = int(prov.get("unreadable_tiles") or 0)

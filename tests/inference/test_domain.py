@@ -83,3 +83,50 @@ def test_demo_on_a_real_slide_warns_before_the_call(cmu_svs: Path) -> None:
     text = panel_text(result, result.regions)
     assert text.splitlines()[0].startswith("OUTSIDE THE MODEL'S TRAINING DOMAIN")
     assert "trained only on synthetic" in text.split("predicted:")[1].split("  benign")[0]
+
+
+def test_ood_score_is_higher_on_real_tissue_than_on_unseen_synthetic_slides(
+    lesion_slide: LesionSlide, cmu_svs: Path
+) -> None:
+    """The demo A-MIL's reference (sample_data/feature_reference.py) scores CMU-1 (skin)
+    well above an unseen generated slide, and says so in the warnings and the export."""
+    from napari_histattn.inference.engine import classify
+    from napari_histattn.progress import run_to_completion
+
+    synthetic = run_to_completion(classify(lesion_slide.path, DEMO_AMIL, device="cpu"))
+    real = run_to_completion(classify(cmu_svs, DEMO_AMIL, device="cpu"))
+    assert synthetic.provenance["ood"]["score"] < 1.5
+    assert real.provenance["ood"]["score"] > 2 * synthetic.provenance["ood"]["score"]
+    assert any("out-of-distribution score" in w for w in real.provenance["domain_warnings"])
+    assert not any("out-of-distribution" in w for w in synthetic.provenance["domain_warnings"])
+    assert any(line.startswith("out-of-distribution score") for line in real.evidence_lines())
+
+
+def test_feature_distances_are_calibrated_on_held_out_slides() -> None:
+    import numpy as np
+    import torch
+
+    from napari_histattn.models.feature_reference import (
+        FeatureDistances,
+        FeatureReference,
+        fit_reference,
+    )
+
+    rng = np.random.default_rng(0)
+    train = [rng.normal(2.0, 3.0, size=(500, 8)) for _ in range(4)]
+    held = [rng.normal(2.0, 3.0, size=(300, 8)) for _ in range(6)]
+    ref = fit_reference(train, held)
+    np.testing.assert_allclose(ref.mean, 2.0, atol=0.2)
+    np.testing.assert_allclose(ref.std, 3.0, atol=0.2)
+    back = FeatureReference.from_metadata({"extra": {"feature_reference": ref.as_dict()}})
+    assert back is not None and back.held_out == pytest.approx(ref.held_out)
+
+    like = FeatureDistances(ref)
+    for batch in np.array_split(rng.normal(2.0, 3.0, size=(400, 8)), 3):
+        like.add(torch.from_numpy(batch).float())
+    unlike = FeatureDistances(ref)
+    unlike.tee(lambda _features: None)(torch.from_numpy(rng.normal(8.0, 3.0, (400, 8))).float())
+    assert 0.8 < like.info()["ood"]["score"] < 1.2
+    assert unlike.info()["ood"]["score"] > 2.0
+    assert FeatureDistances(None).info() == {}  # a checkpoint without a reference
+    assert FeatureReference.from_metadata({"extra": {"feature_reference": {"mean": [1]}}}) is None

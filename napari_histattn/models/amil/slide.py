@@ -18,6 +18,7 @@ from napari_histattn.models.family import (
     subset,
     tile_info,
 )
+from napari_histattn.models.feature_reference import FeatureDistances
 from napari_histattn.models.tile_evidence import TileExplanations
 from napari_histattn.progress import Progress
 
@@ -42,7 +43,8 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         with torch.inference_mode():
             ctx.call(partial(pooling.add, features), "the bag")
 
-    plan, ds, patch_size, chosen = yield from bag_embeddings(ctx, pool, explained)
+    distances = FeatureDistances.of(ctx.checkpoint)  # how unlike the training tiles
+    plan, ds, patch_size, chosen = yield from bag_embeddings(ctx, distances.tee(pool), explained)
     n = int(chosen.size)
 
     with torch.inference_mode():
@@ -68,6 +70,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
         info={
             **tile_info(ds, patch_size, n, len(plan)),
             **evidence(model, weights, per_patch),
+            **distances.info(),
             **({} if explained is None else explained.info(probs)),
         },
         explanations=explanations,

@@ -13,6 +13,7 @@ from torch import Tensor
 from napari_histattn.errors import HistattnError
 from napari_histattn.models.amil.slide import bag_embeddings, evidence
 from napari_histattn.models.family import SlideOutput, softmax64, tile_info
+from napari_histattn.models.feature_reference import FeatureDistances
 from napari_histattn.models.tile_evidence import TileExplanations
 from napari_histattn.progress import Progress
 
@@ -34,7 +35,10 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
     chunks: list[Tensor] = []
     explained = TileExplanations(ctx) if ctx.explain else None
 
-    plan, ds, patch_size, chosen = yield from bag_embeddings(ctx, chunks.append, explained)
+    distances = FeatureDistances.of(ctx.checkpoint)  # how unlike the training tiles
+    plan, ds, patch_size, chosen = yield from bag_embeddings(
+        ctx, distances.tee(chunks.append), explained
+    )
     n = int(chosen.size)
     if n == 0:
         raise HistattnError("no tissue tile to classify")
@@ -72,6 +76,7 @@ def run_on_slide(ctx: Any) -> Generator[Progress, None, SlideOutput]:
             **evidence(model, weights, per_tile),
             "region_size": int(model.region_size),
             "n_regions": n_regions,
+            **distances.info(),
             **({} if explained is None else explained.info(probs)),
         },
         attention_maps={"word": on_grid(word), "region": on_grid(region)},
