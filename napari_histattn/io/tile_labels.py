@@ -45,7 +45,15 @@ __all__ = [
 
 RULES = ("centre", "overlap")
 #: File names tried for a slide's annotations, in order.
-_PATTERNS = ("{stem}.geojson", "{stem}.json", "{name}.geojson", "{name}.json")
+#: Annotation file names beside a slide, in order: QuPath's and ours, then the classify
+#: widget's review export (``<stem>_regions.geojson``).
+_PATTERNS = (
+    "{stem}.geojson",
+    "{stem}.json",
+    "{name}.geojson",
+    "{name}.json",
+    "{stem}_regions.geojson",
+)
 
 
 def find_annotations(
@@ -178,6 +186,19 @@ def _by_overlap(
     labels[share >= min_overlap - 1e-12] = best[share >= min_overlap - 1e-12]
 
 
+def reviewed_for_training(regions: Sequence[Region]) -> list[Region]:
+    """The regions a reviewed export (the classify widget's, ``properties.metadata``) lets
+    training use: the reviewer's own annotations and the model regions they accepted (with
+    their class, a reclassification's included). Model regions still pending, or rejected,
+    are left out: the model's own guess is no label, and a rejection says what a region is
+    not, not what it is. Regions without that metadata (QuPath's, ours) all count."""
+    return [
+        r
+        for r in regions
+        if r.metadata.get("source") != "model" or r.metadata.get("review") == "accepted"
+    ]
+
+
 def read_tile_labels(
     path: str | os.PathLike[str],
     tiles_l0_xy: NDArray[np.integer] | NDArray[np.floating],
@@ -189,11 +210,12 @@ def read_tile_labels(
     min_overlap: float = 0.5,
 ) -> TileLabels:
     """:func:`tile_labels` from an annotation file (:class:`~napari_histattn.errors.AnnotationError`
-    when it cannot be read)."""
+    when it cannot be read); of a reviewed export, only what the reviewer vouched for
+    (:func:`reviewed_for_training`)."""
     return tile_labels(
         tiles_l0_xy,
         tile_l0,
-        read_geojson_regions(path),
+        reviewed_for_training(read_geojson_regions(path)),
         class_names,
         class_map=class_map,
         rule=rule,

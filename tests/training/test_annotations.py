@@ -94,6 +94,33 @@ def test_a_qupath_export_beside_the_slide_is_found_and_read(tmp_path: Path):
     assert found.counts == {"benign": 0, "lesion": 9}
 
 
+def test_a_review_export_trains_on_what_the_reviewer_vouched_for(tmp_path: Path):
+    """The classify widget's export beside the slide: accepted and reclassified model
+    regions and the reviewer's own outlines label tiles; pending and rejected ones do not."""
+    from napari_histattn.inference.review import RegionReview, expert_regions
+    from napari_histattn.io.export import write_geojson
+
+    accepted = _region(box(0, 0, 300, 300), "lesion")  # tiles rows 0-2, cols 0-2
+    rejected = _region(box(600, 0, 900, 300), "lesion")
+    pending = _region(box(0, 600, 300, 900), "lesion")
+    relabelled = _region(box(600, 600, 900, 900), "lesion")
+    review = RegionReview(author="JD")
+    review.decide(accepted, "accepted")
+    review.decide(rejected, "rejected")
+    review.reclassify(relabelled, "benign")
+    mine = expert_regions([_region(box(400, 400, 500, 500), "lesion")], author="JD")
+    model = review.apply([accepted, rejected, pending, relabelled], model="demo")
+    write_geojson(tmp_path / "case-1_regions.geojson", model + mine)
+    found_file = find_annotations(tmp_path / "case-1.svs", tmp_path)
+    assert found_file == tmp_path / "case-1_regions.geojson"
+    lab = read_tile_labels(found_file, XY, SIDE, CLASSES).labels
+    assert {_at(lab, r, c) for r in range(3) for c in range(3)} == {1}  # accepted
+    assert {_at(lab, r, c) for r in range(6, 9) for c in range(6, 9)} == {0}  # reclassified
+    assert _at(lab, 4, 4) == 1  # the reviewer's own outline
+    assert {_at(lab, r, c) for r in range(3) for c in range(6, 9)} == {-1}  # rejected
+    assert {_at(lab, r, c) for r in range(6, 9) for c in range(3)} == {-1}  # pending
+
+
 # ----------------------------------------------------------------- end to end on cached features
 
 
