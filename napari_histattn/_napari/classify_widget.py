@@ -436,6 +436,12 @@ class ClassifyWidget(ResultActions, Container):
         for run in list(self._runs.values()):
             run.cancel.set()
             run.worker.quit()
+        # Nothing of a closed dock may stay wired to the viewer.
+        with contextlib.suppress(ValueError, RuntimeError):
+            self._viewer.mouse_move_callbacks.remove(self._on_mouse_move)
+        with contextlib.suppress(RuntimeError):
+            self._viewer.layers.selection.events.active.disconnect(self._on_active_layer)
+            self.review.unbind_keys()
 
     def _update_state(self) -> None:
         layer = self.layer.value

@@ -12,6 +12,7 @@ Keyboard (viewer-wide, while the widget is open): ``.`` next region, ``,`` previ
 
 from __future__ import annotations
 
+import contextlib
 import math
 import textwrap
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from napari_histattn.io.regions import Region
 __all__ = ["KEYS", "ReviewPanel", "region_rows"]
 
 #: Viewer key bindings of the panel: action to key.
-KEYS = {"next": "Period", "previous": "Comma", "accept": "Alt-A", "reject": "Alt-R"}
+KEYS = {"next": ".", "previous": ",", "accept": "Alt-A", "reject": "Alt-R"}
 _COLUMNS = ("#", "class", "p", "attn", "um²", "review")
 #: Share of the canvas a selected region fills after the camera moves to it.
 _FILL = 0.35
@@ -269,3 +270,9 @@ class ReviewPanel(Container):
             self._viewer.bind_key(key, lambda _viewer, cb=callback: cb(), overwrite=True)
             bound.append(key)
         return bound
+
+    def unbind_keys(self) -> None:
+        """Undo :meth:`bind_keys` (the widget is closing)."""
+        for key in KEYS.values():
+            with contextlib.suppress(KeyError, ValueError):
+                self._viewer.bind_key(key, None)

@@ -313,3 +313,15 @@ def test_panel_follows_the_slide_selected_in_the_layer_list(
     assert widget.review.table.native.rowCount() == 0
     viewer.layers.selection.active = synthetic
     assert widget.result_label.value.startswith("predicted: lesion")
+
+
+def test_a_closed_widget_leaves_nothing_wired_to_the_viewer(
+    make_napari_viewer, review_slide
+) -> None:
+    viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
+    assert widget._on_mouse_move in viewer.mouse_move_callbacks
+    keys = {str(k) for k in viewer.keymap}
+    assert {".", ",", "Alt+A", "Alt+R"} <= keys  # next, previous, accept, reject
+    widget._on_destroyed()
+    assert widget._on_mouse_move not in viewer.mouse_move_callbacks
+    assert not {".", ",", "Alt+A", "Alt+R"} & {str(k) for k in viewer.keymap}
