@@ -20,16 +20,18 @@ def panel_text(result: Any, regions: Sequence[Any]) -> str:
 
     The call comes first, or "NOT A DIAGNOSIS" with the reason when the result is
     unreliable, under a headline when the slide lies outside the model's training
-    domain (:mod:`napari_histattn.inference.domain`); warnings come right under it,
-    before the class probabilities and the patch evidence; lines are wrapped at :data:`RESULT_WIDTH` (one long line once
-    widened the dock until the canvas had no room left).
+    domain (:mod:`napari_histattn.inference.domain`, or glass that is not near white);
+    warnings come right under it, before the class probabilities and the patch
+    evidence; lines are wrapped at :data:`RESULT_WIDTH` (one long line once widened the
+    dock until the canvas had no room left).
     """
     reason = result.unreliable_reason()
     if reason is None:
         lines = [f"predicted: {result.predicted_class}"]
     else:  # a warning instead of a diagnosis
         lines = [f"NOT A DIAGNOSIS: {reason}", "model output (not usable):"]
-    if result.provenance.get("domain_warnings"):  # before anything a reviewer might trust
+    prov = result.provenance
+    if prov.get("domain_warnings") or prov.get("glass_warning"):  # before anything else
         lines[:0] = ["OUTSIDE THE MODEL'S TRAINING DOMAIN:", "do not rely on this call"]
     evidence = result.evidence_lines()
     lines += [line for line in evidence if line.startswith("warning:")]  # before the numbers

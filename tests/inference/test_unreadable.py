@@ -115,6 +115,9 @@ def test_glass_that_is_not_white_is_flagged(tmp_path, checkpoint_paths) -> None:
     result = run_to_completion(classify(salmon, checkpoint_paths["amil"], device="cpu"))
     assert "not near white" in result.provenance["glass_warning"]
     assert result.evidence_lines()[0].startswith("warning: the glass is not near white")
+    from napari_histattn._napari.result_panel import panel_text
+
+    assert panel_text(result, []).startswith("OUTSIDE THE MODEL'S TRAINING DOMAIN:")
     with open_slide(salmon) as slide:
         _, kwargs, _ = slide_layer_data(slide)
         assert any("not near white" in w for w in kwargs["metadata"]["warnings"])
