@@ -198,7 +198,8 @@ class ClassifyWidget(ResultActions, Container):
         # result's display on the main thread (benchmarks/main_thread.py), done here instead.
         threading.Thread(target=importlib.import_module, args=("pandas",), daemon=True).start()
         self._viewer.mouse_move_callbacks.append(self._on_mouse_move)
-        self._viewer.scale_bar.visible = True  # in micrometres on a slide with a pixel size
+        # The scale bar, in micrometres on a slide with a pixel size.
+        self._viewer.canvas.overlays["scale_bar"].visible = True
         self.review.bind_keys()
 
         self._refresh_layers()

@@ -201,7 +201,7 @@ def test_cursor_readout_gives_the_heatmap_value_whatever_layer_is_selected(
     _classify(qtbot, widget)
     result = widget.result_for()
     heatmap = widget.result_layers()["heatmap"]
-    assert heatmap.colorbar.visible and viewer.scale_bar.visible
+    assert heatmap.colorbar.visible and viewer.canvas.overlays["scale_bar"].visible
     r, c = result.top_cell()
     x_l0, y_l0 = result.cell_center_l0_xy(r, c)
 
