@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import textwrap
 import threading
 import time
 from dataclasses import dataclass, field
@@ -49,9 +48,7 @@ from napari_histattn._napari.family_params import (
     param_values,
     slide_mpp_control,
 )
-from napari_histattn._napari.readout import readout_text
 from napari_histattn._napari.result_actions import ResultActions
-from napari_histattn._napari.result_panel import RESULT_WIDTH
 from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
     Shown,
@@ -460,11 +457,6 @@ class ClassifyWidget(ResultActions, Container):
         if run is not None and run.last is not None:
             self._on_progress(run, run.last)  # show the chosen layer's own progress
 
-    def _current(self, layer: Any = None) -> Shown | None:
-        """The chosen slide's result of the chosen model, else its latest result."""
-        layer = self.layer.value if layer is None else layer
-        return None if layer is None else self._shown.get(layer, self.model.value)
-
     def _show_result(self, shown: Shown) -> None:
         self.result_label.value = shown_text(self._viewer, shown, self._shown.of(self.layer.value))
         self.review.set_result(shown.regions, shown.review, shown.source, shown.result.class_names)
@@ -477,11 +469,6 @@ class ClassifyWidget(ResultActions, Container):
             self.result_label.value = shown_text(
                 self._viewer, shown, self._shown.of(self.layer.value)
             )
-
-    def _on_mouse_move(self, _viewer: Any, event: Any) -> None:
-        shown = self._current()
-        text = "" if shown is None else readout_text(shown, event.position)
-        self.readout.value = textwrap.fill(f"at cursor: {text or '—'}", RESULT_WIDTH)
 
     def _remove_result_layers(self, layer: Any, key: str) -> None:
         shown = self._shown.pop(layer, key)

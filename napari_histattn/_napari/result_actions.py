@@ -1,5 +1,5 @@
-"""The classify widget's result accessors and export, kept beside it (a mixin of
-:class:`~napari_histattn._napari.classify_widget.ClassifyWidget`).
+"""The classify widget's result accessors, cursor readout and export, kept beside it
+(a mixin of :class:`~napari_histattn._napari.classify_widget.ClassifyWidget`).
 
 Exports write the chosen slide's chosen result with the reviewer's decisions and every
 shape the reviewer drew on that slide (:func:`~napari_histattn._napari.shown.expert_annotations`).
@@ -7,12 +7,15 @@ shape the reviewer drew on that slide (:func:`~napari_histattn._napari.shown.exp
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
 
+from napari_histattn._napari.readout import readout_text
 from napari_histattn._napari.result_export import export_result
+from napari_histattn._napari.result_panel import RESULT_WIDTH
 from napari_histattn._napari.shown import Shown, ShownResults, expert_annotations
 from napari_histattn.errors import HistattnError
 
@@ -25,6 +28,8 @@ class ResultActions:
     _shown: ShownResults
     _viewer: Any
     layer: Any
+    model: Any
+    readout: Any
     review: Any
     threshold: Any
     crops: Any
@@ -32,7 +37,15 @@ class ResultActions:
     native: Any
 
     def _current(self, layer: Any = None) -> Shown | None:
-        raise NotImplementedError
+        """The chosen slide's result of the chosen model, else its latest result."""
+        layer = self.layer.value if layer is None else layer
+        return None if layer is None else self._shown.get(layer, self.model.value)
+
+    def _on_mouse_move(self, _viewer: Any, event: Any) -> None:
+        """The cursor readout (a viewer mouse-move callback), whatever layer is selected."""
+        shown = self._current()
+        text = "" if shown is None else readout_text(shown, event.position)
+        self.readout.value = textwrap.fill(f"at cursor: {text or '—'}", RESULT_WIDTH)
 
     def result_layers(self, layer: Any = None) -> dict[str, Any]:
         """The result layers (``heatmap``, ``regions``, ``samples``) of a slide layer's

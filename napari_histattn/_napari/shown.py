@@ -49,6 +49,9 @@ class Shown:
     layers: dict[str, Any] = field(default_factory=dict)
     regions: list[Any] = field(default_factory=list)
     review: RegionReview = field(default_factory=RegionReview)
+    #: Localisation lines already measured, by outline layer and its geometry
+    #: (:func:`ground_truth_line` runs on every slider step and decision).
+    truth_lines: dict[Any, str | None] = field(default_factory=dict)
 
     @property
     def model(self) -> str:
@@ -284,10 +287,6 @@ def ground_truth_line(viewer: Any, shown: Shown) -> str | None:
     """The attention's localisation AUC (over tissue) against lesion outlines open on the
     slide (a sample's ground truth, an expert's annotations of the positive class), or
     None when no such outline is open."""
-    from napari_histattn._napari.shapes_regions import shapes_to_regions
-    from napari_histattn.errors import ExportError
-    from napari_histattn.inference.localisation import tissue_localisation_auc
-
     names = shown.result.class_names
     positive = names[1] if len(names) == 2 else shown.result.predicted_class
     lines = []
@@ -301,18 +300,38 @@ def ground_truth_line(viewer: Any, shown: Shown) -> str | None:
             continue
         if "class" not in features or not (features["class"] == positive).any():
             continue
-        try:
-            outlines = shapes_to_regions(list(layer.data), layer.as_layer_data_tuple()[1])
-        except ExportError:
-            continue
-        lesions = [r.polygon for r in outlines if r.class_name == positive]
-        auc, cells = tissue_localisation_auc(shown.result, lesions)
-        if cells:
-            lines.append(
-                f"vs {layer.name!r} ({len(lesions)} {positive} outline(s)): localisation "
-                f"AUC {auc:.2f} over tissue cells"
-            )
+        key = (
+            id(layer),
+            layer.name,
+            len(layer.data),
+            float(sum(np.sum(d) for d in layer.data)),
+            tuple(layer.translate),
+            tuple(layer.scale),
+        )
+        if key not in shown.truth_lines:
+            shown.truth_lines[key] = _truth_line(layer, shown, positive)
+        if shown.truth_lines[key]:
+            lines.append(shown.truth_lines[key])
     return "\n".join(lines) or None
+
+
+def _truth_line(layer: Any, shown: Shown, positive: str) -> str | None:
+    from napari_histattn._napari.shapes_regions import shapes_to_regions
+    from napari_histattn.errors import ExportError
+    from napari_histattn.inference.localisation import tissue_localisation_auc
+
+    try:
+        outlines = shapes_to_regions(list(layer.data), layer.as_layer_data_tuple()[1])
+    except ExportError:
+        return None
+    lesions = [r.polygon for r in outlines if r.class_name == positive]
+    auc, cells = tissue_localisation_auc(shown.result, lesions)
+    if not cells:
+        return None
+    return (
+        f"vs {layer.name!r} ({len(lesions)} {positive} outline(s)): localisation "
+        f"AUC {auc:.2f} over tissue cells"
+    )
 
 
 def shown_text(viewer: Any, shown: Shown, on_slide: list[Shown]) -> str:
