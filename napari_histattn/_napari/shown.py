@@ -198,10 +198,9 @@ def move_drawings(viewer: Any, layer: Any, source: rl.SlideSource) -> int:
         return 0
     shapes = [np.asarray(layer.data[i]) for i in drawn]
     kinds = [layer.shape_type[i] for i in drawn]
-    # Both layers sit in the same world: the regions layer's data are world units
-    # relative to its translate, which is the slide's.
-    offset = np.asarray(layer.translate, dtype=float)[-2:] - np.asarray(source.translate_yx)
+    # Same world, own translates: data + translate is the world position in each.
     target = annotations_layer(viewer, source)
+    offset = np.asarray(layer.translate, dtype=float)[-2:] - np.asarray(target.translate)[-2:]
     target.add([s + offset for s in shapes], shape_type=kinds)
     layer.selected_data = set(drawn)
     layer.remove_selected()

@@ -325,3 +325,18 @@ def test_a_closed_widget_leaves_nothing_wired_to_the_viewer(
     widget._on_destroyed()
     assert widget._on_mouse_move not in viewer.mouse_move_callbacks
     assert not {".", ",", "Alt+A", "Alt+R"} & {str(k) for k in viewer.keymap}
+
+
+def test_a_drawing_moved_out_of_the_regions_layer_keeps_its_place_on_a_moved_slide(
+    make_napari_viewer, qtbot, review_slide
+) -> None:
+    viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
+    viewer.layers[0].translate = (100.0, 40.0)  # the user moved the slide layer
+    _classify(qtbot, widget)
+    regions_layer = widget.result_layers()["regions"]
+    triangle = np.asarray([[10, 10], [10, 60], [60, 60]], float)
+    regions_layer.add([triangle], shape_type="polygon")
+    world = triangle + np.asarray(regions_layer.translate)
+    widget.threshold.value = 0.25  # the redraw moves it to the reviewer's own layer
+    (mine,) = [layer for layer in viewer.layers if layer.name.endswith("my annotations")]
+    np.testing.assert_allclose(np.asarray(mine.data[0]) + np.asarray(mine.translate), world)
