@@ -55,6 +55,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from napari_histattn.atomic import atomic_write
 from napari_histattn.errors import HistattnError
+from napari_histattn.inference.heatmap_scale import COLORMAPS, OPAQUE_FROM, TRANSPARENT_BELOW, ramp
 from napari_histattn.inference.result import ClassificationResult, geometry_dict
 from napari_histattn.io.export import (
     json_safe,
@@ -114,38 +115,22 @@ def heatmap_napari_geometry(
 
 
 #: The attention colour ramp, shared by the napari heatmap and ``heatmap.png``:
-#: the warm upper part of matplotlib's inferno (dark red to pale yellow), which
-#: stands out on pink and purple H&E ...
-ATTENTION_INFERNO_RANGE = (0.35, 1.0)
-#: ... fully transparent below this normalised attention (tissue the model
-#: ignored keeps its H&E colours) ...
-ATTENTION_TRANSPARENT_BELOW = 0.02
-#: ... and fully opaque from this one; between the two, alpha rises linearly.
-ATTENTION_OPAQUE_FROM = 0.25
+#: the warm upper part of matplotlib's inferno with a transparent low end
+#: (:mod:`napari_histattn.inference.heatmap_scale`).
+ATTENTION_INFERNO_RANGE = COLORMAPS["inferno"][1:]
 #: Opacity of the whole overlay: the H&E under the most attended cells stays
 #: faintly visible.
 ATTENTION_OPACITY = 0.8
 RAMP_DESCRIPTION = (
     f"inferno {ATTENTION_INFERNO_RANGE[0]}-{ATTENTION_INFERNO_RANGE[1]}, transparent below "
-    f"{ATTENTION_TRANSPARENT_BELOW}, opaque from {ATTENTION_OPAQUE_FROM}"
+    f"{TRANSPARENT_BELOW}, opaque from {OPAQUE_FROM}"
 )
 
 
 def attention_ramp(values: NDArray[Any]) -> NDArray[np.float64]:
-    """RGBA in [0, 1] of normalised attention ``values`` in [0, 1] (any shape).
-
-    Colour follows the value over :data:`ATTENTION_INFERNO_RANGE` of inferno;
-    alpha is 0 up to :data:`ATTENTION_TRANSPARENT_BELOW` and rises linearly to 1
-    at :data:`ATTENTION_OPAQUE_FROM`.
-    """
-    from matplotlib import colormaps
-
-    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
-    lo, hi = ATTENTION_INFERNO_RANGE
-    rgba = np.asarray(colormaps["inferno"](lo + (hi - lo) * v), dtype=np.float64)
-    ramp = ATTENTION_OPAQUE_FROM - ATTENTION_TRANSPARENT_BELOW
-    rgba[..., 3] = np.clip((v - ATTENTION_TRANSPARENT_BELOW) / ramp, 0.0, 1.0)
-    return rgba
+    """RGBA in [0, 1] of normalised attention ``values`` in [0, 1] (any shape): the
+    ``inferno`` ramp of :func:`~napari_histattn.inference.heatmap_scale.ramp`."""
+    return ramp(values, "inferno")
 
 
 def attention_rgba(
