@@ -40,6 +40,7 @@ from napari_histattn._napari.checkpoints import (
     device_choices,
     find_checkpoints,
 )
+from napari_histattn._napari.display_panel import DisplayPanel, show_only
 from napari_histattn._napari.family_params import (
     EXPLAIN_CHOICES,
     configure_controls,
@@ -56,7 +57,6 @@ from napari_histattn._napari.shown import (
     add_result_layers,
     adopt_drawing_layer,
     replace_regions_layer,
-    set_overlay_visible,
     shown_text,
 )
 from napari_histattn.errors import HistattnError
@@ -142,6 +142,9 @@ class ClassifyWidget(ResultActions, Container):
             label="region threshold", min=0.05, max=0.95, step=0.05, value=0.5
         )
         self.show_overlay = CheckBox(text="Show attention overlay", value=True)
+        self.heatmap_display = DisplayPanel(
+            napari_viewer, self._on_display_changed, self.flip_models
+        )
         self.crops = CheckBox(text="also write PNG crops", value=False)
         self.export_button = PushButton(label="", text="Export regions...", enabled=False)
         self.research_only = Label(label="", value=RESEARCH_ONLY)
@@ -167,6 +170,7 @@ class ClassifyWidget(ResultActions, Container):
                 self.review,
                 self.threshold,
                 self.show_overlay,
+                self.heatmap_display,
                 self.export_button,
                 self.crops,
                 self.research_only,
@@ -198,6 +202,7 @@ class ClassifyWidget(ResultActions, Container):
         # The scale bar, in micrometres on a slide with a pixel size.
         self._viewer.canvas.overlays["scale_bar"].visible = True
         self.review.bind_keys()
+        self.heatmap_display.bind_keys()
 
         self._refresh_layers()
         models = [c for c in self.model.choices if c is not None]
@@ -391,9 +396,12 @@ class ClassifyWidget(ResultActions, Container):
             float(self.threshold.value),
             self.show_overlay.value,
             key=run.key,
+            display=self.heatmap_display.display(),
         )
         shown.review.author = self.review.reviewer.value.strip() or None
         self._shown.add(run.layer, shown)
+        if self.show_overlay.value:  # the new result in front; flip to see the others
+            show_only(self._shown.of(run.layer), shown)
         # Keep the slide selected, so that Classify and Export act on it.
         self.layer.value = run.layer
         self._viewer.layers.selection.active = run.layer
@@ -440,6 +448,7 @@ class ClassifyWidget(ResultActions, Container):
         with contextlib.suppress(RuntimeError):
             self._viewer.layers.selection.events.active.disconnect(self._on_active_layer)
             self.review.unbind_keys()
+            self.heatmap_display.unbind_keys()
 
     def _update_state(self) -> None:
         layer = self.layer.value
@@ -453,6 +462,7 @@ class ClassifyWidget(ResultActions, Container):
         else:  # never the previous slide's result
             self.result_label.value = "classifying..." if running else "—"
             self.review.set_result([], None)
+            self._show_scale()
         run = self._runs.get(layer) if running else None
         if run is not None and run.last is not None:
             self._on_progress(run, run.last)  # show the chosen layer's own progress
@@ -461,11 +471,12 @@ class ClassifyWidget(ResultActions, Container):
         self.result_label.value = shown_text(self._viewer, shown, self._shown.of(self.layer.value))
         self.review.set_result(shown.regions, shown.review, shown.source, shown.result.class_names)
         self.export_button.enabled = True
+        self._show_scale()
 
     def _on_review_changed(self) -> None:
         shown = self._current()
         if shown is not None:
-            replace_regions_layer(self._viewer, shown, bool(self.show_overlay.value))
+            replace_regions_layer(self._viewer, shown, self._regions_visible(shown))
             self.result_label.value = shown_text(
                 self._viewer, shown, self._shown.of(self.layer.value)
             )
@@ -475,17 +486,6 @@ class ClassifyWidget(ResultActions, Container):
         for result_layer in shown.layers.values() if shown else []:
             if result_layer in self._viewer.layers:
                 self._viewer.layers.remove(result_layer)
-
-    def _on_threshold_changed(self, threshold: float) -> None:
-        for shown in self._shown.values():
-            shown.regions = shown.result.regions_at(float(threshold), shown.result.top_k)
-            replace_regions_layer(self._viewer, shown, bool(self.show_overlay.value))
-        current = self._current()
-        if current is not None:
-            self._show_result(current)
-
-    def _on_show_overlay_changed(self, visible: bool) -> None:
-        set_overlay_visible(list(self._shown.values()), bool(visible))
 
 
 def _wrapping(label: Label) -> None:

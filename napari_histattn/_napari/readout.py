@@ -37,7 +37,8 @@ def readout_at(result: Any, normalised: Any, x_l0: float, y_l0: float) -> Readou
     result
         A ``ClassificationResult``.
     normalised
-        Its attention on the heatmap's 0-1 scale (the heatmap layer's data).
+        Its attention on the heatmap's 0-1 scale (where each value sits between the
+        heatmap layer's contrast limits).
     x_l0, y_l0
         The point in level-0 pixels.
     """
@@ -81,7 +82,11 @@ def readout_text(shown: Any, world_yx: Any) -> str:
     ty, tx = source.translate_yx
     x_l0, y_l0 = (x_world - tx) / unit_x, (y_world - ty) / unit_y
     heatmap = shown.layers.get("heatmap")
-    normalised = shown.result.normalised_attention() if heatmap is None else heatmap.data
+    if heatmap is None:
+        normalised = shown.result.normalised_attention()
+    else:  # where the raw value sits on the heatmap's ramp (its contrast limits)
+        lo, hi = (float(v) for v in heatmap.contrast_limits)
+        normalised = np.clip((shown.result.attention - lo) / max(hi - lo, 1e-300), 0.0, 1.0)
     found = readout_at(shown.result, normalised, x_l0, y_l0)
     if found is None:
         return ""

@@ -8,15 +8,23 @@ shape the reviewer drew on that slide (:func:`~napari_histattn._napari.shown.exp
 from __future__ import annotations
 
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
 
+from napari_histattn._napari.display_panel import Display, apply_display, flip_target, show_only
 from napari_histattn._napari.readout import readout_text
 from napari_histattn._napari.result_export import export_result
 from napari_histattn._napari.result_panel import RESULT_WIDTH
-from napari_histattn._napari.shown import Shown, ShownResults, expert_annotations
+from napari_histattn._napari.shown import (
+    Shown,
+    ShownResults,
+    expert_annotations,
+    replace_regions_layer,
+    set_overlay_visible,
+)
 from napari_histattn.errors import HistattnError
 
 __all__ = ["ResultActions"]
@@ -35,6 +43,9 @@ class ResultActions:
     crops: Any
     status: Any
     native: Any
+    show_overlay: Any
+    heatmap_display: Any
+    _show_result: Callable[[Shown], None]  # the widget's: fills the panel for a result
 
     def _current(self, layer: Any = None) -> Shown | None:
         """The chosen slide's result of the chosen model, else its latest result."""
@@ -113,3 +124,52 @@ class ResultActions:
         message = "Exported " + ", ".join(str(p) for p in written.values())
         self.status.value = f"exported to {written['geojson']}"  # the full destination
         show_info(message)
+
+    # ------------------------------------------------------------------ display and compare
+
+    def _on_display_changed(self, display: Display) -> None:
+        apply_display(self._shown.values(), display)
+        self._show_scale()
+
+    def _show_scale(self) -> None:
+        layer = self.layer.value
+        on_slide = self._shown.of(layer) if layer is not None else []
+        self.heatmap_display.show_scale(self._current(), len(on_slide))
+
+    def flip_models(self) -> None:
+        """Show the next model's result on the chosen slide (its heatmap and regions; the
+        others' hidden) and make it the chosen model, so the panel and review follow."""
+        layer = self.layer.value
+        current = self._current()
+        on_slide = self._shown.of(layer) if layer is not None else []
+        target = flip_target(on_slide, None if current is None else current.key)
+        if target is None:
+            return
+        self.show_overlay.value = True
+        show_only(on_slide, target)
+        self.model.value = target.key  # the panel, review table and readout follow
+        self._show_result(target)
+
+    def _on_threshold_changed(self, threshold: float) -> None:
+        for shown in self._shown.values():
+            shown.regions = shown.result.regions_at(float(threshold), shown.result.top_k)
+            replace_regions_layer(self._viewer, shown, self._regions_visible(shown))
+        current = self._current()
+        if current is not None:
+            self._show_result(current)
+
+    def _regions_visible(self, shown: Shown) -> bool:
+        """Whether ``shown``'s regions are drawn: the overlay is on and, where models are
+        flipped, this one is shown."""
+        layer = shown.layers.get("regions")
+        flipped_away = layer is not None and not layer.visible and bool(self.show_overlay.value)
+        return bool(self.show_overlay.value) and not flipped_away
+
+    def _on_show_overlay_changed(self, visible: bool) -> None:
+        set_overlay_visible(list(self._shown.values()), bool(visible))
+        if visible:  # one model's result per slide in front, never two heatmaps on top
+            for slide in self._shown.slides():
+                chosen = self._current(slide)
+                if chosen is not None:
+                    show_only(self._shown.of(slide), chosen)
+        self._show_scale()

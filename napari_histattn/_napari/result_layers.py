@@ -33,7 +33,8 @@ from napari_histattn._napari.layers import LayerDataTuple, _units_kwargs
 from napari_histattn._napari.result_export import model_label
 from napari_histattn._napari.shapes_regions import shapes_to_regions
 from napari_histattn.errors import HistattnError
-from napari_histattn.inference.outputs import ATTENTION_OPACITY, attention_ramp
+from napari_histattn.inference import heatmap_scale
+from napari_histattn.inference.outputs import ATTENTION_OPACITY
 from napari_histattn.io.export import l0_polygon_to_napari_yx
 from napari_histattn.io.regions import Region
 
@@ -137,9 +138,9 @@ def slide_source(layer: Any) -> SlideSource:
     )
 
 
-def heatmap_colormap(n: int = 64) -> dict[str, Any]:
-    """The heatmap's colours: :func:`~napari_histattn.inference.outputs.attention_ramp`
-    (warm inferno, transparent near 0, opaque from moderate values), as in ``heatmap.png``.
+def heatmap_colormap(colormap: str = heatmap_scale.DEFAULT_COLORMAP, n: int = 64) -> dict[str, Any]:
+    """A heatmap ramp of :data:`~napari_histattn.inference.heatmap_scale.COLORMAPS` (its
+    transparent low end included) as napari takes it; ``inferno`` is ``heatmap.png``'s.
 
     Returns
     -------
@@ -147,32 +148,45 @@ def heatmap_colormap(n: int = 64) -> dict[str, Any]:
         ``{"name", "colors", "controls"}``, which napari turns into a Colormap.
     """
     controls = np.linspace(0.0, 1.0, n)
-    return {"name": HEATMAP_COLORMAP, "colors": attention_ramp(controls), "controls": controls}
+    return {
+        "name": f"attention ({colormap}, fading)",
+        "colors": heatmap_scale.ramp(controls, colormap),
+        "controls": controls,
+    }
 
 
 def side_map_layer_data(
-    result: ClassificationResult, source: SlideSource, side: SideMap
+    result: ClassificationResult, source: SlideSource, side: SideMap, **look: Any
 ) -> LayerDataTuple:
     """One of ``result``'s side maps (a further attention level or a post-hoc explanation)
-    as an Image layer placed and drawn as the attention is (its own 1-99 percentile
-    scaling), named ``"<slide> <title> (<model>)"``."""
+    as an Image layer placed and drawn as the attention is (its own raw values and
+    contrast), named ``"<slide> <title> (<model>)"``; ``look`` as :func:`heatmap_layer_data`
+    takes it."""
     from dataclasses import replace
 
     shown = replace(result, attention=np.asarray(side.values, dtype=np.float32))
-    data, kwargs, kind = heatmap_layer_data(shown, source)
+    data, kwargs, kind = heatmap_layer_data(shown, source, **look)
     kwargs["name"] = f"{source.name} {side.title} ({model_label(result)})"
     kwargs["metadata"] = {**kwargs["metadata"], RESULT_KEY: side.key}
     return (data, kwargs, kind)
 
 
-def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> LayerDataTuple:
+def heatmap_layer_data(
+    result: ClassificationResult,
+    source: SlideSource,
+    *,
+    colormap: str = heatmap_scale.DEFAULT_COLORMAP,
+    contrast: str = heatmap_scale.DEFAULT_CONTRAST,
+    opacity: float = HEATMAP_OPACITY,
+) -> LayerDataTuple:
     """The attention map as an Image layer aligned with the slide layer.
 
-    Values are the percentile-normalised attention (1st-99th percentile to
-    0-1, contrast limits 0-1), one pixel per attention cell, drawn with linear
-    interpolation in :func:`heatmap_colormap` (transparent near 0) at
-    :data:`HEATMAP_OPACITY`; NaN outside tissue, which napari draws transparent. Each pixel sits on the centre of its
-    patch (:func:`~napari_histattn.inference.outputs.heatmap_napari_geometry`),
+    Values are the raw attention, one pixel per attention cell (so the colour bar and
+    the layer's value read raw units), with contrast limits by ``contrast`` (default its
+    full range, :func:`~napari_histattn.inference.heatmap_scale.contrast_limits`), drawn
+    with linear interpolation in :func:`heatmap_colormap` (transparent near the low end)
+    at ``opacity``; NaN outside tissue, which napari draws transparent. Each pixel sits on
+    the centre of its patch (:func:`~napari_histattn.inference.outputs.heatmap_napari_geometry`),
     shifted by the slide layer's translate.
 
     Returns
@@ -183,7 +197,7 @@ def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> Lay
     from napari_histattn.inference.outputs import heatmap_napari_geometry
 
     scale_yx, translate_yx = heatmap_napari_geometry(result, source.mpp_xy)
-    data = np.asarray(result.normalised_attention(), dtype=np.float32)
+    data = np.asarray(result.attention, dtype=np.float32)
     kwargs: dict[str, Any] = {
         "name": f"{source.name} attention ({model_label(result)})",
         "scale": scale_yx,
@@ -191,14 +205,14 @@ def heatmap_layer_data(result: ClassificationResult, source: SlideSource) -> Lay
             translate_yx[0] + source.translate_yx[0],
             translate_yx[1] + source.translate_yx[1],
         ),
-        "colormap": heatmap_colormap(),
-        "contrast_limits": (0.0, 1.0),
-        "opacity": HEATMAP_OPACITY,
+        "colormap": heatmap_colormap(colormap),
+        "contrast_limits": heatmap_scale.contrast_limits(data, contrast),
+        "opacity": float(opacity),
         "blending": "translucent",
         "interpolation2d": "linear",
         "metadata": {
             RESULT_KEY: "heatmap",
-            "normalisation": "percentiles 1-99 of the finite attention",
+            "contrast": contrast,
             "predicted_class": result.predicted_class,
             "provenance": dict(result.provenance),
         },

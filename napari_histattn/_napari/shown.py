@@ -102,6 +102,10 @@ class ShownResults:
                 if result_layer is layer:
                     del shown.layers[kind]
 
+    def slides(self) -> list[Any]:
+        """The slide layers with results on screen."""
+        return list(self._by_layer)
+
     def values(self) -> list[Shown]:
         """Every result on screen."""
         return [shown for results in self._by_layer.values() for shown in results.values()]
@@ -126,13 +130,25 @@ def regions_tuple(shown: Shown) -> Any:
 
 
 def add_result_layers(
-    viewer: Any, result: Any, source: rl.SlideSource, threshold: float, visible: bool, key: str = ""
+    viewer: Any,
+    result: Any,
+    source: rl.SlideSource,
+    threshold: float,
+    visible: bool,
+    key: str = "",
+    display: Any = None,
 ) -> Shown:
     """Add ``result``'s layers: the heatmap (with its colour bar), the regions at
     ``threshold``, the sampled patches (attention sampling) and one layer per further
-    attention level and per explanation (hidden at first: they would cover the attention)."""
+    attention level and per explanation (hidden at first: they would cover the attention).
+    Heatmaps are drawn with ``display``'s colormap, contrast and opacity
+    (:class:`~napari_histattn._napari.display_panel.Display`; default: its defaults)."""
+    look: dict[str, Any] = {}
+    if display is not None:
+        look = {"colormap": display.colormap, "contrast": display.contrast}
+        look["opacity"] = display.opacity
     shown = Shown(result=result, source=source, key=key)
-    data, kwargs, _ = rl.heatmap_layer_data(result, source)
+    data, kwargs, _ = rl.heatmap_layer_data(result, source, **look)
     heatmap = viewer.add_image(data, **kwargs)
     heatmap.colorbar.visible = True
     shown.layers["heatmap"] = heatmap
@@ -145,7 +161,7 @@ def add_result_layers(
         )
         shown.layers["samples"] = viewer.add_points(data, **kwargs)
     for side in result.side_maps():
-        data, kwargs, _ = rl.side_map_layer_data(result, source, side)
+        data, kwargs, _ = rl.side_map_layer_data(result, source, side, **look)
         shown.layers[side.key] = viewer.add_image(data, **kwargs, visible=False)
     set_overlay_visible([shown], visible)
     return shown

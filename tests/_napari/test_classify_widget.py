@@ -205,11 +205,13 @@ def test_classify_adds_an_aligned_heatmap_regions_and_samples(
     assert colours[2, 3] == 1.0 and colours[3, 3] == 1.0
     assert colours[3, 0] > 0.9 and colours[3, 1] > 0.9  # inferno's pale yellow top
     assert colours[2, 0] > colours[2, 2]  # warm, not the blue of the low end
-    assert tuple(heatmap.contrast_limits) == (0.0, 1.0)
+    # The raw attention, its full range between the ends of the ramp (the colour bar
+    # reads raw values and nothing the raw map tells apart is clipped together).
+    data = np.asarray(heatmap.data)
+    np.testing.assert_array_equal(data, np.asarray(result.attention, dtype=np.float32))
+    assert tuple(heatmap.contrast_limits) == pytest.approx((np.nanmin(data), np.nanmax(data)))
     assert 0.6 <= heatmap.opacity <= 0.9
     assert heatmap.blending == "translucent"
-    data = np.asarray(heatmap.data)
-    assert np.nanmin(data) == 0.0 and np.nanmax(data) == 1.0
     assert np.isnan(data).any(), "glass should be NaN (drawn transparent)"
 
     # Geometry: each heatmap pixel on the centre of its patch, in micrometres.
@@ -227,7 +229,7 @@ def test_classify_adds_an_aligned_heatmap_regions_and_samples(
     )
     # The most attended cell is drawn at full scale on the centre of its patch.
     top_rc = result.top_cell()
-    assert data[top_rc] == 1.0
+    assert data[top_rc] == np.float32(heatmap.contrast_limits[1])
     cx, cy = result.cell_center_l0_xy(*top_rc)
     expected = frames.l0_xy_to_napari_yx((cx - 0.5, cy - 0.5), (MPP, MPP))
     np.testing.assert_allclose(_world_yx_of_cell(heatmap, top_rc), expected, atol=1e-6)
@@ -414,7 +416,7 @@ def test_same_seed_gives_the_same_heatmap_and_the_engine_agrees(
 
     # The widget is a thin layer over the engine: same seed, same map and class.
     direct = run_to_completion(classify(widget_slide.path, as_checkpoint, device="cpu", seed=7))
-    np.testing.assert_array_equal(maps[1], direct.normalised_attention().astype(np.float32))
+    np.testing.assert_array_equal(maps[1], np.asarray(direct.attention, dtype=np.float32))
     assert widget.result_for(viewer.layers[0]).predicted_class == direct.predicted_class
 
 

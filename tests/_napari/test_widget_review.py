@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from shapely.geometry import Point, Polygon, shape
 
+from napari_histattn.inference.heatmap_scale import scale_fraction
+
 pytestmark = pytest.mark.gui
 
 WIDGET = ("napari-histattn", "Classify with attention")
@@ -189,9 +191,52 @@ def test_two_models_stay_side_by_side_with_their_difference_stated(
     assert any("demo_amil" in n for n in heatmaps) and any("demo_hatnet" in n for n in heatmaps)
     assert "demo_hatnet vs demo_amil:" in widget.result_label.value
     assert "top regions overlap" in widget.result_label.value
-    widget.model.value = str(DEMO_AMIL)  # the panel follows the chosen model
+    amil, hatnet = (one.layers["heatmap"] for one in results)
+    assert hatnet.visible and not amil.visible  # the new result in front, never two on top
+    assert widget.heatmap_display.flip.enabled
+    widget.flip_models()  # the panel's flip button, or "/"
+    assert amil.visible and not hatnet.visible
+    assert not results[1].layers["regions"].visible and results[0].layers["regions"].visible
+    assert widget.model.value == str(DEMO_AMIL)  # the panel follows the shown model
     assert widget.result_for().provenance["model_name"] == "amil"
     assert "demo_amil vs demo_hatnet:" in widget.result_label.value
+    widget.show_overlay.value = False
+    widget.show_overlay.value = True  # back on: still one model in front
+    assert amil.visible and not hatnet.visible
+    widget.flip_models()
+    assert hatnet.visible and not amil.visible and widget.model.value == str(DEMO_HATNET)
+
+
+def test_colormap_contrast_and_opacity_reach_the_heatmap_and_the_scale_is_stated(
+    make_napari_viewer, qtbot, review_slide
+) -> None:
+    from napari_histattn.inference.heatmap_scale import contrast_limits, ramp
+
+    viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
+    _classify(qtbot, widget)
+    result, heatmap = widget.result_for(), widget.result_layers()["heatmap"]
+    raw = np.asarray(result.attention, dtype=np.float64)
+    assert np.allclose(heatmap.data, raw, equal_nan=True)  # the layer reads raw attention
+    assert tuple(heatmap.contrast_limits) == pytest.approx((np.nanmin(raw), np.nanmax(raw)))
+    text = viewer.canvas.overlays["text"]
+    assert text.visible and f"to {np.nanmax(raw):.3g} (full range)" in text.text
+    assert "raw value" in widget.heatmap_display.scale.value
+
+    panel = widget.heatmap_display
+    panel.colormap.value = "viridis"
+    panel.contrast.value = "1-99 percentile"
+    panel.opacity.value = 0.4
+    assert heatmap.colormap.colors[-1] == pytest.approx(ramp(np.array([1.0]), "viridis")[0])
+    assert heatmap.colormap.colors[0][3] == 0.0  # transparent low end kept
+    assert tuple(heatmap.contrast_limits) == pytest.approx(contrast_limits(raw, "1-99 percentile"))
+    assert heatmap.opacity == pytest.approx(0.4)
+    assert "(1-99 percentile)" in text.text and "(1-99 percentile)" in panel.scale.value
+
+    widget.run_classify()  # a new result is drawn the way the panel says
+    qtbot.waitUntil(lambda: widget.is_idle, timeout=RUN_TIMEOUT_MS)
+    again = widget.result_layers()["heatmap"]
+    assert again is not heatmap and again.opacity == pytest.approx(0.4)
+    assert again.metadata["contrast"] == "1-99 percentile"
 
 
 def test_cursor_readout_gives_the_heatmap_value_whatever_layer_is_selected(
@@ -212,7 +257,9 @@ def test_cursor_readout_gives_the_heatmap_value_whatever_layer_is_selected(
     widget._on_mouse_move(viewer, Move())
     text = widget.readout.value.replace("\n", " ")
     assert f"attention {float(result.attention[r, c]):.4g}" in text
-    assert f"({float(heatmap.data[r, c]):.2f} on the heatmap)" in text
+    lo, hi = (float(v) for v in heatmap.contrast_limits)
+    on_ramp = scale_fraction(float(heatmap.data[r, c]), (lo, hi))
+    assert f"({on_ramp:.2f} on the heatmap)" in text
     assert f"p(lesion) {float(result.cell_probs[r, c, 1]):.2f}" in text
 
     class Off:
@@ -321,10 +368,10 @@ def test_a_closed_widget_leaves_nothing_wired_to_the_viewer(
     viewer, widget = _open(make_napari_viewer, review_slide[0], DEMO_AMIL)
     assert widget._on_mouse_move in viewer.mouse_move_callbacks
     keys = {str(k) for k in viewer.keymap}
-    assert {".", ",", "Alt+A", "Alt+R"} <= keys  # next, previous, accept, reject
+    assert {".", ",", "Alt+A", "Alt+R", "/"} <= keys  # next, previous, accept, reject, flip
     widget._on_destroyed()
     assert widget._on_mouse_move not in viewer.mouse_move_callbacks
-    assert not {".", ",", "Alt+A", "Alt+R"} & {str(k) for k in viewer.keymap}
+    assert not {".", ",", "Alt+A", "Alt+R", "/"} & {str(k) for k in viewer.keymap}
 
 
 def test_a_drawing_moved_out_of_the_regions_layer_keeps_its_place_on_a_moved_slide(

@@ -1,0 +1,192 @@
+"""How the heatmaps look, and flipping between two models' results on one slide.
+
+:class:`DisplayPanel` holds the colormap (every one with a transparent low end), the
+contrast (default: the raw attention's full range, so that what the raw attention
+tells apart stays apart on screen) and the opacity; :func:`apply_display` gives them to
+every heatmap and side map on screen. The colour bar's ticks are raw values (the
+heatmap layers hold the raw map); the canvas's text overlay, beside the colour bar,
+names what it shows (:func:`colour_bar_title`).
+
+Compare: with two or more models' results on the chosen slide, the panel's flip button
+(or ``/``) shows the next model's heatmap and regions and hides the others, so the two
+maps alternate in the same place; the result panel states how their calls and top
+regions differ.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FloatSlider, Label, PushButton
+
+from napari_histattn._napari.result_layers import HEATMAP_OPACITY, heatmap_colormap
+from napari_histattn.inference import heatmap_scale
+
+__all__ = [
+    "FLIP_KEY",
+    "Display",
+    "DisplayPanel",
+    "apply_display",
+    "colour_bar_title",
+    "flip_target",
+    "heatmap_layers",
+    "show_only",
+]
+
+#: Key that flips between the models' results on the chosen slide.
+FLIP_KEY = "/"
+#: Result layer kinds drawn as heatmaps (the attention, further levels, explanations).
+_SIDE = ("attention:", "explanation:")
+
+
+@dataclass(frozen=True)
+class Display:
+    """How heatmaps are drawn."""
+
+    colormap: str = heatmap_scale.DEFAULT_COLORMAP
+    contrast: str = heatmap_scale.DEFAULT_CONTRAST
+    opacity: float = HEATMAP_OPACITY
+
+
+def heatmap_layers(shown: Any) -> list[Any]:
+    """``shown``'s heatmap layers: the attention first, then its side maps."""
+    layers = shown.layers
+    kinds = ["heatmap", *(k for k in layers if k.startswith(_SIDE))]
+    return [layers[k] for k in kinds if k in layers]
+
+
+def apply_display(shown: Iterable[Any], display: Display) -> None:
+    """Draw every heatmap of ``shown`` with ``display``'s colormap, contrast and opacity."""
+    colormap = heatmap_colormap(display.colormap)
+    for one in shown:
+        for layer in heatmap_layers(one):
+            layer.colormap = colormap
+            layer.contrast_limits = heatmap_scale.contrast_limits(
+                np.asarray(layer.data), display.contrast
+            )
+            layer.opacity = float(display.opacity)
+            layer.metadata["contrast"] = display.contrast
+
+
+def colour_bar_title(shown: Any | None) -> str:
+    """What the colour bars on screen show: one line per visible heatmap of ``shown``, its
+    title and the raw range between the ends of its ramp; ``""`` when none is visible."""
+    if shown is None:
+        return ""
+    lines = []
+    for layer in heatmap_layers(shown):
+        if not layer.visible:
+            continue
+        limits = (float(layer.contrast_limits[0]), float(layer.contrast_limits[1]))
+        contrast = str(layer.metadata.get("contrast", heatmap_scale.DEFAULT_CONTRAST))
+        title = layer.name.removeprefix(f"{shown.source.name} ")
+        lines.append(f"{title}: {heatmap_scale.scale_text(limits, contrast, 'value')}")
+    return "\n".join(lines)
+
+
+def flip_target(on_slide: list[Any], current_key: str | None) -> Any | None:
+    """The result after ``current_key``'s among a slide's results (wrapping), or None with
+    fewer than two."""
+    if len(on_slide) < 2:
+        return None
+    keys = [one.key for one in on_slide]
+    index = keys.index(current_key) if current_key in keys else -1
+    return on_slide[(index + 1) % len(on_slide)]
+
+
+def show_only(on_slide: list[Any], chosen: Any) -> None:
+    """Show ``chosen``'s attention, regions and samples and hide the other results' layers
+    on the slide (side maps keep their state on the chosen result; the others' are
+    hidden)."""
+    for one in on_slide:
+        for kind, layer in one.layers.items():
+            if one is not chosen:
+                layer.visible = False
+            elif not kind.startswith(_SIDE):
+                layer.visible = True
+
+
+def _colormap_choices(_widget: Any = None) -> list[str]:
+    return list(heatmap_scale.COLORMAPS)
+
+
+def _contrast_choices(_widget: Any = None) -> list[str]:
+    return list(heatmap_scale.CONTRASTS)
+
+
+class DisplayPanel(Container):
+    """Colormap, contrast and opacity of the heatmaps, the colour bar's scale in words and
+    the flip between models.
+
+    Parameters
+    ----------
+    on_display
+        Called with the new :class:`Display` when a control changes.
+    on_flip
+        Called when the flip button (or :data:`FLIP_KEY`) is pressed.
+    """
+
+    def __init__(
+        self, viewer: Any, on_display: Callable[[Display], None], on_flip: Callable[[], None]
+    ) -> None:
+        super().__init__(labels=True)
+        self._viewer = viewer
+        self.colormap = ComboBox(
+            label="heatmap colours",
+            choices=_colormap_choices,
+            value=heatmap_scale.DEFAULT_COLORMAP,
+        )
+        self.contrast = ComboBox(
+            label="heatmap contrast",
+            choices=_contrast_choices,
+            value=heatmap_scale.DEFAULT_CONTRAST,
+        )
+        self.contrast.tooltip = "\n".join(f"{k}: {v}" for k, v in heatmap_scale.CONTRASTS.items())
+        self.opacity = FloatSlider(
+            label="heatmap opacity", min=0.0, max=1.0, step=0.05, value=HEATMAP_OPACITY
+        )
+        self.scale = Label(label="", value="")
+        self.scale.native.setWordWrap(True)
+        self.flip = PushButton(label="", text=f"Flip to the other model's result ({FLIP_KEY})")
+        self.flip.enabled = False
+        self.extend([self.colormap, self.contrast, self.opacity, self.scale, self.flip])
+        self._on_display = on_display
+        self._on_flip = on_flip
+        for control in (self.colormap, self.contrast, self.opacity):
+            control.changed.connect(lambda _v: self._on_display(self.display()))
+        self.flip.changed.connect(lambda _v: self._on_flip())
+
+    def display(self) -> Display:
+        """The settings as the controls show them."""
+        return Display(
+            colormap=str(self.colormap.value),
+            contrast=str(self.contrast.value),
+            opacity=float(self.opacity.value),
+        )
+
+    def show_scale(self, shown: Any | None, models_on_slide: int) -> None:
+        """State the colour bars' scale for ``shown`` in the panel and on the canvas (the text
+        overlay beside the colour bar), and enable the flip with two or more models."""
+        title = colour_bar_title(shown)
+        self.scale.value = f"colour bar: {title}" if title else ""
+        self.scale.visible = bool(title)
+        self.flip.enabled = models_on_slide >= 2
+        with contextlib.suppress(KeyError, AttributeError):
+            text = self._viewer.canvas.overlays["text"]
+            text.text = title
+            text.position = "top_right"
+            text.font_size = 9
+            text.visible = bool(title)
+
+    def bind_keys(self) -> None:
+        """Bind :data:`FLIP_KEY` on the viewer."""
+        self._viewer.bind_key(FLIP_KEY, lambda _viewer: self._on_flip(), overwrite=True)
+
+    def unbind_keys(self) -> None:
+        """Undo :meth:`bind_keys` (the widget is closing)."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._viewer.bind_key(FLIP_KEY, None)
