@@ -4,7 +4,8 @@
 
 1. ``review.png``: the sample slide after Classify with the demo A-MIL, region 1 accepted,
    region 2 rejected, a lesion the reviewer outlined, the camera on region 1.
-2. ``review_compare.png``: the same slide with HATNet's result beside A-MIL's.
+2. ``review_compare.png``: the same slide with HATNet's result in front of A-MIL's (``/``
+   flips between them), drawn on the 1-99 percentile contrast.
 3. ``review_domain.png``: the synthetic-trained demo on CMU-1-Small-Region (skin), which
    the panel flags as outside the model's training domain.
 """
@@ -96,6 +97,7 @@ def main() -> int:
 
     widget.add_checkpoint(DEMO / "demo_hatnet.safetensors")
     _classify(widget, app)
+    widget.heatmap_display.contrast.value = "1-99 percentile"
     viewer.reset_view()
     _save(viewer, app, "review_compare.png")
     viewer.close()

@@ -4,8 +4,8 @@
 contrast (default: the raw attention's full range, so that what the raw attention
 tells apart stays apart on screen) and the opacity; :func:`apply_display` gives them to
 every heatmap and side map on screen. The colour bar's ticks are raw values (the
-heatmap layers hold the raw map); the canvas's text overlay, beside the colour bar,
-names what it shows (:func:`colour_bar_title`).
+heatmap layers hold the raw map); the canvas's text overlay names what it shows
+(:func:`colour_bar_title`) from the top left, opposite the colour bar.
 
 Compare: with two or more models' results on the chosen slide, the panel's flip button
 (or ``/``) shows the next model's heatmap and regions and hides the others, so the two
@@ -149,8 +149,9 @@ class DisplayPanel(Container):
         self.opacity = FloatSlider(
             label="heatmap opacity", min=0.0, max=1.0, step=0.05, value=HEATMAP_OPACITY
         )
-        self.scale = Label(label="", value="")
-        self.scale.native.setWordWrap(True)
+        # Explicit line breaks, no word wrap: a wrapped label in this form layout was given
+        # the height of one line and cut its text.
+        self.scale = Label(label="colour bar", value="")
         self.flip = PushButton(label="", text=f"Flip to the other model's result ({FLIP_KEY})")
         self.flip.enabled = False
         self.extend([self.colormap, self.contrast, self.opacity, self.scale, self.flip])
@@ -170,15 +171,26 @@ class DisplayPanel(Container):
 
     def show_scale(self, shown: Any | None, models_on_slide: int) -> None:
         """State the colour bars' scale for ``shown`` in the panel and on the canvas (the text
-        overlay beside the colour bar), and enable the flip with two or more models."""
+        overlay at the top left), and enable the flip with two or more models."""
         title = colour_bar_title(shown)
-        self.scale.value = f"colour bar: {title}" if title else ""
+        # Each heatmap's name, then its range, then the contrast, on lines of their own: the
+        # panel's column and the canvas's corner both stay narrow.
+        canvas_lines: list[str] = []
+        panel_lines: list[str] = []
+        for line in title.splitlines():
+            name, scale = line.split(": ", 1)
+            values, contrast = scale.rsplit(" (", 1)
+            canvas_lines += [name, scale]
+            panel_lines += [name, values, f"({contrast}"]
+        self.scale.value = "\n".join(panel_lines)
         self.scale.visible = bool(title)
         self.flip.enabled = models_on_slide >= 2
         with contextlib.suppress(KeyError, AttributeError):
             text = self._viewer.canvas.overlays["text"]
-            text.text = title
-            text.position = "top_right"
+            text.text = "\n".join(canvas_lines)
+            # The colour bar keeps the top right; overlays sharing a corner are set side by
+            # side, and a long title there pushed the colour bar off the canvas.
+            text.position = "top_left"
             text.font_size = 9
             text.visible = bool(title)
 

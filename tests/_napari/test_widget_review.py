@@ -220,6 +220,8 @@ def test_colormap_contrast_and_opacity_reach_the_heatmap_and_the_scale_is_stated
     assert tuple(heatmap.contrast_limits) == pytest.approx((np.nanmin(raw), np.nanmax(raw)))
     text = viewer.canvas.overlays["text"]
     assert text.visible and f"to {np.nanmax(raw):.3g} (full range)" in text.text
+    # the title never shares the colour bar's corner (it pushed the bar off the canvas)
+    assert heatmap.colorbar.visible and text.position != heatmap.colorbar.position
     assert "raw value" in widget.heatmap_display.scale.value
 
     panel = widget.heatmap_display
