@@ -24,6 +24,7 @@ _SUBCOMMANDS = (
     "features",
     "pretrain",
     "train",
+    "finetune",
     "evaluate",
     "classify",
     "batch",
