@@ -8,6 +8,9 @@
    flips between them), drawn on the 1-99 percentile contrast.
 3. ``review_domain.png``: the synthetic-trained demo on CMU-1-Small-Region (skin), which
    the panel flags as outside the model's training domain.
+4. ``review_finetune.png``: the demo A-MIL fine-tuned on the reviewer's outlines of the
+   sample's lesions and look-alikes ("Fine-tune on my corrections"), its result in front
+   of the original's, before and after under the button.
 """
 
 from __future__ import annotations
@@ -102,12 +105,47 @@ def main() -> int:
     _save(viewer, app, "review_compare.png")
     viewer.close()
 
+    _fine_tune(sample)
     if CMU.is_file():
         viewer, widget, app = _viewer(CMU, DEMO / "demo_amil.safetensors")
         _classify(widget, app)
         _save(viewer, app, "review_domain.png")
         viewer.close()
     return 0
+
+
+def _fine_tune(sample: Any) -> None:
+    """Outline the sample's lesions (lesion) and look-alikes (benign), fine-tune, show both."""
+    import numpy as np
+
+    from napari_histattn._napari.layers import _units_kwargs
+    from napari_histattn.io.export.geojson import read_geojson_regions
+
+    viewer, widget, app = _viewer(sample.path, DEMO / "demo_amil.safetensors")
+    widget.threshold.value = 0.3
+    _classify(widget, app)
+    widget.review.reviewer.value = "JD"
+    truth = read_geojson_regions(sample.geojson_path)
+    # a new Shapes layer takes the slide's frame, and class lesion for its shapes
+    drawn = viewer.add_shapes(name="my outlines", **_units_kwargs(True))
+    world = [np.asarray(r.polygon.exterior.coords)[:-1, ::-1] * 0.5 for r in truth]
+    drawn.add(world, shape_type="polygon", edge_width=25, face_color="transparent")
+    features = drawn.features.copy()
+    features["class"] = ["lesion" if r.class_name == "lesion" else "benign" for r in truth]
+    drawn.features = features
+    drawn.edge_color = ["magenta" if c == "lesion" else "cyan" for c in features["class"]]
+    widget.layer.value = viewer.layers[0]
+    widget.fine_tune.start()
+    while widget.fine_tune.running or not widget.is_idle or len(widget.results_on()) < 2:
+        app.processEvents()
+        time.sleep(0.02)
+    viewer.layers.selection.active = viewer.layers[0]
+    viewer.reset_view()
+    bar = getattr(widget.native, "verticalScrollBar", None)  # the dock scrolls: show the end
+    if bar is not None:
+        bar().setValue(bar().maximum())
+    _save(viewer, app, "review_finetune.png")
+    viewer.close()
 
 
 if __name__ == "__main__":

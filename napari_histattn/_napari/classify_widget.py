@@ -49,6 +49,7 @@ from napari_histattn._napari.family_params import (
     param_values,
     slide_mpp_control,
 )
+from napari_histattn._napari.finetune_panel import FineTunePanel
 from napari_histattn._napari.result_actions import ResultActions
 from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
@@ -147,6 +148,7 @@ class ClassifyWidget(ResultActions, Container):
         )
         self.crops = CheckBox(text="also write PNG crops", value=False)
         self.export_button = PushButton(label="", text="Export regions...", enabled=False)
+        self.fine_tune = FineTunePanel(self)
         self.research_only = Label(label="", value=RESEARCH_ONLY)
         self.research_only.native.setStyleSheet("font-weight: bold; color: #e0a000;")
         self.extend(
@@ -173,6 +175,7 @@ class ClassifyWidget(ResultActions, Container):
                 self.heatmap_display,
                 self.export_button,
                 self.crops,
+                self.fine_tune,
                 self.research_only,
             ]
         )
@@ -255,7 +258,7 @@ class ClassifyWidget(ResultActions, Container):
         if isinstance(event.value, Shapes) and slide is not None:
             # A new Shapes layer takes the chosen slide's frame, so its drawings export.
             with contextlib.suppress(HistattnError):
-                adopt_drawing_layer(event.value, rl.slide_source(slide))
+                adopt_drawing_layer(event.value, rl.slide_source(slide), self._positive_class())
         self._refresh_layers()
 
     def _on_model_changed(self, key: str | None) -> None:
@@ -442,6 +445,7 @@ class ClassifyWidget(ResultActions, Container):
         for run in list(self._runs.values()):
             run.cancel.set()
             run.worker.quit()
+        self.fine_tune.stop()
         # Nothing of a closed dock may stay wired to the viewer.
         with contextlib.suppress(ValueError, RuntimeError):
             self._viewer.mouse_move_callbacks.remove(self._on_mouse_move)
@@ -462,6 +466,7 @@ class ClassifyWidget(ResultActions, Container):
         else:  # never the previous slide's result
             self.result_label.value = "classifying..." if running else "—"
             self.review.set_result([], None)
+            self.fine_tune.follow(None)
             self._show_scale()
         run = self._runs.get(layer) if running else None
         if run is not None and run.last is not None:
@@ -471,6 +476,7 @@ class ClassifyWidget(ResultActions, Container):
         self.result_label.value = shown_text(self._viewer, shown, self._shown.of(self.layer.value))
         self.review.set_result(shown.regions, shown.review, shown.source, shown.result.class_names)
         self.export_button.enabled = True
+        self.fine_tune.follow(shown)
         self._show_scale()
 
     def _on_review_changed(self) -> None:

@@ -16,6 +16,7 @@ regions differ.
 from __future__ import annotations
 
 import contextlib
+import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -181,7 +182,8 @@ class DisplayPanel(Container):
             name, scale = line.split(": ", 1)
             values, contrast = scale.rsplit(" (", 1)
             canvas_lines += [name, scale]
-            panel_lines += [name, values, f"({contrast}"]
+            # a fine-tuned model's name is long: wrapped at a dash or plus, never cut
+            panel_lines += [*textwrap.wrap(name, 30), values, f"({contrast}"]
         self.scale.value = "\n".join(panel_lines)
         self.scale.visible = bool(title)
         self.flip.enabled = models_on_slide >= 2

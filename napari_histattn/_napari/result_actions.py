@@ -34,6 +34,7 @@ class ResultActions:
     """Reading and exporting the results a classify widget shows."""
 
     _shown: ShownResults
+    _checkpoints: dict[str, Any]
     _viewer: Any
     layer: Any
     model: Any
@@ -51,6 +52,11 @@ class ResultActions:
         """The chosen slide's result of the chosen model, else its latest result."""
         layer = self.layer.value if layer is None else layer
         return None if layer is None else self._shown.get(layer, self.model.value)
+
+    def _positive_class(self) -> str | None:
+        """The chosen two-class model's positive class (a new outline's class), else None."""
+        choice = self._checkpoints.get(self.model.value or "")
+        return choice.class_names[1] if choice and len(choice.class_names) == 2 else None
 
     def _on_mouse_move(self, _viewer: Any, event: Any) -> None:
         """The cursor readout (a viewer mouse-move callback), whatever layer is selected."""

@@ -240,13 +240,23 @@ def annotations_layer(viewer: Any, source: rl.SlideSource) -> Any:
     return layer
 
 
-def adopt_drawing_layer(layer: Any, source: rl.SlideSource) -> bool:
+def adopt_drawing_layer(
+    layer: Any, source: rl.SlideSource, default_class: str | None = None
+) -> bool:
     """Put a Shapes layer the user added (napari's "New shapes layer") in ``source``'s frame,
-    so that what is drawn in it exports in level-0 pixels. A layer that records a frame
-    already (ours, a re-opened GeoJSON) is left alone; returns whether it was adopted."""
+    so that what is drawn in it exports in level-0 pixels, each new shape of class
+    ``default_class`` (the chosen model's positive class: what a reviewer outlines is
+    most often a lesion; the layer's features table changes it). A layer that records a
+    frame already (ours, a re-opened GeoJSON) is left alone; returns whether it was
+    adopted."""
     meta = layer.metadata
     if rl.RESULT_KEY in meta or "mpp_xy" in meta:
         return False
+    if default_class is not None and not len(layer.data):
+        import pandas as pd
+
+        layer.features = pd.DataFrame({"class": pd.Series([], dtype=object)})
+        layer.feature_defaults = {"class": default_class}
     meta.update(
         {
             EXPERT_KEY: True,
