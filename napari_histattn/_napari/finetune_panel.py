@@ -92,6 +92,7 @@ class FineTunePanel(Container):
 
     def start(self) -> None:
         """Save the review beside the slide and start fine-tuning on it (in a worker)."""
+        from napari_histattn._napari.result_export import default_export_path
         from napari_histattn.training.corrections import default_output, fine_tune_on_corrections
 
         widget = self._owner
@@ -99,7 +100,7 @@ class FineTunePanel(Container):
         if shown is None:
             raise HistattnError("classify the slide first, then review its regions")
         slide = shown.source.path
-        written = widget.export_to(slide.with_name(f"{slide.stem}_regions.geojson"), crops=False)
+        written = widget.export_to(default_export_path(slide), crops=False)
         out = default_output(shown.key, slide)
         layer, self._cancel = widget.layer.value, threading.Event()
         worker = thread_worker(

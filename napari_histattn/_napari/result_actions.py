@@ -16,7 +16,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_histattn._napari.display_panel import Display, apply_display, flip_target, show_only
 from napari_histattn._napari.readout import readout_text
-from napari_histattn._napari.result_export import export_result
+from napari_histattn._napari.result_export import default_export_path, export_result
 from napari_histattn._napari.result_panel import RESULT_WIDTH
 from napari_histattn._napari.shown import (
     Shown,
@@ -116,7 +116,7 @@ class ResultActions:
         shown = self._current()
         start = "regions.geojson"
         if shown is not None:
-            start = str(shown.source.path.with_name(f"{shown.source.path.stem}_regions.geojson"))
+            start = str(default_export_path(shown.source.path))
         path, _ = QFileDialog.getSaveFileName(
             self.native, "Export regions", start, "GeoJSON (*.geojson)"
         )

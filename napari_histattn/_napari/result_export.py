@@ -20,13 +20,19 @@ if TYPE_CHECKING:
     from napari_histattn.inference.result import ClassificationResult
     from napari_histattn.io.slide import Slide
 
-__all__ = ["export_paths", "export_result", "model_label"]
+__all__ = ["default_export_path", "export_paths", "export_result", "model_label"]
 
 
 def model_label(result: ClassificationResult) -> str:
     """The model's short name in layer names and exports: the checkpoint file's stem."""
     path = result.provenance.get("checkpoint_path")
     return Path(str(path)).stem if path else str(result.provenance.get("model_name", "model"))
+
+
+def default_export_path(slide_path: Path) -> Path:
+    """Where a slide's review is saved by default: ``<slide stem>_regions.geojson`` beside
+    it (an annotation file for ``histattn train --annotations`` and ``histattn finetune``)."""
+    return slide_path.with_name(f"{slide_path.stem}_regions.geojson")
 
 
 def export_paths(geojson_path: str | os.PathLike[str]) -> dict[str, Path]:
