@@ -10,7 +10,7 @@ contrast limits so that napari never scans the data to compute them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,23 +168,27 @@ def _feature_class(feature: dict[str, Any]) -> str:
 
 
 def read_ground_truth_polygons(
-    geojson_path: str | Path, classes: Iterable[str] | None = None
+    geojson_path: str | Path | Mapping[str, Any], classes: Iterable[str] | None = None
 ) -> tuple[list[np.ndarray], list[str]]:
     """Read polygons in level-0 pixels, ``(N, 2)`` arrays of (x, y), with their class names.
 
     Parameters
     ----------
     geojson_path
-        A GeoJSON FeatureCollection whose coordinates are level-0 pixels (x, y),
-        class in ``properties.classification.name`` (QuPath's convention).
+        A GeoJSON FeatureCollection (a file, or the parsed document) whose coordinates
+        are level-0 pixels (x, y), class in ``properties.classification.name``
+        (QuPath's convention).
     classes
         Keep only these classes; all when ``None``.
     """
-    path = Path(geojson_path)
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise SlideError(path, f"cannot read the ground-truth GeoJSON: {err}") from err
+    if isinstance(geojson_path, Mapping):
+        doc: Any = geojson_path
+    else:
+        path = Path(geojson_path)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise SlideError(path, f"cannot read the ground-truth GeoJSON: {err}") from err
     features = doc.get("features", []) if isinstance(doc, dict) else []
     wanted = None if classes is None else set(classes)
     polygons_l0_xy: list[np.ndarray] = []
@@ -204,7 +208,7 @@ def read_ground_truth_polygons(
 
 
 def ground_truth_shapes_layer(
-    geojson_path: str | Path,
+    geojson_path: str | Path | Mapping[str, Any],
     mpp_xy: Sequence[float] | None,
     *,
     classes: Iterable[str] | None = ("lesion", "lookalike"),
@@ -256,7 +260,10 @@ def ground_truth_shapes_layer(
         # No fill: a tint would change how the tissue under it looks.
         "face_color": "transparent",
         "edge_width": edge_width,
-        "metadata": {"geojson_path": str(geojson_path), "mpp_xy": mpp_xy},
+        "metadata": {
+            "geojson_path": None if isinstance(geojson_path, Mapping) else str(geojson_path),
+            "mpp_xy": mpp_xy,
+        },
         **_units_kwargs(mpp_xy is not None),
     }
     if names:

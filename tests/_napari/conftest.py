@@ -40,6 +40,15 @@ def no_mpp_tiff(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TINY_SAMPLE = {"width": 1536, "height": 1152, "mpp": 2.0, "workers": 1}
 
 
+def _tiny_params() -> object:
+    from napari_histattn.io.synthetic import SampleParams
+
+    return SampleParams(width=1536, height=1152, mpp=2.0)
+
+
+TINY_SAMPLE_PARAMS = _tiny_params()
+
+
 @pytest.fixture(scope="session")
 def tiny_sample_kwargs() -> dict[str, float]:
     """Arguments of ``synthetic_sample_slide`` that make the sample tiny."""
@@ -60,14 +69,18 @@ def tiny_sample_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_sample_env(tiny_sample_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Make the synthetic sample tiny and point its cache at ``tiny_sample_cache``.
 
-    In this process ``synthetic_sample_slide`` is wrapped with the tiny size;
+    In this process ``synthetic_sample_slide`` is wrapped with the tiny size and the
+    napari sample command makes the tiny one;
     ``HISTATTN_CACHE`` (inherited by subprocesses) points at the cache folder.
     """
     import functools
 
+    import napari_histattn._napari.sample_data as sample_data
     import napari_histattn.io.synthetic as synthetic
 
     monkeypatch.setenv("HISTATTN_CACHE", str(tiny_sample_cache))
+    monkeypatch.setattr(sample_data, "SAMPLE", TINY_SAMPLE_PARAMS)
+    monkeypatch.setattr(sample_data, "SAMPLE_WORKERS", 1)
     monkeypatch.setattr(
         synthetic,
         "synthetic_sample_slide",

@@ -208,3 +208,38 @@ def test_open_sample_in_napari(make_napari_viewer, tiny_sample_env: Path) -> Non
     assert np.all(shapes.extent.world[0] >= lo - 1e-6)
     assert np.all(shapes.extent.world[1] <= hi + 1e-6)
     assert [str(u) for u in shapes.units] == [str(u) for u in image.units]
+
+
+@pytest.mark.gui
+def test_first_use_generates_the_sample_in_a_worker_under_its_outlines(
+    make_napari_viewer, qtbot, tiny_sample_env: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("HISTATTN_CACHE", str(tmp_path / "empty-cache"))  # first use
+    viewer = make_napari_viewer()
+    (outlines,) = viewer.open_sample("napari-histattn", "synthetic")
+    # Returned before the slide was written: the outlines (its layout) alone, at once.
+    assert [layer.name for layer in viewer.layers] == ["ground truth"]
+    assert set(outlines.features["class"]) == {"lesion", "lookalike"}
+    assert outlines.metadata["geojson_path"] is None
+    with pytest.raises(SlideError, match="still being generated"):  # a second click
+        viewer.open_sample("napari-histattn", "synthetic")
+
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=180_000)
+    slide, shapes = viewer.layers
+    assert slide.rgb and shapes is outlines  # the slide went under its outlines
+    truth = Path(outlines.metadata["geojson_path"])
+    assert truth.is_file() and (tmp_path / "empty-cache") in truth.parents
+    assert "Sample slide ready" in viewer.status
+    # The outlines drawn early are the ones the written slide's ground truth holds.
+    from napari_histattn._napari.layers import ground_truth_shapes_layer
+
+    polygons, _, _ = ground_truth_shapes_layer(truth, slide.metadata["mpp_xy"])
+    assert len(polygons) == len(outlines.data)
+    for written, early in zip(polygons, outlines.data, strict=True):
+        np.testing.assert_allclose(written, early)
+    # Cached now: the next use opens both layers in one step.
+    viewer.layers.clear()
+    assert [layer.name for layer in viewer.open_sample("napari-histattn", "synthetic")] == [
+        "synthetic slide",
+        "ground truth",
+    ]

@@ -20,8 +20,11 @@ from napari_histattn.io.synthetic.ground_truth import (
 )
 from napari_histattn.io.synthetic.render import BACKGROUND, render_region
 from napari_histattn.io.synthetic.sample import (
+    SampleParams,
+    cached_sample_slide,
     default_cache_dir,
     generate_synthetic_slide,
+    iter_sample_slide,
     synthetic_sample_slide,
 )
 from napari_histattn.io.synthetic.scene import Scene, SceneError, make_scene
@@ -44,5 +47,8 @@ __all__ = [
     "render_region",
     "scene_geojson",
     "synthetic_sample_slide",
+    "SampleParams",
+    "cached_sample_slide",
+    "iter_sample_slide",
     "write_synthetic_slide",
 ]

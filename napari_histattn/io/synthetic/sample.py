@@ -8,11 +8,12 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from napari_histattn.io.synthetic.scene import RENDER_VERSION, make_scene
+from napari_histattn.io.synthetic.scene import RENDER_VERSION, Scene, make_scene
 from napari_histattn.io.synthetic.writer import SyntheticSlide, write_synthetic_slide
-from napari_histattn.progress import Progress, run_to_completion
+from napari_histattn.progress import Progress, ProgressGen, run_to_completion
 
 SAMPLE_SIZE_WH = (12000, 9000)
 
@@ -100,43 +101,91 @@ def synthetic_sample_slide(
     callback
         Receives progress reports while generating.
     """
-    from napari_histattn import __version__
+    params = SampleParams(width, height, seed, n_lesions, n_lookalikes, lesion_radius_px, mpp)
+    return run_to_completion(iter_sample_slide(params, cache_dir, workers=workers), callback)
 
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    params = {
-        "width": int(width),
-        "height": int(height),
-        "seed": int(seed),
-        "n_lesions": int(n_lesions),
-        "n_lookalikes": int(n_lookalikes),
-        "lesion_radius_px": None if lesion_radius_px is None else float(lesion_radius_px),
-        "mpp": float(mpp),
-        "version": __version__,
-        "render_version": RENDER_VERSION,
-    }
-    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    entry = folder / f"synthetic-{key}"
-    meta = entry / "synthetic-sample.json"
-    if meta.is_file():
+
+@dataclass(frozen=True)
+class SampleParams:
+    """What makes a sample slide (the cache key, with the package and renderer versions)."""
+
+    width: int = SAMPLE_SIZE_WH[0]
+    height: int = SAMPLE_SIZE_WH[1]
+    seed: int = 0
+    n_lesions: int = 2
+    n_lookalikes: int = 2
+    lesion_radius_px: float | None = None
+    mpp: float = 0.5
+
+    def scene(self) -> Scene:
+        """The slide's layout (outlines, no pixels): a fraction of a second."""
+        return make_scene(
+            self.width,
+            self.height,
+            n_lesions=self.n_lesions,
+            lesion_radius_px=self.lesion_radius_px,
+            n_lookalikes=self.n_lookalikes,
+            mpp=self.mpp,
+            seed=self.seed,
+        )
+
+    def entry(self, cache_dir: str | Path | None = None) -> Path:
+        """The cache folder these parameters' slide lives in (complete or not)."""
+        from napari_histattn import __version__
+
+        folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        key_params = {
+            "width": int(self.width),
+            "height": int(self.height),
+            "seed": int(self.seed),
+            "n_lesions": int(self.n_lesions),
+            "n_lookalikes": int(self.n_lookalikes),
+            "lesion_radius_px": (
+                None if self.lesion_radius_px is None else float(self.lesion_radius_px)
+            ),
+            "mpp": float(self.mpp),
+            "version": __version__,
+            "render_version": RENDER_VERSION,
+        }
+        key = hashlib.sha256(json.dumps(key_params, sort_keys=True).encode()).hexdigest()[:16]
+        return folder / f"synthetic-{key}"
+
+
+def cached_sample_slide(
+    params: SampleParams | None = None, cache_dir: str | Path | None = None
+) -> SyntheticSlide | None:
+    """The sample slide if a complete cache entry holds it, else ``None`` (nothing generated)."""
+    meta = (params or SampleParams()).entry(cache_dir) / "synthetic-sample.json"
+    if not meta.is_file():
+        return None
+    try:
         slide = SyntheticSlide.from_meta(meta)
-        if all(p.is_file() for p in (slide.path, slide.geojson_path, slide.mask_path)):
-            return slide
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".synthetic-{key}-", dir=folder))
+    except (OSError, ValueError, KeyError):
+        return None
+    if all(p.is_file() for p in (slide.path, slide.geojson_path, slide.mask_path)):
+        return slide
+    return None
+
+
+def iter_sample_slide(
+    params: SampleParams | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    workers: int | None = None,
+) -> ProgressGen[SyntheticSlide]:
+    """:func:`synthetic_sample_slide` as a generator of progress (for a worker thread)."""
+    params = params or SampleParams()
+    cached = cached_sample_slide(params, cache_dir)
+    if cached is not None:
+        return cached
+    entry = params.entry(cache_dir)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}-", dir=entry.parent))
     try:
         if workers is None:
             workers = max(1, min(4, os.cpu_count() or 1))
-        generate_synthetic_slide(
-            tmp / "synthetic-sample.tiff",
-            width,
-            height,
-            seed=seed,
-            n_lesions=n_lesions,
-            n_lookalikes=n_lookalikes,
-            lesion_radius_px=lesion_radius_px,
-            mpp=mpp,
-            workers=workers,
-            callback=callback,
+        yield from write_synthetic_slide(
+            tmp / "synthetic-sample.tiff", params.scene(), workers=workers
         )
         if entry.exists():
             # A stale or broken entry (or a concurrent run finished first): replace it.
@@ -148,4 +197,4 @@ def synthetic_sample_slide(
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return SyntheticSlide.from_meta(meta)
+    return SyntheticSlide.from_meta(entry / "synthetic-sample.json")
