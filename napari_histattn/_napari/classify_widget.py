@@ -55,8 +55,8 @@ from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
     Shown,
     ShownResults,
-    add_result_layers,
     adopt_drawing_layer,
+    present_result,
     replace_regions_layer,
     shown_text,
 )
@@ -391,9 +391,10 @@ class ClassifyWidget(ResultActions, Container):
     def _on_returned(self, run: _Run, source: rl.SlideSource, result: Any) -> None:
         if run.cancel.is_set() or run.layer not in self._viewer.layers:
             return  # cancelled after its last batch: present nothing
-        self._remove_result_layers(run.layer, run.key)  # the same model's earlier result
-        shown = add_result_layers(
+        shown = present_result(  # the same model's earlier result redrawn in place
             self._viewer,
+            self._shown,
+            run.layer,
             result,
             source,
             float(self.threshold.value),
@@ -402,7 +403,6 @@ class ClassifyWidget(ResultActions, Container):
             display=self.heatmap_display.display(),
         )
         shown.review.author = self.review.reviewer.value.strip() or None
-        self._shown.add(run.layer, shown)
         if self.show_overlay.value:  # the new result in front; flip to see the others
             show_only(self._shown.of(run.layer), shown)
         # Keep the slide selected, so that Classify and Export act on it.
@@ -486,12 +486,6 @@ class ClassifyWidget(ResultActions, Container):
             self.result_label.value = shown_text(
                 self._viewer, shown, self._shown.of(self.layer.value)
             )
-
-    def _remove_result_layers(self, layer: Any, key: str) -> None:
-        shown = self._shown.pop(layer, key)
-        for result_layer in shown.layers.values() if shown else []:
-            if result_layer in self._viewer.layers:
-                self._viewer.layers.remove(result_layer)
 
 
 def _wrapping(label: Label) -> None:

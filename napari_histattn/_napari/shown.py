@@ -27,7 +27,9 @@ __all__ = [
     "adopt_drawing_layer",
     "add_result_layers",
     "expert_annotations",
+    "present_result",
     "ground_truth_line",
+    "refresh_result_layers",
     "regions_tuple",
     "replace_regions_layer",
     "set_overlay_visible",
@@ -143,10 +145,7 @@ def add_result_layers(
     attention level and per explanation (hidden at first: they would cover the attention).
     Heatmaps are drawn with ``display``'s colormap, contrast and opacity
     (:class:`~napari_histattn._napari.display_panel.Display`; default: its defaults)."""
-    look: dict[str, Any] = {}
-    if display is not None:
-        look = {"colormap": display.colormap, "contrast": display.contrast}
-        look["opacity"] = display.opacity
+    look = _look(display)
     shown = Shown(result=result, source=source, key=key)
     data, kwargs, _ = rl.heatmap_layer_data(result, source, **look)
     heatmap = viewer.add_image(data, **kwargs)
@@ -163,6 +162,89 @@ def add_result_layers(
     for side in result.side_maps():
         data, kwargs, _ = rl.side_map_layer_data(result, source, side, **look)
         shown.layers[side.key] = viewer.add_image(data, **kwargs, visible=False)
+    set_overlay_visible([shown], visible)
+    return shown
+
+
+def present_result(
+    viewer: Any,
+    results: ShownResults,
+    slide_layer: Any,
+    result: Any,
+    source: rl.SlideSource,
+    threshold: float,
+    visible: bool,
+    key: str = "",
+    display: Any = None,
+) -> Shown:
+    """Show ``result`` of model ``key`` on ``slide_layer`` and keep it in ``results``: an
+    earlier result of the same model there is redrawn in place
+    (:func:`refresh_result_layers`), or replaced where its layers differ in kind; other
+    models' results stay."""
+    earlier = results.pop(slide_layer, key)
+    shown = None
+    if earlier is not None:
+        shown = refresh_result_layers(viewer, earlier, result, source, threshold, visible, display)
+        for layer in earlier.layers.values() if shown is None else []:
+            if layer in viewer.layers:
+                viewer.layers.remove(layer)
+    if shown is None:
+        shown = add_result_layers(viewer, result, source, threshold, visible, key, display)
+    results.add(slide_layer, shown)
+    return shown
+
+
+def _look(display: Any) -> dict[str, Any]:
+    if display is None:
+        return {}
+    return {"colormap": display.colormap, "contrast": display.contrast, "opacity": display.opacity}
+
+
+def refresh_result_layers(
+    viewer: Any,
+    earlier: Shown,
+    result: Any,
+    source: rl.SlideSource,
+    threshold: float,
+    visible: bool,
+    display: Any = None,
+) -> Shown | None:
+    """The same model run again on the same slide: ``earlier``'s layers take ``result`` in
+    place and the new :class:`Shown` (decisions cleared: they were on the earlier regions)
+    is returned; ``None`` when the layers differ in kind (nothing changed then; remove and
+    :func:`add_result_layers` instead).
+
+    In place: removing napari layers costs a garbage collection each and adding them
+    builds new canvas nodes (together 0.9 s on the main thread for the sample slide,
+    ``benchmarks/main_thread.py``)."""
+    look = _look(display)
+    tuples = {"heatmap": rl.heatmap_layer_data(result, source, **look)}
+    if result.samples is not None:
+        name = f"{source.name} sampled patches ({earlier.model})"
+        tuples["samples"] = rl.samples_layer_data(result.samples, source, name=name)
+    for side in result.side_maps():
+        tuples[side.key] = rl.side_map_layer_data(result, source, side, **look)
+    layers = earlier.layers
+    if set(layers) != {*tuples, "regions"} or any(x not in viewer.layers for x in layers.values()):
+        return None
+    for kind, (data, kwargs, _) in tuples.items():
+        layer = layers[kind]
+        if kind == "samples":
+            layer.data = data
+            layer.features = kwargs["features"]
+            layer.size = kwargs["size"]
+            layer.border_color = kwargs["border_color"][0]
+        else:  # an attention map: its values, place and contrast
+            layer.data = data
+            layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+            layer.colormap, layer.opacity = kwargs["colormap"], kwargs["opacity"]
+            layer.contrast_limits_range = kwargs["contrast_limits"]
+            layer.contrast_limits = kwargs["contrast_limits"]
+        layer.metadata = dict(kwargs["metadata"])
+        layer.name = kwargs["name"]
+    shown = Shown(result=result, source=source, key=earlier.key, layers=dict(layers))
+    shown.regions = result.regions_at(float(threshold), result.top_k)
+    replace_regions_layer(viewer, shown, visible)
     set_overlay_visible([shown], visible)
     return shown
 

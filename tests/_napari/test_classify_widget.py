@@ -414,6 +414,30 @@ def test_same_seed_gives_the_same_heatmap_and_the_engine_agrees(
     # Running the same model again replaces its layers.
     assert sum(layer.metadata.get("histattn_result") == "heatmap" for layer in viewer.layers) == 1
 
+    # ... in place (no layer removed and added: that froze the viewer for 0.9 s), with
+    # the new run's values, samples and regions, and no decision carried over.
+    before = dict(widget.result_layers())
+    drawn_before = np.array(before["samples"].data, copy=True)
+    widget.review.select(0)
+    widget.review.decide("rejected")
+    widget.seed.value = 8
+    _classify(qtbot, widget)
+    after, result = widget.result_layers(), widget.result_for()
+    assert set(after) == set(before) and all(after[k] is before[k] for k in before)
+    heat = np.asarray(result.attention, dtype=np.float32)
+    np.testing.assert_array_equal(after["heatmap"].data, heat)
+    assert tuple(after["heatmap"].contrast_limits) == pytest.approx(
+        (np.nanmin(heat), np.nanmax(heat))
+    )
+    assert after["heatmap"].metadata["provenance"]["seed"] == 8
+    np.testing.assert_allclose(
+        np.sort(after["samples"].features["attention"]), np.sort(result.samples.attention)
+    )
+    assert len(after["samples"].data) == len(result.samples.attention)
+    assert not np.array_equal(np.asarray(after["samples"].data), drawn_before)  # seed 8's draws
+    assert len(after["regions"].data) == len(widget.regions_for())
+    assert set(after["regions"].features["review"]) <= {"pending"}
+
     # The widget is a thin layer over the engine: same seed, same map and class.
     direct = run_to_completion(classify(widget_slide.path, as_checkpoint, device="cpu", seed=7))
     np.testing.assert_array_equal(maps[1], np.asarray(direct.attention, dtype=np.float32))
