@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, FloatSlider, Label, PushButton
 
+from napari_histattn._napari.layers import set_visible
 from napari_histattn._napari.result_layers import HEATMAP_OPACITY, heatmap_colormap
 from napari_histattn.inference import heatmap_scale
 
@@ -106,9 +107,9 @@ def show_only(on_slide: list[Any], chosen: Any) -> None:
     for one in on_slide:
         for kind, layer in one.layers.items():
             if one is not chosen:
-                layer.visible = False
+                set_visible(layer, False)
             elif not kind.startswith(_SIDE):
-                layer.visible = True
+                set_visible(layer, True)
 
 
 def _colormap_choices(_widget: Any = None) -> list[str]:
@@ -189,12 +190,18 @@ class DisplayPanel(Container):
         self.flip.enabled = models_on_slide >= 2
         with contextlib.suppress(KeyError, AttributeError):
             text = self._viewer.canvas.overlays["text"]
-            text.text = "\n".join(canvas_lines)
             # The colour bar keeps the top right; overlays sharing a corner are set side by
-            # side, and a long title there pushed the colour bar off the canvas.
-            text.position = "top_left"
-            text.font_size = 9
-            text.visible = bool(title)
+            # side, and a long title there pushed the colour bar off the canvas. Each set
+            # only when it changes: every assignment redraws the canvas's overlays.
+            wanted = {
+                "text": "\n".join(canvas_lines),
+                "position": "top_left",
+                "font_size": 9,
+                "visible": bool(title),
+            }
+            for name, value in wanted.items():
+                if getattr(text, name) != value:
+                    setattr(text, name, value)
 
     def bind_keys(self) -> None:
         """Bind :data:`FLIP_KEY` on the viewer."""

@@ -8,6 +8,7 @@ shape the reviewer drew on that slide (:func:`~napari_histattn._napari.shown.exp
 from __future__ import annotations
 
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,14 @@ from napari_histattn._napari.shown import (
 )
 from napari_histattn.errors import HistattnError
 
-__all__ = ["ResultActions"]
+__all__ = ["THRESHOLD_EVERY_MS", "ResultActions"]
+
+#: While the region-threshold slider moves, its regions are redrawn at most this often.
+THRESHOLD_EVERY_MS = 250
+
+
+def _outlines(regions: list[Any]) -> list[tuple[Any, ...]]:
+    return [(r.rank, r.class_name, r.polygon.wkb) for r in regions]
 
 
 class ResultActions:
@@ -156,9 +164,38 @@ class ResultActions:
         self.model.value = target.key  # the panel, review table and readout follow
         self._show_result(target)
 
-    def _on_threshold_changed(self, threshold: float) -> None:
+    def _on_threshold_changed(self, _threshold: float) -> None:
+        """Redraw the regions at once, and while the slider is dragged at most every
+        :data:`THRESHOLD_EVERY_MS` (the value it stops on always lands): each redraw
+        holds the main thread for about 0.1 s on the sample slide here."""
+        timer = getattr(self, "_threshold_timer", None)
+        if timer is None:
+            from qtpy.QtCore import QTimer
+
+            timer = self._threshold_timer = QTimer()
+            timer.setSingleShot(True)
+            timer.setInterval(THRESHOLD_EVERY_MS)
+            timer.timeout.connect(self._apply_threshold)
+        since_ms = 1000.0 * (time.monotonic() - getattr(self, "_threshold_at", -1e9))
+        if since_ms >= THRESHOLD_EVERY_MS and not timer.isActive():
+            self._apply_threshold()
+        else:
+            timer.start()
+
+    @property
+    def threshold_pending(self) -> bool:
+        """Whether the slider's last value is still to be drawn (it was dragged)."""
+        timer = getattr(self, "_threshold_timer", None)
+        return timer is not None and timer.isActive()
+
+    def _apply_threshold(self) -> None:
+        self._threshold_at = time.monotonic()
+        threshold = float(self.threshold.value)
         for shown in self._shown.values():
-            shown.regions = shown.result.regions_at(float(threshold), shown.result.top_k)
+            regions = shown.result.regions_at(threshold, shown.result.top_k)
+            if _outlines(regions) == _outlines(shown.regions):
+                continue  # nothing to redraw
+            shown.regions = regions
             replace_regions_layer(self._viewer, shown, self._regions_visible(shown))
         current = self._current()
         if current is not None:

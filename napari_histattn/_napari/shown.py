@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_histattn._napari import result_layers as rl
-from napari_histattn._napari.layers import _units_kwargs
+from napari_histattn._napari.layers import _units_kwargs, set_visible
 from napari_histattn._napari.result_export import model_label
 from napari_histattn.inference.review import RegionReview, expert_regions
 
@@ -278,7 +278,7 @@ def replace_regions_layer(viewer: Any, shown: Shown, visible: bool) -> None:
     layer.metadata.update(kwargs["metadata"])
     layer.text = kwargs.get("text") or {"string": ""}
     layer.name = kwargs["name"]
-    layer.visible = bool(visible)
+    set_visible(layer, visible)
 
 
 def _drawn_indices(layer: Any) -> list[int]:
@@ -471,4 +471,4 @@ def set_overlay_visible(shown: list[Shown], visible: bool) -> None:
     for one in shown:
         for key, layer in one.layers.items():
             if not visible or not key.startswith(side):
-                layer.visible = bool(visible)
+                set_visible(layer, visible)

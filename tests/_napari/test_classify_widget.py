@@ -278,6 +278,7 @@ def test_classify_adds_an_aligned_heatmap_regions_and_samples(
     area_at = {}
     for threshold in (0.8, 0.3):
         widget.threshold.value = threshold
+        qtbot.waitUntil(lambda: not widget.threshold_pending)  # a quick second move lands
         layer = widget.result_layers()["regions"]
         assert layer in viewer.layers
         area_at[threshold] = sum(r.polygon.area for r in widget.regions_for(slide_layer))

@@ -341,8 +341,25 @@ def test_threshold_step_and_decision_stay_on_budget(
         widget.threshold.value = value
         app.processEvents()
         worst = max(worst, time.perf_counter() - started)
+        qtbot.waitUntil(lambda: not widget.threshold_pending)
         widget.review.decide("accepted")
     assert worst < 2.0
+    # Dragged: the first move draws at once, the moves after it wait, and the value the
+    # slider stops on is drawn once the drag pauses.
+    result = widget.result_for()
+    drawn = []
+    original = widget._apply_threshold
+    widget._apply_threshold = lambda: (drawn.append(widget.threshold.value), original())[1]
+    widget._threshold_timer.timeout.disconnect()
+    widget._threshold_timer.timeout.connect(widget._apply_threshold)
+    qtbot.wait(300)
+    for value in (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6):
+        widget.threshold.value = value
+    assert drawn == [pytest.approx(0.3)] and widget.threshold_pending
+    qtbot.waitUntil(lambda: not widget.threshold_pending)
+    assert drawn == [pytest.approx(0.3), pytest.approx(0.6)]
+    expected = result.regions_at(0.6, result.top_k)
+    assert [r.rank for r in widget.regions_for()] == [r.rank for r in expected]
     # In place: the same regions layer object, redrawn, not a new one each step.
     layer = widget.result_layers()["regions"]
     widget.threshold.value = 0.5
