@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from napari_histattn._napari.layers import (
     LayerDataTuple,
     ground_truth_shapes_layer,
@@ -26,7 +28,7 @@ from napari_histattn.io.synthetic.sample import SampleParams
 
 if TYPE_CHECKING:
     from napari_histattn.io.synthetic import SyntheticSlide
-    from napari_histattn.progress import Progress
+    from napari_histattn.progress import Progress, ProgressGen
 
 CMU_NAME = "CMU-1-Small-Region.svs"
 
@@ -35,6 +37,11 @@ CMU_NAME = "CMU-1-Small-Region.svs"
 #: processes (``None``: the number of CPUs, at most 4).
 SAMPLE = SampleParams()
 SAMPLE_WORKERS: int | None = None
+
+#: Levels of the written sample up to this size are read in the worker and handed to
+#: napari in memory: napari reads the level it draws on the main thread (0.3 s for the
+#: sample's 3000 x 2250 px level here).
+PREFETCH_SIDE_PX = 4096
 
 #: Cache entries being generated now, with their progress text.
 _GENERATING: dict[Path, str] = {}
@@ -80,6 +87,25 @@ def _sample_layers(sample: SyntheticSlide) -> list[LayerDataTuple]:
     ]
 
 
+def _write_and_open(
+    params: SampleParams, cache_dir: str | Path | None
+) -> ProgressGen[tuple[SyntheticSlide, LayerDataTuple]]:
+    """The worker's part: write the slide, then open it and describe its layer (reading
+    the file is kept off the main thread too)."""
+    from napari_histattn.io.slide import open_slide
+    from napari_histattn.io.synthetic import iter_sample_slide
+
+    sample = yield from iter_sample_slide(params, cache_dir, workers=SAMPLE_WORKERS)
+    data, kwargs, kind = slide_layer_data(open_slide(sample.path), name="synthetic slide")
+    # The small levels decoded here, so that napari's first draws read nothing.
+    levels = [_in_memory(level) for level in (data if kwargs.get("multiscale") else [data])]
+    return sample, (levels if kwargs.get("multiscale") else levels[0], kwargs, kind)
+
+
+def _in_memory(level: Any) -> Any:
+    return np.asarray(level[:, :]) if max(level.shape[:2]) <= PREFETCH_SIDE_PX else level
+
+
 def generate_sample_in_worker(
     viewer: Any, params: SampleParams, cache_dir: str | Path | None = None
 ) -> LayerDataTuple:
@@ -92,7 +118,6 @@ def generate_sample_in_worker(
     from napari.qt.threading import create_worker
     from napari.utils import notifications, progress
 
-    from napari_histattn.io.synthetic import iter_sample_slide
     from napari_histattn.io.synthetic.ground_truth import scene_geojson
     from napari_histattn.progress import timing_text
 
@@ -109,7 +134,7 @@ def generate_sample_in_worker(
     _GENERATING[entry] = "starting"
     started = time.monotonic()
     bar = progress(total=0, desc="Generating the sample slide (first use)")
-    worker = create_worker(iter_sample_slide, params, cache_dir, workers=SAMPLE_WORKERS)
+    worker = create_worker(_write_and_open, params, cache_dir)
 
     def on_yielded(report: Progress) -> None:
         fraction = report.fraction if report.stage == "tiles" else 1.0
@@ -124,9 +149,12 @@ def generate_sample_in_worker(
             f"{timing_text(started, fraction)}"
         )
 
-    def on_returned(sample: SyntheticSlide) -> None:
+    def on_returned(written: tuple[SyntheticSlide, LayerDataTuple]) -> None:
+        sample, (slide_data, slide_kwargs, _) = written
         layers = [layer for layer in viewer.layers if layer.metadata.get("sample") == str(entry)]
-        slide_data, slide_kwargs, _ = _sample_layers(sample)[0]
+        # The camera on the whole slide first: at the outlines' zoom napari would read a
+        # level-0 window on the main thread (1 s) for its first draw.
+        _frame_whole(viewer, slide_data, slide_kwargs)
         slide_layer = viewer.add_image(slide_data, **slide_kwargs)
         viewer.layers.move(viewer.layers.index(slide_layer), 0)  # under the outlines
         for layer in layers:
@@ -150,6 +178,17 @@ def generate_sample_in_worker(
         "now, the slide appears under them when written."
     )
     return outlines
+
+
+def _frame_whole(viewer: Any, data: Any, kwargs: dict[str, Any]) -> None:
+    """Point the camera at the whole of an image layer about to be added."""
+    level0 = data[0] if kwargs.get("multiscale") else data
+    scale_yx = kwargs.get("scale", (1.0, 1.0))
+    translate_yx = kwargs.get("translate", (0.0, 0.0))
+    size_yx = [n * float(u) for n, u in zip(level0.shape[:2], scale_yx, strict=True)]
+    canvas_yx = getattr(viewer, "_canvas_size", None) or (1000, 1600)
+    viewer.camera.center = tuple(t + n / 2 for t, n in zip(translate_yx, size_yx, strict=True))
+    viewer.camera.zoom = 0.95 * min(c / n for c, n in zip(canvas_yx, size_yx, strict=True))
 
 
 def find_cmu_small_region() -> Path | None:
