@@ -172,7 +172,7 @@ class ResultActions:
         if timer is None:
             from qtpy.QtCore import QTimer
 
-            timer = self._threshold_timer = QTimer()
+            timer = self._threshold_timer = QTimer(self.native)  # dies with the dock
             timer.setSingleShot(True)
             timer.setInterval(THRESHOLD_EVERY_MS)
             timer.timeout.connect(self._apply_threshold)
