@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,23 +23,12 @@ TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Polygon], list[Polygon]]:
+def slide(
+    tmp_path_factory: pytest.TempPathFactory, review_scene: Any
+) -> tuple[Path, list[Polygon], list[Polygon]]:
     """A generated slide at 0.5 um/px with three lesions and a look-alike, and their outlines."""
-    from napari_histattn.io.synthetic import generate_synthetic_slide
-
-    made = generate_synthetic_slide(
-        tmp_path_factory.mktemp("finetune-slide") / "tuned.tiff",
-        2048,
-        2048,
-        seed=5,
-        n_lesions=3,
-        n_lookalikes=1,
-        lesion_radius_px=200,
-        lookalike_radius_px=200,
-        mpp=MPP,
-    )
-    lesions = [Polygon(x.polygon_xy()) for x in made.scene.lesions]
-    return made.path, lesions, [Polygon(x.polygon_xy()) for x in made.scene.lookalikes]
+    path = review_scene.copy_to(tmp_path_factory.mktemp("finetune-slide"), "tuned.tiff")
+    return path, review_scene.lesions, review_scene.lookalikes
 
 
 def _world(polygon: Polygon) -> np.ndarray:

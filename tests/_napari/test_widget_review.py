@@ -25,22 +25,12 @@ RUN_TIMEOUT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def review_slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Polygon]]:
+def review_slide(
+    tmp_path_factory: pytest.TempPathFactory, review_scene: Any
+) -> tuple[Path, list[Polygon]]:
     """A 2048 x 2048 generated slide at 0.5 um/px with three lesions and a look-alike."""
-    from napari_histattn.io.synthetic import generate_synthetic_slide
-
-    made = generate_synthetic_slide(
-        tmp_path_factory.mktemp("review-slide") / "review.tiff",
-        2048,
-        2048,
-        seed=5,
-        n_lesions=3,
-        n_lookalikes=1,
-        lesion_radius_px=200,
-        lookalike_radius_px=200,
-        mpp=MPP,
-    )
-    return made.path, [Polygon(lesion.polygon_xy()) for lesion in made.scene.lesions]
+    folder = tmp_path_factory.mktemp("review-slide")
+    return review_scene.copy_to(folder, "review.tiff"), review_scene.lesions
 
 
 def _open(make_napari_viewer: Any, slide: Path, checkpoint: Path) -> tuple[Any, Any]:

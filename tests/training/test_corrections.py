@@ -7,10 +7,11 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from shapely.geometry import Polygon, box
+from shapely.geometry import box
 
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.review import RegionReview, expert_regions
@@ -30,31 +31,17 @@ CLASSES = ["benign", "lesion"]
 
 
 @pytest.fixture(scope="module")
-def corrected(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def corrected(tmp_path_factory: pytest.TempPathFactory, review_scene: Any) -> dict[str, Path]:
     """A generated slide, an untrained A-MIL checkpoint and a review export: two of the
     three lesions outlined by the reviewer, the look-alike outlined as benign."""
-    from napari_histattn.io.synthetic import generate_synthetic_slide
-
     folder = tmp_path_factory.mktemp("corrections")
-    made = generate_synthetic_slide(
-        folder / "slide.tiff",
-        2048,
-        2048,
-        seed=5,
-        n_lesions=3,
-        n_lookalikes=1,
-        lesion_radius_px=200,
-        lookalike_radius_px=200,
-        mpp=0.5,
-    )
-    lesions = [Region(Polygon(x.polygon_xy()), class_name="lesion") for x in made.scene.lesions]
-    lookalikes = [
-        Region(Polygon(x.polygon_xy()), class_name="benign") for x in made.scene.lookalikes
-    ]
+    path = review_scene.copy_to(folder, "slide.tiff")
+    lesions = [Region(p, class_name="lesion") for p in review_scene.lesions]
+    lookalikes = [Region(p, class_name="benign") for p in review_scene.lookalikes]
     marks = expert_regions(lesions[:2] + lookalikes, author="JD")
     export = write_geojson(folder / "slide_regions.geojson", marks)
     return {
-        "slide": made.path,
+        "slide": path,
         "export": export,
         "checkpoint": make_checkpoint(folder, "amil", seed=0),
         "folder": folder,
