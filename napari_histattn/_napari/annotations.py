@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from napari_histattn._napari.layers import LayerDataTuple
+from napari_histattn._napari.result_export import file_properties
 from napari_histattn._napari.result_layers import regions_layer_data, shapes_to_regions
 from napari_histattn.io.export import read_geojson_regions, write_geojson
 
@@ -72,16 +72,6 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     return [str(target)]
 
 
-def _file_properties(path: Path) -> dict[str, Any]:
-    try:
-        document = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
-        return {}
-    if isinstance(document, dict) and isinstance(document.get("properties"), dict):
-        return dict(document["properties"])
-    return {}
-
-
 def _mpp_of(properties: dict[str, Any]) -> tuple[float, float] | None:
     candidates = [properties.get("mpp_xy")]
     provenance = properties.get("provenance")
@@ -114,7 +104,7 @@ def read_geojson_shapes(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
     """
     source_path = Path(path)
     regions = read_geojson_regions(source_path)
-    properties = _file_properties(source_path)
+    properties = file_properties(source_path)
     mpp_xy = _mpp_of(properties)
     provenance = properties.get("provenance") if isinstance(properties, dict) else None
     provenance = provenance if isinstance(provenance, dict) else {}

@@ -138,7 +138,7 @@ class ClassifyWidget(ResultActions, Container):
         self.status = Label(label="", value="idle")
         self.result_label = Label(label="", value="—")
         self.readout = Label(label="", value="at cursor: —")
-        self.review = ReviewPanel(napari_viewer, self._on_review_changed)
+        self.review = ReviewPanel(napari_viewer, self._on_review_changed, self._on_load_review)
         self.threshold = FloatSlider(
             label="region threshold", min=0.05, max=0.95, step=0.05, value=0.5
         )

@@ -139,6 +139,57 @@ class ResultActions:
         self.status.value = f"exported to {written['geojson']}"  # the full destination
         show_info(message)
 
+    def load_review_from(self, path: str | Path) -> str:
+        """Restore an exported review onto the chosen slide's result: the region threshold
+        it was exported at, its decisions on this model's regions (redrawn on the canvas
+        and in the table) and the expert's annotations (into the slide's annotations layer).
+        Returns what was restored (also shown in the status line).
+
+        Raises
+        ------
+        HistattnError
+            No result for the chosen layer, the file cannot be read, or it is another
+            slide's review (nothing is changed).
+        """
+        from napari_histattn._napari.result_export import read_review
+        from napari_histattn._napari.review_import import restore_saved_review
+
+        shown = self._current()
+        if shown is None:
+            raise HistattnError("no classification result for this layer yet: click Classify")
+        saved = read_review(path)
+        restored = restore_saved_review(self._viewer, shown, saved)
+        if saved.threshold is not None and abs(saved.threshold - self.threshold.value) > 1e-9:
+            self.threshold.changed.block()
+            self.threshold.value = saved.threshold
+            self.threshold.changed.unblock()
+            self._apply_threshold()  # the regions the decisions were made on
+        replace_regions_layer(self._viewer, shown, self._regions_visible(shown))
+        self._show_result(shown)
+        text = restored.text(saved)
+        self.status.value = text
+        return text
+
+    def _on_load_review(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        shown = self._current()
+        if shown is None:
+            return
+        start = default_export_path(shown.source.path)
+        path, _ = QFileDialog.getOpenFileName(
+            self.native,
+            "Load a saved review",
+            str(start if start.is_file() else start.parent),
+            "GeoJSON (*.geojson *.json)",
+        )
+        if not path:
+            return
+        try:
+            show_info(self.load_review_from(path))
+        except HistattnError as exc:
+            show_error(str(exc))
+
     # ------------------------------------------------------------------ display and compare
 
     def _on_display_changed(self, display: Display) -> None:

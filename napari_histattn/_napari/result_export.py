@@ -1,18 +1,27 @@
 """A reviewed result to files: QuPath GeoJSON of the model's regions with the reviewer's
-decisions and the reviewer's own annotations, the patches as CSV, optional PNG crops.
+decisions and the reviewer's own annotations, the patches as CSV, optional PNG crops;
+and such a review read back (:func:`read_review`), to carry on with it another day.
 
 GUI-free (no Qt, no napari), so that the classify widget and tests share it.
 """
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from napari_histattn.inference.review import RegionReview
-from napari_histattn.io.export import write_geojson, write_patches_csv, write_region_crops
+from napari_histattn.errors import HistattnError
+from napari_histattn.inference.review import RegionReview, split_review
+from napari_histattn.io.export import (
+    read_geojson_regions,
+    write_geojson,
+    write_patches_csv,
+    write_region_crops,
+)
 from napari_histattn.io.export.exportset import ExportSet
 from napari_histattn.io.regions import Region
 
@@ -20,7 +29,15 @@ if TYPE_CHECKING:
     from napari_histattn.inference.result import ClassificationResult
     from napari_histattn.io.slide import Slide
 
-__all__ = ["default_export_path", "export_paths", "export_result", "model_label"]
+__all__ = [
+    "SavedReview",
+    "default_export_path",
+    "export_paths",
+    "export_result",
+    "file_properties",
+    "model_label",
+    "read_review",
+]
 
 
 def model_label(result: ClassificationResult) -> str:
@@ -139,3 +156,102 @@ def export_result(
     ranked = sorted(chosen, key=lambda r: r.rank)
     written.update({f"crop_{r.rank}": folder / n for r, n in zip(ranked, crop_names, strict=False)})
     return written
+
+
+def file_properties(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level ``properties`` of a GeoJSON FeatureCollection (our exports keep the
+    provenance and the slide's mpp there), or ``{}`` when it has none or cannot be read."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    if isinstance(document, dict) and isinstance(document.get("properties"), dict):
+        return dict(document["properties"])
+    return {}
+
+
+@dataclass(frozen=True)
+class SavedReview:
+    """A review read back from its GeoJSON (:func:`export_result`'s, or QuPath's).
+
+    Attributes
+    ----------
+    path
+        The file.
+    model_regions
+        The model's regions with the decisions made on them (``source = "model"``).
+    expert
+        The reviewer's own annotations (everything else: a plain QuPath export is all
+        the expert's), in level-0 pixels.
+    provenance
+        The export's provenance (slide, model, threshold, review counts), ``{}`` for a
+        file that has none.
+    """
+
+    path: Path
+    model_regions: list[Region]
+    expert: list[Region]
+    provenance: dict[str, Any]
+
+    @property
+    def author(self) -> str | None:
+        """Who reviewed, as the export recorded it."""
+        review = self.provenance.get("review")
+        author = review.get("author") if isinstance(review, Mapping) else None
+        return str(author) if author else None
+
+    @property
+    def threshold(self) -> float | None:
+        """The region threshold the model's regions were exported at."""
+        try:
+            value = float(self.provenance["threshold"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        return value if 0.0 < value < 1.0 else None
+
+    def misfit(self, result: ClassificationResult) -> str | None:
+        """Why this review cannot be of ``result``'s slide (another slide by its quick
+        hash, or another size: its coordinates would land elsewhere), or None."""
+        theirs, ours = self.provenance, result.provenance
+        slide = Path(str(theirs.get("slide_path") or "another slide")).name
+        hashes = theirs.get("slide_quickhash"), ours.get("slide_quickhash")
+        if all(hashes) and hashes[0] != hashes[1]:
+            return f"it is the review of {slide}, a different slide (its quick hash differs)"
+        sizes = theirs.get("slide_size_l0_wh"), ours.get("slide_size_l0_wh")
+        if all(sizes) and [int(v) for v in sizes[0]] != [int(v) for v in sizes[1]]:  # type: ignore[union-attr]
+            w, h = (int(v) for v in sizes[0])  # type: ignore[union-attr]
+            return f"it is the review of {slide}, {w} x {h} px at level 0, a different slide"
+        return None
+
+    def restore_into(self, review: RegionReview, model: str) -> tuple[int, int]:
+        """Put the decisions on ``model``'s regions back into ``review`` (the author too,
+        when it has none); returns ``(decisions restored, regions of other models left
+        out)``. Decisions are tied to points, so they land on today's regions of the
+        same model whatever the threshold."""
+        mine = [r for r in self.model_regions if r.metadata.get("model") in (None, model)]
+        before = len(review.decisions)
+        review.restore(mine)
+        if review.author is None and self.author:
+            review.author = self.author
+        return len(review.decisions) - before, len(self.model_regions) - len(mine)
+
+
+def read_review(path: str | os.PathLike[str]) -> SavedReview:
+    """Read a saved review (the model's regions with decisions, and the expert's own).
+
+    Raises
+    ------
+    AnnotationError
+        The file is not GeoJSON with valid polygons (the message names it).
+    HistattnError
+        It holds no region at all.
+    """
+    source = Path(path)
+    regions = read_geojson_regions(source)
+    if not regions:
+        raise HistattnError(f"{source} holds no region to restore")
+    model_regions, expert = split_review(regions)
+    provenance = file_properties(source).get("provenance")
+    return SavedReview(
+        source, model_regions, expert, dict(provenance) if isinstance(provenance, dict) else {}
+    )

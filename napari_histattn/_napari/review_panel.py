@@ -66,9 +66,16 @@ class ReviewPanel(Container):
         The napari viewer (its camera moves to the selected region).
     on_change
         Called after every decision (the widget redraws the regions layer).
+    on_load
+        Called by "Load saved review..." (the widget asks for the file and restores it).
     """
 
-    def __init__(self, viewer: Any, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        viewer: Any,
+        on_change: Callable[[], None],
+        on_load: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(labels=False)
         self._viewer = viewer
         self._on_change = on_change
@@ -99,6 +106,11 @@ class ReviewPanel(Container):
         self.reclassify = ComboBox(
             label="reclassify as", choices=lambda _widget: list(self._classes), nullable=True
         )
+        self.load_button = PushButton(text="Load saved review...", enabled=False)
+        self.load_button.tooltip = (
+            "Put back the decisions and your own annotations of an exported review "
+            "(<slide>_regions.geojson beside the slide)"
+        )
         self.reviewer = LineEdit(label="reviewer", value="")
         self.reviewer.native.setPlaceholderText("your name or initials")
         self.reviewer.tooltip = "Your name or initials: written with each decision and drawing"
@@ -118,7 +130,9 @@ class ReviewPanel(Container):
         )
         for row in (steps, decide, reclass, who):
             row.margins = (0, 0, 0, 0)
-        self.extend([self.heading, self.table, steps, decide, reclass, who])
+        self.extend([self.heading, self.table, steps, decide, reclass, who, self.load_button])
+        if on_load is not None:
+            self.load_button.changed.connect(lambda: on_load())
         self.previous_button.changed.connect(lambda: self.step(-1))
         self.next_button.changed.connect(lambda: self.step(1))
         self.accept_button.changed.connect(lambda: self.decide("accepted"))
@@ -143,6 +157,7 @@ class ReviewPanel(Container):
         self._review = review
         self._frame = frame
         self._classes = list(class_names) if review is not None else []
+        self.load_button.enabled = review is not None
         self.reclassify.changed.block()
         self.reclassify.reset_choices()
         self.reclassify.value = None

@@ -18,7 +18,7 @@ import numpy as np
 from napari_histattn._napari import result_layers as rl
 from napari_histattn._napari.layers import _units_kwargs, set_visible
 from napari_histattn._napari.result_export import model_label
-from napari_histattn.inference.review import RegionReview, expert_regions
+from napari_histattn.inference.review import RegionReview, expert_regions, same_outline
 
 __all__ = [
     "EXPERT_KEY",
@@ -355,7 +355,8 @@ def adopt_drawing_layer(
 
 def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) -> list[Any]:
     """The reviewer's own annotations on ``source``'s slide, in level-0 pixels: every shape
-    of its annotations layers, and any still drawn into a model regions layer."""
+    of its annotations layers, and any still drawn into a model regions layer (or open in
+    a re-opened review), each outline once."""
     from napari_histattn._napari.shapes_regions import shapes_to_regions
     from napari_histattn.errors import ExportError
 
@@ -374,10 +375,14 @@ def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) 
             continue
         attributes = layer.as_layer_data_tuple()[1]
         features = getattr(layer, "features", None)
-        classes = list(features["class"]) if features is not None and "class" in features else []
+        columns = {
+            c: list(features[c])
+            for c in ("class", "author")
+            if features is not None and c in features
+        }
         attributes["features"] = {
             "name": [f"{layer.name} {i + 1}" for i in picked],
-            **({"class": [str(classes[i]) for i in picked]} if classes else {}),
+            **{c: [str(values[i]) for i in picked] for c, values in columns.items()},
         }
         attributes["shape_type"] = [layer.shape_type[i] for i in picked]
         attributes["edge_color"] = np.asarray(layer.edge_color)[picked]
@@ -386,7 +391,7 @@ def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) 
             found = shapes_to_regions([layer.data[i] for i in picked], attributes)
         except ExportError:
             continue  # lines and paths only: nothing with an area
-        regions += found
+        regions += [r for r in found if not any(same_outline(r, o) for o in regions)]
     return expert_regions(regions, author=author)
 
 

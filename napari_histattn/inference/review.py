@@ -32,6 +32,7 @@ __all__ = [
     "Decision",
     "RegionReview",
     "expert_regions",
+    "same_outline",
     "split_review",
 ]
 
@@ -155,12 +156,23 @@ class RegionReview:
                 )
 
 
+#: Two outlines closer than this (level-0 pixels, Hausdorff distance) are one annotation.
+SAME_OUTLINE_PX = 0.5
+
+
+def same_outline(a: Region, b: Region) -> bool:
+    """Whether two regions are the same outline (within :data:`SAME_OUTLINE_PX`): an
+    annotation loaded twice, or open both as a re-opened file and in the annotations layer."""
+    return bool(a.polygon.hausdorff_distance(b.polygon) <= SAME_OUTLINE_PX)
+
+
 def expert_regions(regions: Iterable[Region], *, author: str | None = None) -> list[Region]:
-    """A reviewer's own annotations, marked as theirs (``source = "expert"``)."""
+    """A reviewer's own annotations, marked as theirs (``source = "expert"``); one that
+    records its author already (re-imported from another reviewer's export) keeps it."""
     out = []
     for index, region in enumerate(regions, start=1):
         metadata = {**region.metadata, "source": "expert"}
-        if author:
+        if author and not metadata.get("author"):
             metadata["author"] = author
         name = region.name if region.name and not region.name.startswith("Attention") else None
         out.append(
