@@ -21,6 +21,8 @@ from napari_histattn.cli._parsers import add_command, seed_arg
 #: Exit status of ``classify`` (and ``batch``) when a result is not a diagnosis: too many
 #: of the patches the model read were undecodable tiles. The outputs are still written.
 EXIT_UNRELIABLE = 3
+#: ``--contrast`` to the viewer's contrast names (:mod:`napari_histattn.inference.heatmap_scale`).
+CONTRAST_CHOICES = {"full": "full range", "percentile": "1-99 percentile"}
 
 
 def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +82,13 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--crops", action="store_true", help="also write full-resolution PNG crops of the regions"
+    )
+    parser.add_argument(
+        "--contrast",
+        choices=sorted(CONTRAST_CHOICES),
+        default="full",
+        help="what the PNGs' colour ramp spans: the attention's full raw range (default, as "
+        "the viewer's heatmap) or its 1-99 percentiles (faint structure, the top 1 %% clipped)",
     )
     parser.add_argument(
         "--allow-upsample",
@@ -167,7 +176,9 @@ def classify_to_folder(
         )
         for message in result.provenance.get("messages", []):
             print(f"note: {message}", file=sys.stderr)
-        files = write_outputs(result, slide, out_dir, crops=args.crops)
+        files = write_outputs(
+            result, slide, out_dir, crops=args.crops, contrast=CONTRAST_CHOICES[args.contrast]
+        )
     return result, files
 
 

@@ -3,11 +3,13 @@
 :func:`write_outputs` writes, into one folder, every file a run produces:
 
 ``heatmap.png``
-    The percentile-normalised attention in the same colour ramp as the napari
-    heatmap (:func:`attention_ramp`: warm inferno, transparent near 0) over a
+    The attention in the same colour ramp and on the same default contrast as the napari
+    heatmap (:func:`attention_ramp`: warm inferno, transparent near 0; the map's full raw
+    range, so that what the raw attention tells apart stays apart) over a
     thumbnail of the slide; ignored tissue and cells without attention (NaN)
     leave the slide visible. A clean image without a colour bar; text chunks
-    record the ramp, the normalisation and the grid geometry.
+    record the ramp, the contrast (its raw values at the ramp's ends) and the grid
+    geometry.
 ``attention.npy``
     The raw ``(rows, cols)`` float32 attention map (NaN outside tissue); its
     geometry is in ``summary.json``.
@@ -55,7 +57,16 @@ from PIL.PngImagePlugin import PngInfo
 
 from napari_histattn.atomic import atomic_write
 from napari_histattn.errors import HistattnError
-from napari_histattn.inference.heatmap_scale import COLORMAPS, OPAQUE_FROM, TRANSPARENT_BELOW, ramp
+from napari_histattn.inference.heatmap_scale import (
+    COLORMAPS,
+    CONTRASTS,
+    DEFAULT_CONTRAST,
+    OPAQUE_FROM,
+    TRANSPARENT_BELOW,
+    contrast_limits,
+    ramp,
+    scale_text,
+)
 from napari_histattn.inference.result import ClassificationResult, geometry_dict
 from napari_histattn.io.export import (
     json_safe,
@@ -65,7 +76,7 @@ from napari_histattn.io.export import (
 )
 from napari_histattn.io.export.exportset import ExportSet
 from napari_histattn.io.frames import grid_geometry_to_napari
-from napari_histattn.io.regions import GridGeometry, percentile_normalise
+from napari_histattn.io.regions import GridGeometry
 from napari_histattn.io.slide import Slide
 
 __all__ = [
@@ -134,16 +145,20 @@ def attention_ramp(values: NDArray[Any]) -> NDArray[np.float64]:
 
 
 def attention_rgba(
-    attention: NDArray[Any], *, lo: float = 1.0, hi: float = 99.0
+    attention: NDArray[Any], *, contrast: str = DEFAULT_CONTRAST
 ) -> NDArray[np.uint8]:
-    """Colour a map: percentile-normalise, apply :func:`attention_ramp`; NaN is transparent.
+    """Colour a map: scale it to the ramp by ``contrast`` (one of
+    :data:`~napari_histattn.inference.heatmap_scale.CONTRASTS`, the napari heatmap's
+    default unless told), apply :func:`attention_ramp`; NaN is transparent.
 
     Returns
     -------
     numpy.ndarray
         ``(rows, cols, 4)`` uint8 RGBA.
     """
-    values = percentile_normalise(attention, lo, hi)
+    raw = np.asarray(attention, dtype=np.float64)
+    lo, hi = contrast_limits(raw, contrast)
+    values = np.clip((raw - lo) / (hi - lo), 0.0, 1.0)
     finite = np.isfinite(values)
     rgba = attention_ramp(np.where(finite, values, 0.0))
     out = np.round(rgba * 255.0).astype(np.uint8)
@@ -167,8 +182,7 @@ def render_overlay(
     slide_l0_wh: tuple[int, int],
     *,
     alpha: float = ATTENTION_OPACITY,
-    lo: float = 1.0,
-    hi: float = 99.0,
+    contrast: str = DEFAULT_CONTRAST,
 ) -> NDArray[np.uint8]:
     """Blend the coloured attention over a thumbnail of the whole slide.
 
@@ -192,7 +206,7 @@ def render_overlay(
     ys = (np.arange(th) + 0.5) * (h0 / th)
     col_of = _cell_index(xs, g.origin_l0_xy[0], g.stride_l0_xy[0], g.patch_l0_wh[0], cols)
     row_of = _cell_index(ys, g.origin_l0_xy[1], g.stride_l0_xy[1], g.patch_l0_wh[1], rows)
-    rgba = attention_rgba(result.attention, lo=lo, hi=hi)
+    rgba = attention_rgba(result.attention, contrast=contrast)
     pixel_rgba = rgba[np.clip(row_of, 0, None)[:, None], np.clip(col_of, 0, None)[None, :]]
     covered = (row_of >= 0)[:, None] & (col_of >= 0)[None, :] & (pixel_rgba[..., 3] > 0)
     weight = np.where(covered, alpha * pixel_rgba[..., 3] / 255.0, 0.0)[..., None]
@@ -243,6 +257,7 @@ def write_outputs(
     crop_max_size: int = 2048,
     thumbnail_size: int = 1024,
     alpha: float = ATTENTION_OPACITY,
+    contrast: str = DEFAULT_CONTRAST,
 ) -> dict[str, Path]:
     """Write a run's heatmap, raw attention, GeoJSON, CSV, optional crops and summary.
 
@@ -266,6 +281,9 @@ def write_outputs(
         Longer side of the heatmap overlay image.
     alpha
         Opacity of the overlay (colours: :func:`attention_ramp`).
+    contrast
+        What the ramp's ends stand for in every PNG: ``"full range"`` (the napari
+        heatmap's default) or ``"1-99 percentile"`` (faint structure, the top 1 % clipped).
 
     Returns
     -------
@@ -281,6 +299,8 @@ def write_outputs(
     HistattnError
         ``slide`` is not the slide the result was computed on.
     """
+    if contrast not in CONTRASTS:
+        raise HistattnError(f"unknown contrast {contrast!r}: one of {', '.join(CONTRASTS)}")
     folder = Path(out_dir)
     _check_same_slide(result, slide)
     with ExportSet(folder, "outputs") as staged:
@@ -292,6 +312,7 @@ def write_outputs(
             crop_max_size=crop_max_size,
             thumbnail_size=thumbnail_size,
             alpha=alpha,
+            contrast=contrast,
         )
     return {key: folder / relative for key, relative in written.items()}
 
@@ -305,6 +326,7 @@ def _write_staged(
     crop_max_size: int,
     thumbnail_size: int,
     alpha: float,
+    contrast: str,
 ) -> dict[str, str]:
     """Write the outputs into the staging folder; their names relative to the output folder."""
     paths = {key: staged.path(name) for key, name in OUTPUT_NAMES.items()}
@@ -314,14 +336,15 @@ def _write_staged(
     geometry = geometry_dict(result.geometry, result.grid_shape)
 
     thumbnail = slide.thumbnail(thumbnail_size)  # under the heatmap and every explanation
-    overlay = render_overlay(result, thumbnail, slide_wh, alpha=alpha)
+    overlay = render_overlay(result, thumbnail, slide_wh, alpha=alpha, contrast=contrast)
+    limits = contrast_limits(np.asarray(result.attention), contrast)
     written["heatmap"] = _write_png(
         paths["heatmap"],
         overlay,
         {
             "histattn:colormap": RAMP_DESCRIPTION,
             "histattn:alpha": repr(alpha),
-            "histattn:normalisation": "percentiles 1-99 of the finite attention",
+            "histattn:contrast": f"{scale_text(limits, contrast)}: {CONTRASTS[contrast]}",
             "histattn:geometry": json.dumps(geometry),
             "histattn:predicted_class": result.predicted_class,
         },
@@ -346,8 +369,14 @@ def _write_staged(
         written[key] = _write_npy(staged.path(f"{side.stem}.npy"), np.asarray(side.values))
         written[f"{key}_heatmap"] = _write_png(
             staged.path(f"{side.stem}.png"),
-            render_overlay(shown, thumbnail, slide_wh, alpha=alpha),
-            {"histattn:map": side.key, "histattn:geometry": json.dumps(geometry)},
+            render_overlay(shown, thumbnail, slide_wh, alpha=alpha, contrast=contrast),
+            {
+                "histattn:map": side.key,
+                "histattn:contrast": scale_text(
+                    contrast_limits(np.asarray(side.values), contrast), contrast, side.key
+                ),
+                "histattn:geometry": json.dumps(geometry),
+            },
         )
     if crops and result.regions:
         crop_paths = write_region_crops(
@@ -376,7 +405,8 @@ def _write_staged(
     summary["heatmap"] = {
         "colormap": RAMP_DESCRIPTION,
         "alpha": alpha,
-        "normalisation": [1.0, 99.0],
+        "contrast": contrast,
+        "contrast_limits": list(contrast_limits(np.asarray(result.attention), contrast)),
     }
     written["summary"] = paths["summary"]
     root = staged.path("summary.json").parent

@@ -25,6 +25,7 @@ def test_cli_classify_matches_the_python_api(
     code = main(
         ["classify", str(lesion_slide.path), "--checkpoint", str(ck), "--out", str(out)]
         + ["--seed", "11", "--device", "cpu", "--top-k", "3", "--quiet"]
+        + (["--contrast", "percentile"] if name == "amil" else [])
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -35,6 +36,8 @@ def test_cli_classify_matches_the_python_api(
     assert summary["probabilities"] == pytest.approx(api.probabilities_by_class, abs=1e-12)
     assert np.array_equal(np.load(out / "attention.npy"), api.attention, equal_nan=True)
     assert len(summary["regions"]) == len(api.regions) <= 3
+    contrast = "1-99 percentile" if name == "amil" else "full range"
+    assert summary["heatmap"]["contrast"] == contrast
     assert api.predicted_class in printed and str(out) in printed
     for file in ("heatmap.png", "regions.geojson", "patches.csv"):
         assert (out / file).is_file()

@@ -53,6 +53,7 @@ def test_write_outputs_writes_every_file(name, results, lesion_slide, tmp_path) 
     heatmap = np.asarray(Image.open(files["heatmap"]))
     assert heatmap.shape == thumb_shape
     assert "histattn:geometry" in Image.open(files["heatmap"]).text
+    assert "(full range)" in Image.open(files["heatmap"]).text["histattn:contrast"]
 
     # Raw attention round-trips exactly.
     assert np.array_equal(np.load(files["attention"]), result.attention, equal_nan=True)
@@ -107,6 +108,9 @@ def test_write_outputs_writes_every_file(name, results, lesion_slide, tmp_path) 
     assert summary["geometry"]["shape_rc"] == list(result.grid_shape)
     if result.samples is not None:
         assert sum(summary["samples"]["counts"]) == result.samples.n_draws
+    finite = result.attention[np.isfinite(result.attention)]
+    assert summary["heatmap"]["contrast"] == "full range"  # the viewer's default
+    assert summary["heatmap"]["contrast_limits"] == pytest.approx([finite.min(), finite.max()])
 
 
 def test_rewriting_replaces_files_and_an_unwritable_folder_is_our_error(
@@ -163,6 +167,20 @@ def test_overlay_colours_only_attended_cells() -> None:
     assert np.all(out[:50, :50] == 128)  # NaN cell: the slide shows through
     assert not np.all(out[50:, 50:] == 128)
     assert not np.array_equal(out[50:, :50], out[50:, 50:])  # 0.5 and 1.0 differ in colour
+
+
+def test_the_png_contrast_is_the_viewers_full_range_unless_percentiles_are_asked() -> None:
+    # One lesion-like cell at 1.0, one look-alike at 0.6, the rest 0: the raw attention
+    # tells them apart, and so does the default; the 1-99 percentile stretch draws both
+    # at the top of the ramp.
+    attention = np.zeros((10, 20), dtype=np.float32)
+    attention[2, 3], attention[7, 15] = 1.0, 0.6
+    full = attention_rgba(attention)
+    assert not np.array_equal(full[2, 3], full[7, 15])
+    stretched = attention_rgba(attention, contrast="1-99 percentile")
+    assert np.array_equal(stretched[2, 3], stretched[7, 15])
+    with pytest.raises(ValueError, match="unknown contrast"):
+        attention_rgba(attention, contrast="log")
 
 
 def test_write_outputs_with_fewer_regions_leaves_no_stale_crops(
