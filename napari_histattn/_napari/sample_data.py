@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -173,6 +174,12 @@ def generate_sample_in_worker(
     worker.errored.connect(on_errored)
     worker.finished.connect(on_finished)
     worker.start()
+    # Once napari has added the outlines (and framed them alone), frame the whole slide
+    # to come, so that they sit where they will lie on it.
+    from qtpy.QtCore import QTimer
+
+    size_yx = (params.height * params.mpp, params.width * params.mpp)
+    QTimer.singleShot(0, lambda: _frame(viewer, size_yx, (0.0, 0.0)))
     notifications.show_info(
         "Generating the sample slide (first use only, about 30 s): its outlines are shown "
         "now, the slide appears under them when written."
@@ -184,8 +191,12 @@ def _frame_whole(viewer: Any, data: Any, kwargs: dict[str, Any]) -> None:
     """Point the camera at the whole of an image layer about to be added."""
     level0 = data[0] if kwargs.get("multiscale") else data
     scale_yx = kwargs.get("scale", (1.0, 1.0))
-    translate_yx = kwargs.get("translate", (0.0, 0.0))
     size_yx = [n * float(u) for n, u in zip(level0.shape[:2], scale_yx, strict=True)]
+    _frame(viewer, size_yx, kwargs.get("translate", (0.0, 0.0)))
+
+
+def _frame(viewer: Any, size_yx: Sequence[float], translate_yx: Sequence[float]) -> None:
+    """Point the camera at a world rectangle (``size_yx`` from ``translate_yx``)."""
     canvas_yx = getattr(viewer, "_canvas_size", None) or (1000, 1600)
     viewer.camera.center = tuple(t + n / 2 for t, n in zip(translate_yx, size_yx, strict=True))
     viewer.camera.zoom = 0.95 * min(c / n for c, n in zip(canvas_yx, size_yx, strict=True))
