@@ -262,6 +262,13 @@ def replace_regions_layer(viewer: Any, shown: Shown, visible: bool) -> None:
         return
     move_drawings(viewer, layer, shown.source)
     data, kwargs, _ = regions_tuple(shown)
+    if _same_outlines(layer, data):  # a decision: colours and labels only
+        layer.features = kwargs["features"]
+        layer.edge_color = kwargs["edge_color"]
+        layer.text = kwargs.get("text") or {"string": ""}
+        layer.metadata.update(kwargs["metadata"])  # a reclassification's class colour
+        set_visible(layer, visible)
+        return
     if len(layer.data):
         layer.selected_data = set(range(len(layer.data)))
         layer.remove_selected()
@@ -279,6 +286,17 @@ def replace_regions_layer(viewer: Any, shown: Shown, visible: bool) -> None:
     layer.text = kwargs.get("text") or {"string": ""}
     layer.name = kwargs["name"]
     set_visible(layer, visible)
+
+
+def _same_outlines(layer: Any, data: list[Any]) -> bool:
+    """Whether ``layer`` holds exactly the polygons ``data`` (then a redraw need not
+    triangulate them again: napari's Shapes.add is most of a redraw's time)."""
+    shapes = layer.data
+    return (
+        len(shapes) == len(data) > 0
+        and all(kind == "polygon" for kind in layer.shape_type)
+        and all(np.array_equal(a, b) for a, b in zip(shapes, data, strict=True))
+    )
 
 
 def _drawn_indices(layer: Any) -> list[int]:
