@@ -9,8 +9,9 @@ contrast limits so that napari never scans the data to compute them.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -297,3 +298,20 @@ def set_visible(layer: Any, visible: bool) -> None:
     its canvas on every assignment (0.05 s a layer on the sample slide here)."""
     if bool(layer.visible) != bool(visible):
         layer.visible = bool(visible)
+
+
+@contextlib.contextmanager
+def selection_kept(viewer: Any) -> Iterator[None]:
+    """Add layers without napari making each the selected one: every selection change
+    builds and shows that layer's controls (0.5 s for a first heatmap here), and the
+    widget selects the slide again after a run anyway. napari's flag is private, so
+    without it layers are added as usual."""
+    layers = viewer.layers
+    before = getattr(layers, "_activate_on_insert", None)
+    if before is not None:
+        layers._activate_on_insert = False
+    try:
+        yield
+    finally:
+        if before is not None:
+            layers._activate_on_insert = before

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from napari_histattn._napari import result_layers as rl
-from napari_histattn._napari.layers import _units_kwargs, set_visible
+from napari_histattn._napari.layers import _units_kwargs, selection_kept, set_visible
 from napari_histattn._napari.result_export import model_label
 from napari_histattn.inference.review import RegionReview, expert_regions, same_outline
 
@@ -145,6 +145,19 @@ def add_result_layers(
     attention level and per explanation (hidden at first: they would cover the attention).
     Heatmaps are drawn with ``display``'s colormap, contrast and opacity
     (:class:`~napari_histattn._napari.display_panel.Display`; default: its defaults)."""
+    with selection_kept(viewer):
+        return _add_result_layers(viewer, result, source, threshold, visible, key, display)
+
+
+def _add_result_layers(
+    viewer: Any,
+    result: Any,
+    source: rl.SlideSource,
+    threshold: float,
+    visible: bool,
+    key: str,
+    display: Any,
+) -> Shown:
     look = _look(display)
     shown = Shown(result=result, source=source, key=key)
     data, kwargs, _ = rl.heatmap_layer_data(result, source, **look)
