@@ -54,10 +54,18 @@ def _parts(region: Region) -> list[Any]:
     return list(geometry.geoms) if isinstance(geometry, MultiPolygon) else [geometry]
 
 
-def add_annotations(viewer: Any, source: rl.SlideSource, regions: Sequence[Region]) -> int:
+def add_annotations(
+    viewer: Any,
+    source: rl.SlideSource,
+    regions: Sequence[Region],
+    default_class: str | None = None,
+) -> int:
     """Add level-0 ``regions`` to ``source``'s annotations layer (created if needed), each
-    with its class and author in the layer's features; returns how many shapes were added.
-    Holes are not drawn (napari shapes have none); the outline is."""
+    with its name, class and author in the layer's features (the parts of a multi-part
+    region share a name, so they export as one); returns how many shapes were added.
+    Holes are not drawn (napari shapes have none); the outline is. What the layer gives a
+    shape drawn later stays as it was: its class (``default_class`` when the layer had
+    none, else "unclassified"), no name, no author (the reviewer's)."""
     if not regions:
         return 0
     layer = annotations_layer(viewer, source)
@@ -65,8 +73,15 @@ def add_annotations(viewer: Any, source: rl.SlideSource, regions: Sequence[Regio
     slide_t = np.asarray(meta.get("slide_translate_yx") or (0.0, 0.0), dtype=float)
     translate = np.asarray(layer.translate, dtype=float)[-2:] - slide_t
     scale = np.asarray(layer.scale, dtype=float)[-2:]
-    shapes, classes, authors = [], [], []
+    old = layer.features.copy()
+    taken = {str(v) for v in old["name"]} if "name" in old else set()
+    shapes, columns = [], {"name": [], "class": [], "author": []}  # type: ignore[var-annotated]
     for region in regions:
+        base = region.name or f"Annotation {region.rank}"
+        name, k = base, 2
+        while name in taken:  # another file's "Annotation 1" is another annotation
+            name, k = f"{base} ({k})", k + 1
+        taken.add(name)
         for part in _parts(region):
             coords = np.asarray(part.exterior.coords, dtype=float)
             shapes.append(
@@ -74,15 +89,23 @@ def add_annotations(viewer: Any, source: rl.SlideSource, regions: Sequence[Regio
                     coords, tuple(scale), tuple(translate), mpp_xy=source.mpp_xy
                 )
             )
-            classes.append(region.class_name or "unclassified")
-            authors.append(region.metadata.get("author", ""))
-    old = layer.features.copy()
+            columns["name"].append(name)
+            columns["class"].append(region.class_name or "unclassified")
+            columns["author"].append(region.metadata.get("author", ""))
+    defaults = layer.feature_defaults
+    drawn_class = defaults["class"].iloc[0] if "class" in defaults and len(defaults) else None
     layer.add(shapes, shape_type="polygon")
     features = layer.features.copy()
-    for column, values in (("class", classes), ("author", authors)):
+    for column, values in columns.items():
         kept = list(old[column]) if column in old else [""] * len(old)
         features[column] = pd.Series(kept + values, dtype=object).to_numpy()
-    layer.features = features
+    layer.features = features  # napari takes the first row as the defaults: undone below
+    layer.feature_defaults = {
+        **{column: "" for column in features.columns},
+        "class": drawn_class
+        if isinstance(drawn_class, str) and drawn_class
+        else (default_class or "unclassified"),
+    }
     return len(shapes)
 
 
@@ -102,5 +125,6 @@ def restore_saved_review(viewer: Any, shown: Shown, saved: SavedReview) -> Resto
     open_now = expert_annotations(viewer, shown.source, None)
     new = [r for r in saved.expert if not any(same_outline(r, o) for o in open_now)]
     decisions, other_models = saved.restore_into(shown.review, shown.model)
-    add_annotations(viewer, shown.source, new)
+    names = shown.result.class_names
+    add_annotations(viewer, shown.source, new, names[1] if len(names) == 2 else None)
     return Restored(decisions, other_models, len(new), len(saved.expert) - len(new))

@@ -408,11 +408,12 @@ def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) 
         features = getattr(layer, "features", None)
         columns = {
             c: list(features[c])
-            for c in ("class", "author")
+            for c in ("name", "class", "author")
             if features is not None and c in features
         }
+        given = columns.pop("name", [""] * len(layer.data))  # a loaded annotation's
         attributes["features"] = {
-            "name": [f"{layer.name} {i + 1}" for i in picked],
+            "name": [_name_or(given[i], f"{layer.name} {i + 1}") for i in picked],
             **{c: [str(values[i]) for i in picked] for c, values in columns.items()},
         }
         attributes["shape_type"] = [layer.shape_type[i] for i in picked]
@@ -424,6 +425,10 @@ def expert_annotations(viewer: Any, source: rl.SlideSource, author: str | None) 
             continue  # lines and paths only: nothing with an area
         regions += [r for r in found if not any(same_outline(r, o) for o in regions)]
     return expert_regions(regions, author=author)
+
+
+def _name_or(value: Any, fallback: str) -> str:
+    return value if isinstance(value, str) and value and value.lower() != "nan" else fallback
 
 
 def ground_truth_line(viewer: Any, shown: Shown) -> str | None:

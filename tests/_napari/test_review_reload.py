@@ -92,13 +92,17 @@ def test_a_saved_review_comes_back_on_another_day(
     assert "1 annotation(s) were open already" in widget.load_review_from(saved)
     viewer.open(str(saved), plugin="napari-histattn")
     assert len(mine.data) == 1
-    widget.review.reviewer.value = "AB"  # another reviewer carries on
+    widget.review.reviewer.value = "AB"  # another reviewer carries on, and outlines more
+    mine.add([(SQUARE_L0_XY[:, ::-1] + 1000) * MPP], shape_type="polygon")
+    assert list(mine.features["author"]) == ["JD", ""]  # the load set no author for it
     again = widget.export_to(tmp_path / "carried-on.geojson")["geojson"]
     model, expert = split_review(read_geojson_regions(again))
-    assert len(expert) == 1 and expert[0].metadata["author"] == "JD"  # still the drawer's
-    assert (
-        Polygon(expert[0].polygon.exterior).symmetric_difference(Polygon(SQUARE_L0_XY)).area < 1e-6
-    )
+    assert len(expert) == 2  # never merged into the loaded one
+    loaded, new = sorted(expert, key=lambda r: r.polygon.bounds[0])
+    assert loaded.metadata["author"] == "JD" and new.metadata["author"] == "AB"
+    assert new.class_name == "lesion"  # the layer's class for new outlines, not the loaded one's
+    square = Polygon(SQUARE_L0_XY)
+    assert Polygon(loaded.polygon.exterior).symmetric_difference(square).area < 1e-6
     assert [r.metadata["review"] for r in sorted(model, key=lambda r: r.rank)][:3] == [
         "accepted",
         "rejected",
