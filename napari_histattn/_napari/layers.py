@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from importlib import metadata as _importlib_metadata
 from pathlib import Path
@@ -304,14 +305,34 @@ def set_visible(layer: Any, visible: bool) -> None:
 def selection_kept(viewer: Any) -> Iterator[None]:
     """Add layers without napari making each the selected one: every selection change
     builds and shows that layer's controls (0.5 s for a first heatmap here), and the
-    widget selects the slide again after a run anyway. napari's flag is private, so
-    without it layers are added as usual."""
+    widget selects the slide again after a run anyway.
+
+    napari's flag for this (``LayerList._activate_on_insert``) is private; its plugin
+    proxy warns on every access that such access goes away in a later napari. The warning
+    is silenced here, for this one attribute, because a user would see it after every run;
+    when the flag is gone (or refused), layers are added as usual."""
     layers = viewer.layers
-    before = getattr(layers, "_activate_on_insert", None)
+    before = _private_flag(layers, None)
     if before is not None:
-        layers._activate_on_insert = False
+        _private_flag(layers, False)
     try:
         yield
     finally:
         if before is not None:
-            layers._activate_on_insert = before
+            _private_flag(layers, before)
+
+
+def _private_flag(layers: Any, value: bool | None) -> bool | None:
+    """Read napari's ``_activate_on_insert`` (``value`` None) or set it; None when absent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Private attribute access", category=FutureWarning
+        )
+        try:
+            if value is None:
+                flag = getattr(layers, "_activate_on_insert", None)
+                return flag if isinstance(flag, bool) else None
+            layers._activate_on_insert = value
+            return value
+        except (AttributeError, TypeError):
+            return None

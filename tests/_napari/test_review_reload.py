@@ -6,6 +6,7 @@ Through the manifest, in a shown viewer (Xvfb)."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,13 @@ def _classified(make_napari_viewer: Any, qtbot: Any, slide: Path, threshold: flo
     assert widget.add_checkpoint(DEMO_AMIL)
     widget.device.value = "cpu"
     widget.threshold.value = threshold
-    widget.run_classify()
-    qtbot.waitUntil(lambda: widget.is_idle, timeout=120_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        widget.run_classify()
+        qtbot.waitUntil(lambda: widget.is_idle, timeout=120_000)
+    # The result's layers were added without napari selecting each, and silently.
+    assert not [w for w in caught if "Private attribute" in str(w.message)]
+    assert viewer.layers.selection.active is widget.layer.value
     return viewer, widget
 
 
