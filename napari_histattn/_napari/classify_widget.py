@@ -41,6 +41,7 @@ from napari_histattn._napari.checkpoints import (
     find_checkpoints,
 )
 from napari_histattn._napari.display_panel import DisplayPanel, show_only
+from napari_histattn._napari.drawings import adopt_drawing_layer
 from napari_histattn._napari.family_params import (
     EXPLAIN_CHOICES,
     configure_controls,
@@ -55,7 +56,6 @@ from napari_histattn._napari.review_panel import ReviewPanel
 from napari_histattn._napari.shown import (
     Shown,
     ShownResults,
-    adopt_drawing_layer,
     present_result,
     replace_regions_layer,
     shown_text,

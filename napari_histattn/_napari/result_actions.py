@@ -2,7 +2,7 @@
 (a mixin of :class:`~napari_histattn._napari.classify_widget.ClassifyWidget`).
 
 Exports write the chosen slide's chosen result with the reviewer's decisions and every
-shape the reviewer drew on that slide (:func:`~napari_histattn._napari.shown.expert_annotations`).
+shape the reviewer drew on that slide (:func:`~napari_histattn._napari.drawings.expert_annotations`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from typing import Any
 from napari.utils.notifications import show_error, show_info
 
 from napari_histattn._napari.display_panel import Display, apply_display, flip_target, show_only
+from napari_histattn._napari.drawings import expert_annotations
 from napari_histattn._napari.readout import readout_text
 from napari_histattn._napari.result_export import default_export_path, export_result
 from napari_histattn._napari.result_panel import RESULT_WIDTH
 from napari_histattn._napari.shown import (
     Shown,
     ShownResults,
-    expert_annotations,
     replace_regions_layer,
     set_overlay_visible,
 )
@@ -159,13 +159,16 @@ class ResultActions:
             raise HistattnError("no classification result for this layer yet: click Classify")
         saved = read_review(path)
         restored = restore_saved_review(self._viewer, shown, saved)
-        if saved.threshold is not None and abs(saved.threshold - self.threshold.value) > 1e-9:
+        moved = saved.threshold is not None and abs(saved.threshold - self.threshold.value) > 1e-9
+        if moved:  # the regions the decisions were made on, and the panel
             self.threshold.changed.block()
             self.threshold.value = saved.threshold
             self.threshold.changed.unblock()
-            self._apply_threshold()  # the regions the decisions were made on
+            self._apply_threshold()
+        # The decisions drawn: a restyle where the outlines stand (or were just redrawn).
         replace_regions_layer(self._viewer, shown, self._regions_visible(shown))
-        self._show_result(shown)
+        if not moved:
+            self._show_result(shown)
         text = restored.text(saved)
         self.status.value = text
         return text

@@ -18,8 +18,9 @@ import pandas as pd
 from shapely.geometry import MultiPolygon
 
 from napari_histattn._napari import result_layers as rl
+from napari_histattn._napari.drawings import annotations_layer, expert_annotations
 from napari_histattn._napari.result_export import SavedReview
-from napari_histattn._napari.shown import Shown, annotations_layer, expert_annotations
+from napari_histattn._napari.shown import Shown
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.review import same_outline
 from napari_histattn.io.export import l0_polygon_to_napari_yx

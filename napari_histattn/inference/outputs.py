@@ -76,6 +76,7 @@ from napari_histattn.io.export import (
 )
 from napari_histattn.io.export.exportset import ExportSet
 from napari_histattn.io.frames import grid_geometry_to_napari
+from napari_histattn.io.grid import scale_to_bounds
 from napari_histattn.io.regions import GridGeometry
 from napari_histattn.io.slide import Slide
 
@@ -157,8 +158,7 @@ def attention_rgba(
         ``(rows, cols, 4)`` uint8 RGBA.
     """
     raw = np.asarray(attention, dtype=np.float64)
-    lo, hi = contrast_limits(raw, contrast)
-    values = np.clip((raw - lo) / (hi - lo), 0.0, 1.0)
+    values = scale_to_bounds(raw, contrast_limits(raw, contrast))  # NaN stays NaN
     finite = np.isfinite(values)
     rgba = attention_ramp(np.where(finite, values, 0.0))
     out = np.round(rgba * 255.0).astype(np.uint8)
@@ -406,7 +406,7 @@ def _write_staged(
         "colormap": RAMP_DESCRIPTION,
         "alpha": alpha,
         "contrast": contrast,
-        "contrast_limits": list(contrast_limits(np.asarray(result.attention), contrast)),
+        "contrast_limits": list(limits),
     }
     written["summary"] = paths["summary"]
     root = staged.path("summary.json").parent
