@@ -190,3 +190,33 @@ def test_clam_instance_loss_uses_the_most_and_least_attended_real_instances() ->
     torch.testing.assert_close(
         plain.loss(out, targets[:1]), torch.nn.functional.cross_entropy(out.logits, targets[:1])
     )
+
+
+def test_negative_bag_loss_labels_every_real_instance_of_a_benign_bag_benign() -> None:
+    torch.manual_seed(0)
+    model = create_model(
+        "amil", encoder="none", embed_dim=4, n_classes=2, negative_loss_weight=0.5
+    ).train()
+    features = torch.randn(3, 6, 4)
+    mask = torch.ones(3, 6, dtype=torch.bool)
+    mask[1, 4:] = False  # padding of a benign bag: never a label
+    features[1, 4:] = 1e3
+    targets = torch.tensor([1, 0, 0])
+    out = model(features, mask=mask)
+    assert out.instance_logits is not None
+    per_bag = [
+        torch.nn.functional.cross_entropy(out.instance_logits[b, :n], torch.zeros(n).long())
+        for b, n in ((1, 4), (2, 6))
+    ]
+    expected = (
+        torch.nn.functional.cross_entropy(out.logits, targets) + 0.5 * torch.stack(per_bag).mean()
+    )
+    torch.testing.assert_close(model.loss(out, targets), expected)
+    # Positive bags alone: nothing to label, the bag loss is all there is.
+    positive = model(features[:1])
+    torch.testing.assert_close(
+        model.loss(positive, targets[:1]),
+        torch.nn.functional.cross_entropy(positive.logits, targets[:1]),
+    )
+    with pytest.raises(ValueError, match="loss weights"):
+        create_model("amil", encoder="none", embed_dim=4, negative_loss_weight=-1.0)

@@ -14,7 +14,14 @@ from torch import Tensor
 
 from napari_histattn.models.outputs import MILOutput
 
-__all__ = ["DECISIONS", "DecisionRules", "annotation_loss", "clam_instance_loss", "top_k_margin"]
+__all__ = [
+    "DECISIONS",
+    "DecisionRules",
+    "annotation_loss",
+    "clam_instance_loss",
+    "negative_instance_loss",
+    "top_k_margin",
+]
 
 #: Slide decision rules (see :class:`DecisionRules`); the instance rules need two classes.
 DECISIONS = ("attention", "top_k", "max")
@@ -28,6 +35,27 @@ def top_k_margin(instance_logits: Tensor, mask: Tensor | None, k: int) -> Tensor
     top = torch.topk(margins, min(k, int(margins.shape[1])), dim=1).values
     real = torch.isfinite(top)
     return torch.where(real, top, torch.zeros_like(top)).sum(1) / real.sum(1).clamp_min(1)
+
+
+def negative_instance_loss(output: MILOutput, targets: Tensor) -> Tensor | None:
+    """Every instance of a negative bag is negative (the multiple-instance assumption): the
+    cross-entropy of each real instance's logits against class 0 in the bags of class 0 (two
+    classes), averaged per bag and then over those bags; None when the batch has none.
+
+    Slide labels alone then give instance labels for every tile of a benign slide: a
+    look-alike that also occurs in benign slides is taught to score benign, so the top-k
+    instances of a positive bag (the max-instance loss) can only be what benign slides lack.
+    """
+    logits = output.instance_logits
+    if logits is None:
+        return None
+    losses = []
+    for b in (targets == 0).nonzero().flatten().tolist():
+        real = logits[b] if output.mask is None else logits[b][output.mask[b]]
+        if real.shape[0]:
+            zeros = torch.zeros(real.shape[0], dtype=torch.long, device=real.device)
+            losses.append(nn.functional.cross_entropy(real, zeros))
+    return torch.stack(losses).mean() if losses else None
 
 
 def annotation_loss(output: MILOutput) -> Tensor | None:

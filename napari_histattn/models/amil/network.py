@@ -42,6 +42,7 @@ from napari_histattn.models.amil.instances import (
     DecisionRules,
     annotation_loss,
     clam_instance_loss,
+    negative_instance_loss,
     top_k_margin,
 )
 from napari_histattn.models.encoders import MIN_PATCH_SIZE, build_encoder
@@ -180,6 +181,11 @@ class AttentionMIL(DecisionRules, nn.Module):
         Weight of a max-instance loss during training: cross-entropy of the top-k
         instance margin against the slide label (Campanella et al. 2019), which
         teaches the head to score single instances (0: off).
+    negative_loss_weight
+        Weight of the negative-bag instance loss (two classes): every instance of a
+        bag of class 0 is trained to score class 0
+        (:func:`~.instances.negative_instance_loss`; 0: off). With the max-instance
+        loss it is instance-level MIL from slide labels alone.
     annotation_loss_weight
         Weight of the cross-entropy of instance logits against instance labels, for the
         instances that carry one (tiles inside a pathologist's annotation;
@@ -205,6 +211,7 @@ class AttentionMIL(DecisionRules, nn.Module):
         decision_threshold: float = 0.0,
         topk_loss_weight: float = 0.0,
         annotation_loss_weight: float = 1.0,
+        negative_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if n_classes < 1:
@@ -240,13 +247,17 @@ class AttentionMIL(DecisionRules, nn.Module):
             raise ValueError(f"decision must be one of {DECISIONS}, got {decision!r}")
         if decision != "attention" and n_classes != 2:
             raise ValueError(f"decision {decision!r} needs two classes, not {n_classes}")
-        if decision_k < 1 or topk_loss_weight < 0 or annotation_loss_weight < 0:
+        if (
+            decision_k < 1
+            or min(topk_loss_weight, annotation_loss_weight, negative_loss_weight) < 0
+        ):
             raise ValueError("decision_k must be >= 1 and the loss weights >= 0")
         self.decision = decision
         self.decision_k = int(decision_k)
         self.decision_threshold = float(decision_threshold)
         self.topk_loss_weight = float(topk_loss_weight)
         self.annotation_loss_weight = float(annotation_loss_weight)
+        self.negative_loss_weight = float(negative_loss_weight)
         #: Weight of the slide-label terms of the loss; 0 in stage 1 of two-stage training
         #: (annotated tiles only). A training-time switch, not configuration.
         self.bag_loss_weight = 1.0
@@ -410,6 +421,10 @@ class AttentionMIL(DecisionRules, nn.Module):
                 bag = bag + self.topk_loss_weight * nn.functional.binary_cross_entropy_with_logits(
                     margin, targets.float()
                 )
+            if self.negative_loss_weight > 0 and self.n_classes == 2 and self.bag_loss_weight > 0:
+                negative = negative_instance_loss(output, targets)
+                if negative is not None:
+                    bag = bag + self.negative_loss_weight * negative
             annotated = annotation_loss(output) if self.annotation_loss_weight > 0 else None
             if annotated is not None:
                 bag = bag + self.annotation_loss_weight * annotated
