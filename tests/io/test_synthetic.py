@@ -23,6 +23,7 @@ from napari_histattn.io.synthetic import (
     SceneError,
     SyntheticSlide,
     SyntheticWriteError,
+    class_tiles,
     generate_synthetic_slide,
     label_mask,
     lesion_mask,
@@ -489,3 +490,20 @@ def test_sample_slide_is_generated_once_then_cached(
     first.path.unlink()
     third = synthetic_sample_slide(width=1024, height=768, lesion_radius_px=100, workers=1)
     assert third.path.is_file()
+
+
+def test_class_tiles_are_centred_on_their_ground_truth(slide: SyntheticSlide) -> None:
+    glass = class_tiles(slide.path, slide.scene, 0, 16, 5, seed=1)
+    assert glass.shape == (5, 16, 16, 3) and glass.dtype == np.uint8
+    lesion = class_tiles(slide.path, slide.scene, 3, 16, 40, seed=1)
+    tissue = class_tiles(slide.path, slide.scene, 1, 16, 40, seed=1)
+    # The same seed draws the same tiles; glass is the background colour.
+    np.testing.assert_array_equal(class_tiles(slide.path, slide.scene, 3, 16, 40, seed=1), lesion)
+    assert np.abs(glass.astype(float) - BACKGROUND).max() < 12
+
+    def stain(tiles: np.ndarray) -> float:
+        return float(_hematoxylin(tiles.reshape(-1, tiles.shape[2], 3)).mean())
+
+    assert stain(lesion) > 1.3 * stain(tissue), (stain(lesion), stain(tissue))
+    with pytest.raises(ValueError, match="no pixel of label 7"):
+        class_tiles(slide.path, slide.scene, 7, 16, 5)

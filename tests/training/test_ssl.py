@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_histattn.io.synthetic import class_tiles
 from napari_histattn.models.encoders import create_encoder
 from napari_histattn.progress import run_to_completion
 from napari_histattn.training.ssl import (
@@ -89,29 +90,6 @@ def test_pretrain_refuses_too_few_tiles(slides, tmp_path):
     assert main([*argv, "--tiles-per-slide", "4", "--batch-size", "64"]) != 0
 
 
-def _region_tiles(made, label: int, side: int, n: int, seed: int) -> np.ndarray:
-    from napari_histattn.io.slide import open_slide
-    from napari_histattn.io.synthetic import label_mask
-
-    mask = label_mask(made.scene, 4.0)
-    ys, xs = np.nonzero(mask == label)
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(ys.size, size=min(n, ys.size), replace=False)
-    with open_slide(made.path) as slide:
-        return np.stack(
-            [
-                np.asarray(
-                    slide.read_region(
-                        (int(xs[i] * 4 + 2 - side // 2), int(ys[i] * 4 + 2 - side // 2)),
-                        0,
-                        (side, side),
-                    )
-                )[..., :3]
-                for i in pick
-            ]
-        )
-
-
 def _probe_accuracy(encoder, train, test) -> float:
     from napari_histattn.inference.patches import rgb_to_tensor
 
@@ -149,7 +127,7 @@ def test_ssl_features_separate_lesion_from_look_alike_better_than_random_weights
         tiles, labels = [], []
         for made in made_list:
             for label in (LESION, LOOKALIKE):
-                t = _region_tiles(made, label, side, 60, seed)
+                t = class_tiles(made.path, made.scene, label, side, 60, seed)
                 tiles.append(t)
                 labels.append(torch.full((len(t),), float(label == LESION)))
         return tiles, torch.cat(labels)

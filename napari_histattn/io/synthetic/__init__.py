@@ -14,6 +14,7 @@ from __future__ import annotations
 from napari_histattn.io.synthetic._geometry import Region
 from napari_histattn.io.synthetic.ground_truth import (
     LABELS,
+    class_tiles,
     label_mask,
     lesion_mask,
     scene_geojson,
@@ -41,6 +42,7 @@ __all__ = [
     "SyntheticWriteError",
     "default_cache_dir",
     "generate_synthetic_slide",
+    "class_tiles",
     "label_mask",
     "lesion_mask",
     "make_scene",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,3 +77,30 @@ def scene_geojson(scene: Scene) -> dict[str, Any]:
         "properties": {"mpp_xy": [float(scene.mpp), float(scene.mpp)]},
         "features": features,
     }
+
+
+def class_tiles(
+    path: str | Path, scene: Scene, label: int, side: int, n: int, seed: int = 0
+) -> np.ndarray:
+    """``(k, side, side, 3)`` uint8 level-0 tiles of the slide at ``path`` (made from
+    ``scene``), centred on ``k = min(n, available)`` random pixels whose ground truth is
+    ``label`` (see :data:`LABELS`; drawn on the label mask at downsample 4)."""
+    from napari_histattn.io.slide import open_slide
+
+    step = 4
+    ys, xs = np.nonzero(label_mask(scene, step) == label)
+    if ys.size == 0:
+        raise ValueError(f"the scene has no pixel of label {label} ({LABELS.get(label)})")
+    pick = np.random.default_rng(seed).choice(ys.size, size=min(n, ys.size), replace=False)
+    corner = step // 2 - side // 2
+    with open_slide(path) as slide:
+        return np.stack(
+            [
+                np.asarray(
+                    slide.read_region(
+                        (int(xs[i]) * step + corner, int(ys[i]) * step + corner), 0, (side, side)
+                    )
+                )[..., :3]
+                for i in pick
+            ]
+        )
