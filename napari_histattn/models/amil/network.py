@@ -411,8 +411,8 @@ class AttentionMIL(DecisionRules, nn.Module):
 
     def loss(self, output: MILOutput, targets: Tensor) -> Tensor:
         """Training loss: cross-entropy of the attention-pooled logits, plus (when weighted
-        in) the max-instance loss, the annotation loss and CLAM-SB's instance loss
-        (:mod:`.instances`)."""
+        in) the max-instance loss, the negative-bag loss, the annotation loss and CLAM-SB's
+        instance loss (:mod:`.instances`)."""
         logits = output.bag_logits if output.bag_logits is not None else output.logits
         bag = self.bag_loss_weight * nn.functional.cross_entropy(logits, targets)
         if output.instance_logits is not None:
