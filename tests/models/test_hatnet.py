@@ -114,3 +114,19 @@ def test_the_task_collates_bags_with_positions_and_trains() -> None:
     assert model.word_slot.weight.grad is not None and model.region_position.weight.grad is not None
     with pytest.raises(ValueError, match="tile positions"):
         task.collate([(torch.randn(6, 8), 0)])
+
+
+def test_the_negative_bag_loss_reaches_hatnet_as_it_does_a_mil() -> None:
+    from napari_histattn.models.amil.instances import negative_instance_loss
+
+    positions = _grid(2, 3)[None].repeat(2, 1, 1)
+    features = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(3))
+    targets = torch.tensor([1, 0])
+    plain, weighted = _model(), _model(negative_loss_weight=0.5)
+    assert weighted.negative_loss_weight == 0.5
+    out_plain, out = plain(features, positions), weighted(features, positions)
+    extra = negative_instance_loss(out, targets)
+    assert extra is not None and float(extra) > 0
+    torch.testing.assert_close(
+        weighted.loss(out, targets), plain.loss(out_plain, targets) + 0.5 * extra
+    )

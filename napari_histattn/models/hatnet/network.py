@@ -227,6 +227,7 @@ class HATNet(AttentionMIL):
         decision_threshold: float = 0.0,
         topk_loss_weight: float = 0.0,
         annotation_loss_weight: float = 1.0,
+        negative_loss_weight: float = 0.0,
     ) -> None:
         super().__init__(
             encoder=encoder,
@@ -246,6 +247,7 @@ class HATNet(AttentionMIL):
             decision_threshold=decision_threshold,
             topk_loss_weight=topk_loss_weight,
             annotation_loss_weight=annotation_loss_weight,
+            negative_loss_weight=negative_loss_weight,
         )
         if region_size < 1 or word_layers < 0 or region_layers < 0 or ff_mult < 1:
             raise ValueError("region_size and ff_mult must be >= 1, the layer counts >= 0")
