@@ -45,6 +45,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--random-weights", action="store_true", help="random weights (speed measurements only)"
     )
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="PX",
+        help="tile side for this project's small CNNs (tiny, small_cnn), which read any size: "
+        "a larger field of view (default: their own 32 / 28 px)",
+    )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:<i> or mps")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="tiles per batch")
@@ -78,9 +85,10 @@ class FeatureJob:
     device: str
     reader_threads: int
     progress: bool = False
+    tile_size: int | None = None
 
 
-_ENCODERS: dict[tuple[str, str | None, bool], Any] = {}
+_ENCODERS: dict[tuple[str, str | None, bool, int | None], Any] = {}
 
 
 def _encoder(job: FeatureJob) -> Any:
@@ -88,10 +96,12 @@ def _encoder(job: FeatureJob) -> Any:
     from napari_histattn.models.encoders import create_encoder
 
     weights = None if job.encoder_weights is None else str(job.encoder_weights)
-    key = (job.encoder, weights, job.random_weights)
+    key = (job.encoder, weights, job.random_weights, job.tile_size)
     if key not in _ENCODERS:
         pretrained = False if job.random_weights else None
-        _ENCODERS[key] = create_encoder(job.encoder, job.encoder_weights, pretrained=pretrained)
+        _ENCODERS[key] = create_encoder(
+            job.encoder, job.encoder_weights, pretrained=pretrained, input_size=job.tile_size
+        )
     return _ENCODERS[key]
 
 
@@ -151,6 +161,13 @@ def run(args: argparse.Namespace) -> int:
         raise HistattnError("--batch-size and --workers must be at least 1")
     if args.random_weights and args.encoder_weights is not None:
         raise HistattnError("give --encoder-weights or --random-weights, not both")
+    if args.tile_size is not None:
+        from napari_histattn.models.encoders import encoder_spec, sized_spec
+
+        try:
+            sized_spec(encoder_spec(args.encoder), args.tile_size)
+        except ValueError as exc:
+            raise HistattnError(f"--tile-size: {exc}") from exc
     slides = _slides(args.slides)
     spec = cluster_spec(args)
     tile_bars = runs_here(len(slides), spec) and not args.quiet  # a worker's bars go to its log
@@ -165,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             args.workers,
             tile_bars,
+            tile_size=args.tile_size,
         )
         for slide in slides
     ]

@@ -44,6 +44,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=128, help="tiles per batch (2x views)")
     parser.add_argument("--tiles-per-slide", type=int, default=256)
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        metavar="PX",
+        help="tile side for the small CNNs, which read any size (give the same to "
+        "`histattn features`; default: their own)",
+    )
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=0.2, help="NT-Xent temperature")
     parser.add_argument("--seed", type=seed_arg, default=0)
@@ -76,13 +83,14 @@ def run(args: argparse.Namespace) -> int:
             tiles_per_slide=args.tiles_per_slide,
             seed=args.seed,
             device=args.device,
+            tile_size=args.tile_size,
         )
+        probe = create_encoder(args.encoder, input_size=args.tile_size)  # tile size and mpp
     except ValueError as exc:
         raise HistattnError(str(exc)) from exc
     slides = _slides(args.slides)
     if not slides:
         raise HistattnError(f"no slides found in {args.slides}")
-    probe = create_encoder(args.encoder)  # the tile size and mpp of the encoder
     tiles = run_with_tqdm(
         sample_tiles(slides, probe, config.tiles_per_slide, config.seed), disable=args.quiet
     )

@@ -70,6 +70,8 @@ class PretrainConfig:
         Tissue tiles sampled per slide (evenly over the slide's tissue tiles).
     seed
         Seeds weights, sampling and augmentation.
+    tile_size
+        Tile side for an encoder that reads any size (the small CNNs; None: its own).
     device
         ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``...
     """
@@ -83,6 +85,7 @@ class PretrainConfig:
     tiles_per_slide: int = 256
     seed: int = 0
     device: str = "auto"
+    tile_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 2 or self.tiles_per_slide < 1:
@@ -236,7 +239,9 @@ def pretrain(
     if tiles.ndim != 4 or tiles.shape[0] < 2:
         raise ValueError(f"need at least two (n, s, s, 3) tiles, got shape {tiles.shape}")
     torch.manual_seed(config.seed)
-    encoder = create_encoder(encoder_name, init_weights, seed=config.seed)
+    encoder = create_encoder(
+        encoder_name, init_weights, seed=config.seed, input_size=config.tile_size
+    )
     device = resolve_device(config.device)
     spec = encoder.spec
     module = encoder.module.to(device).train()

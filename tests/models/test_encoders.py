@@ -263,3 +263,17 @@ def test_cli_lists_encoders_and_converts_weights(tmp_path: Path, capsys) -> None
     assert "weights_only=True" in capsys.readouterr().err
     assert create_encoder("resnet18", weights=tmp_path / "r18.safetensors").weights_sha256
     assert main(["convert-weights", str(pickled), str(tmp_path / "r18.pt")]) == 1
+
+
+def test_the_small_cnns_read_any_tile_size_and_the_others_refuse_one() -> None:
+    wide = create_encoder("small_cnn", input_size=112)
+    assert wide.spec.input_size == 112 and wide.describe()["preprocessing"]["input_size"] == 112
+    assert create_encoder("small_cnn").spec.input_size == 28  # the registry is unchanged
+    with torch.no_grad():
+        assert wide.module(torch.rand(2, 3, 112, 112)).shape == (2, 500)
+    # The same seed gives the same weights whatever the tile size.
+    plain = create_encoder("small_cnn").module.parameters()
+    for a, b in zip(wide.module.parameters(), plain, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="takes no other tile size"):
+        create_encoder("resnet18", input_size=112)

@@ -312,3 +312,55 @@ def test_a_features_trained_checkpoint_classifies_in_the_widget(
     assert widget.params["patch_size"].native.isHidden()  # the encoder's tiles are fixed
     assert "heatmap" in widget.result_layers()
     assert result.attention.shape == read_features(feature_path(features, "s00")).grid_shape
+
+
+def test_a_small_cnn_reads_a_larger_field_end_to_end(
+    cohort: tuple[Path, Path], features: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``--tile-size`` for the small CNNs: the cache, its resume check, training and a
+    classify that encodes afresh all use the larger tile."""
+    from napari_histattn.cli import main
+    from napari_histattn.inference.engine import classify
+
+    out = tmp_path / "wide"
+    argv = ["features", str(cohort[1]), "--encoder", "tiny", "--out", str(out), "--quiet"]
+    assert main([*argv, "--tile-size", "48"]) == 0
+    slide = cohort[0] / "s00.tiff"
+    made = read_features(feature_path(out, slide))
+    assert made.patch_size == 48 and made.encoder["preprocessing"]["input_size"] == 48
+    assert len(made) < len(read_features(feature_path(features, slide)))
+    wide = create_encoder("tiny", input_size=48)
+    with open_slide(slide) as opened:
+        assert is_done(feature_path(out, slide), opened, wide.describe())
+        assert not is_done(feature_path(out, slide), opened, create_encoder("tiny").describe())
+    run = tmp_path / "run"
+    train = ["train", "--labels", str(cohort[1]), "--features", str(out), "--model", "amil"]
+    train += ["--out", str(run), "--folds", "1", "--val-fraction", "0.25", "--epochs", "3"]
+    assert main([*train, "--batch-size", "4", "--device", "cpu", "--quiet"]) == 0
+    ckpt = run / "fold-1" / "model.safetensors"
+    cached = run_to_completion(classify(slide, ckpt, device="cpu", features_dir=out))
+    fresh = run_to_completion(classify(slide, ckpt, device="cpu"))
+    assert not any("features read from" in m for m in fresh.provenance["messages"])
+    assert fresh.attention.shape == cached.attention.shape
+    np.testing.assert_allclose(fresh.attention, cached.attention, rtol=1e-4, atol=1e-6)
+    # Encoders trained at a fixed size refuse another, before any slide is read.
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "features",
+                str(slide),
+                "--encoder",
+                "resnet18",
+                "--out",
+                str(tmp_path / "x"),
+                "--tile-size",
+                "112",
+                "--quiet",
+            ]
+        )
+        != 0
+    )
+    assert "takes no other tile size" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least"):
+        create_encoder("small_cnn", input_size=8)

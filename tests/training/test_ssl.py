@@ -142,3 +142,20 @@ def test_ssl_features_separate_lesion_from_look_alike_better_than_random_weights
     ssl_acc = _probe_accuracy(ssl.encoder, train, test)
     assert ssl.losses[-1] < 0.8 * ssl.losses[0]
     assert ssl_acc > random_acc + 0.05, (ssl_acc, random_acc)
+
+
+def test_pretraining_at_a_larger_tile_size_samples_and_records_it(slides, tmp_path):
+    import json
+
+    from napari_histattn.cli import main
+
+    out = tmp_path / "wide.safetensors"
+    argv = ["pretrain", str(slides[0].path), "--encoder", "tiny", "--out", str(out)]
+    argv += ["--epochs", "1", "--batch-size", "16", "--tiles-per-slide", "32", "--quiet"]
+    assert main([*argv, "--tile-size", "48"]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["tile_size"] == 48
+    wide = run_to_completion(
+        sample_tiles([slides[0].path], create_encoder("tiny", input_size=48), 8)
+    )
+    assert wide.shape == (8, 48, 48, 3)
+    assert main([*argv[:3], "resnet18", *argv[4:], "--tile-size", "112"]) != 0

@@ -12,6 +12,7 @@ with (``(module, dim)``, an optional projection).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ __all__ = [
     "create_encoder",
     "encoder_spec",
     "list_encoders",
+    "sized_spec",
 ]
 
 
@@ -104,6 +106,7 @@ def create_encoder(
     *,
     pretrained: bool | None = None,
     seed: int = 0,
+    input_size: int | None = None,
 ) -> Encoder:
     """Build encoder ``name``, with local weights when asked for.
 
@@ -120,6 +123,10 @@ def create_encoder(
         ``True`` exactly when ``weights`` is given.
     seed
         Seed of random weights (an honest no-pretraining baseline is reproducible).
+    input_size
+        Another tile side, in pixels, for an encoder that reads tiles of any size at any
+        mpp (this project's small CNNs, which end in global pooling): a larger field of
+        view for the same weights. ``ValueError`` for an encoder trained at a fixed size.
 
     Raises
     ------
@@ -128,7 +135,7 @@ def create_encoder(
     EncoderWeightsError
         Weights asked for but not found, pickled, truncated, or of another architecture.
     """
-    spec = encoder_spec(name)
+    spec = sized_spec(encoder_spec(name), input_size)
     want = weights is not None if pretrained is None else pretrained
     if not want:
         import torch
@@ -150,6 +157,21 @@ def create_encoder(
         convert=spec.convert_keys,
     )
     return Encoder(module.eval(), spec, path, file_sha256(path))
+
+
+def sized_spec(spec: EncoderSpec, input_size: int | None) -> EncoderSpec:
+    """``spec`` reading tiles of ``input_size`` px (None: its own size)."""
+    if input_size is None or input_size == spec.input_size:
+        return spec
+    if spec.target_mpp is not None:
+        raise ValueError(
+            f"encoder {spec.name!r} reads {spec.input_size}-px tiles at {spec.target_mpp} um/px "
+            "and takes no other tile size"
+        )
+    minimum = MIN_PATCH_SIZE.get(spec.name, 1)
+    if input_size < minimum:
+        raise ValueError(f"encoder {spec.name!r} needs tiles of at least {minimum} px")
+    return dataclasses.replace(spec, input_size=int(input_size))
 
 
 def _uninitialised(spec: EncoderSpec) -> nn.Module:
