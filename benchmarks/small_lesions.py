@@ -14,6 +14,8 @@ size, a negative three look-alikes. Recipes (the supervision each row uses):
   slides' unlabelled tiles, slide labels only;
 - ``none+neg`` / ``ssl+neg``: as ``none`` / ``ssl`` with the negative-bag instance loss
   (``negative_loss_weight``: every tile of a benign slide is benign), still slide labels only;
+- ``none112`` / ``none112+neg``: as ``none`` / ``none+neg`` on 112-px tiles (56 um: a
+  group of nuclei, where a 28-px tile holds about one), ``--tile-size 112``;
 - ``ssl+ann10``: as ``ssl``, plus the generator's ground-truth GeoJSON as annotations
   on 10 % of the training slides (``--annotations``, two-stage);
 - ``ssl+ann100``: annotations on every training slide (the generator's patch labels:
@@ -57,6 +59,9 @@ RECIPES = {
     "ssl": "cached SSL features, slide labels only",
     "none+neg": "cached random features, slide labels only, every tile of a benign slide benign",
     "ssl+neg": "cached SSL features, slide labels only, every tile of a benign slide benign",
+    "none112": "cached random features of 112-px tiles (56 um), slide labels only",
+    "none112+neg": "cached random features of 112-px tiles, slide labels only, every tile of "
+    "a benign slide benign",
     "ssl+ann10": "cached SSL features, slide labels + annotations on 10 % of slides",
     "ssl+ann100": "cached SSL features, annotations on every slide (upper bound)",
     "px+ssl": "encoder trained from SSL weights, slide labels only",
@@ -74,6 +79,8 @@ RECIPES = {
 
 #: Weight of the negative-bag instance loss in the ``+neg`` recipes.
 NEGATIVE_LOSS_WEIGHT = 1.0
+#: Tile side of the ``none112`` recipes (``histattn features --tile-size``), 56 um.
+WIDE_TILE_PX = 112
 
 
 def _make(folder: Path, n: int, first_seed: int, size: int, radii: tuple[float, ...]) -> list:
@@ -118,12 +125,16 @@ def _lesion_fraction(slide: Path) -> float:
     return float((mask == 3).sum() / max(1, (mask > 0).sum()))
 
 
-def _features(rows: list, encoder: str, weights: Path | None, out: Path) -> float:
+def _features(
+    rows: list, encoder: str, weights: Path | None, out: Path, tile_size: int | None = None
+) -> float:
     from napari_histattn.cli import main as cli
 
     started = time.perf_counter()
     argv = ["features", str(_labels(rows, WORK / "all.csv")), "--encoder", encoder]
     argv += ["--out", str(out), "--quiet"]
+    if tile_size is not None:
+        argv += ["--tile-size", str(tile_size)]
     if weights is not None:
         argv += ["--encoder-weights", str(weights)]
     assert cli(argv) == 0
@@ -309,6 +320,9 @@ def main() -> int:
     }
     _features(train + test, "small_cnn", None, feats["none"])
     _features(train + test, "small_cnn", args.ssl_weights, feats["ssl"])
+    if any(r.startswith("none112") for r in args.recipes):
+        feats["none112"] = WORK / "features-random-112"
+        _features(train + test, "small_cnn", None, feats["none112"], tile_size=WIDE_TILE_PX)
     # 10 %: the first annotated slides of the training list (two positives, two negatives).
     pos = [s for s, label in train if label == "lesion"]
     neg = [s for s, label in train if label == "benign"]
@@ -333,7 +347,8 @@ def main() -> int:
             continue
         pixels = recipe.startswith(("px", "patch"))
         ssl = args.ssl_weights if "ssl" in recipe else None
-        source = None if pixels else feats["ssl" if ssl else "none"]
+        wide = recipe.startswith("none112")
+        source = None if pixels else feats["none112" if wide else "ssl" if ssl else "none"]
         every = [s for s, _ in train]
         annotated = every if recipe.endswith("ann100") else ten if recipe.endswith("ann10") else []
         rows.append(run_recipe(recipe, train, test, source, annotated, ssl, args.model))
