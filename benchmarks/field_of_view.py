@@ -62,37 +62,10 @@ def _split(made_list: list, side: int, seed: int) -> tuple[np.ndarray, np.ndarra
 
 def probe(encoder, train: tuple, test: tuple) -> float:
     """Test accuracy of a logistic regression on the frozen, standardised features."""
-    from napari_histattn.inference.patches import rgb_to_tensor
+    from napari_histattn.training.ssl import frozen_features, linear_probe_accuracy
 
-    def feats(tiles: np.ndarray) -> torch.Tensor:
-        spec = encoder.spec
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    encoder.module(
-                        rgb_to_tensor(tiles[i : i + 64], list(spec.mean), list(spec.std))
-                    )
-                    for i in range(0, len(tiles), 64)
-                ]
-            )
-
-    xa, xb = feats(train[0]), feats(test[0])
-    ya, yb = torch.tensor(train[1]), torch.tensor(test[1])
-    mu, sd = xa.mean(0), xa.std(0) + 1e-6
-    xa, xb = (xa - mu) / sd, (xb - mu) / sd
-    w = torch.zeros(xa.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200)
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xa @ w + b, ya.float())
-        loss = loss + 1e-3 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float((((xb @ w + b) > 0).float() == yb).float().mean())
+    xa, xb = frozen_features(encoder, train[0]), frozen_features(encoder, test[0])
+    return linear_probe_accuracy(xa, torch.tensor(train[1]), xb, torch.tensor(test[1]))
 
 
 def main() -> int:

@@ -43,6 +43,8 @@ __all__ = [
     "PretrainConfig",
     "PretrainResult",
     "augment_views",
+    "frozen_features",
+    "linear_probe_accuracy",
     "nt_xent",
     "pretrain",
     "sample_tiles",
@@ -333,3 +335,41 @@ def save_encoder(
     with atomic_write(target.with_suffix(".json"), "w") as handle:
         handle.write(json.dumps(sidecar, indent=2) + "\n")
     return target
+
+
+def frozen_features(encoder: Encoder, tiles: np.ndarray, batch_size: int = 64) -> Tensor:
+    """``(n, dim)`` features of ``(n, s, s, 3)`` uint8 tiles from ``encoder`` (no gradients)."""
+    from napari_histattn.inference.patches import rgb_to_tensor
+
+    mean, std = list(encoder.spec.mean), list(encoder.spec.std)
+    with torch.no_grad():
+        return torch.cat(
+            [
+                encoder.module(rgb_to_tensor(tiles[i : i + batch_size], mean, std))
+                for i in range(0, len(tiles), batch_size)
+            ]
+        )
+
+
+def linear_probe_accuracy(
+    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, l2: float = 1e-3
+) -> float:
+    """Test accuracy of a logistic regression (L-BFGS, L2 ``l2``) fitted to frozen features
+    standardised by the training set's statistics; labels 0/1. How far an encoder's features
+    separate two kinds of tile without any training of the encoder."""
+    mu, sd = train_x.mean(0), train_x.std(0) + 1e-6
+    xa, xb = (train_x - mu) / sd, (test_x - mu) / sd
+    ya = train_y.float()
+    w = torch.zeros(xa.shape[1], requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+    optimiser = torch.optim.LBFGS([w, b], max_iter=200)
+
+    def closure() -> Tensor:
+        optimiser.zero_grad()
+        loss = F.binary_cross_entropy_with_logits(xa @ w + b, ya) + l2 * (w**2).sum()
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        return float((((xb @ w + b) > 0).float() == test_y.float()).float().mean())

@@ -14,6 +14,8 @@ from napari_histattn.progress import run_to_completion
 from napari_histattn.training.ssl import (
     PretrainConfig,
     augment_views,
+    frozen_features,
+    linear_probe_accuracy,
     nt_xent,
     pretrain,
     sample_tiles,
@@ -91,30 +93,11 @@ def test_pretrain_refuses_too_few_tiles(slides, tmp_path):
 
 
 def _probe_accuracy(encoder, train, test) -> float:
-    from napari_histattn.inference.patches import rgb_to_tensor
-
-    def feats(tiles):
-        with torch.no_grad():
-            return encoder.module(
-                rgb_to_tensor(tiles, list(encoder.spec.mean), list(encoder.spec.std))
-            )
-
-    (xa, ya), (xb, yb) = ((torch.cat([feats(t) for t in s[0]]), s[1]) for s in (train, test))
-    mu, sd = xa.mean(0), xa.std(0) + 1e-6
-    xa, xb = (xa - mu) / sd, (xb - mu) / sd
-    w = torch.zeros(xa.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=200)
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(xa @ w + b, ya)
-        loss = loss + 1e-3 * (w**2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float((((xb @ w + b) > 0).float() == yb).float().mean())
+    (xa, ya), (xb, yb) = (
+        (torch.cat([frozen_features(encoder, t) for t in part[0]]), part[1])
+        for part in (train, test)
+    )
+    return linear_probe_accuracy(xa, ya, xb, yb)
 
 
 @pytest.mark.slow
@@ -159,3 +142,12 @@ def test_pretraining_at_a_larger_tile_size_samples_and_records_it(slides, tmp_pa
     )
     assert wide.shape == (8, 48, 48, 3)
     assert main([*argv[:3], "resnet18", *argv[4:], "--tile-size", "112"]) != 0
+
+
+def test_the_linear_probe_reads_separable_features_and_not_random_labels():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=gen)
+    y = (x[:, 2] + 0.1 * x[:, 5] > 0).float()
+    assert linear_probe_accuracy(x[:200], y[:200], x[200:], y[200:]) > 0.95
+    shuffled = y[torch.randperm(400, generator=gen)]
+    assert 0.35 < linear_probe_accuracy(x[:200], shuffled[:200], x[200:], shuffled[200:]) < 0.65
