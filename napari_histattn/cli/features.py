@@ -161,13 +161,12 @@ def run(args: argparse.Namespace) -> int:
         raise HistattnError("--batch-size and --workers must be at least 1")
     if args.random_weights and args.encoder_weights is not None:
         raise HistattnError("give --encoder-weights or --random-weights, not both")
-    if args.tile_size is not None:
-        from napari_histattn.models.encoders import encoder_spec, sized_spec
+    from napari_histattn.models.encoders import encoder_spec, sized_spec
 
-        try:
-            sized_spec(encoder_spec(args.encoder), args.tile_size)
-        except ValueError as exc:
-            raise HistattnError(f"--tile-size: {exc}") from exc
+    try:  # a wrong name or tile size is told before any slide is read
+        sized_spec(encoder_spec(args.encoder), args.tile_size)
+    except ValueError as exc:
+        raise HistattnError(str(exc)) from exc
     slides = _slides(args.slides)
     spec = cluster_spec(args)
     tile_bars = runs_here(len(slides), spec) and not args.quiet  # a worker's bars go to its log

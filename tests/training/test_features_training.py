@@ -362,5 +362,10 @@ def test_a_small_cnn_reads_a_larger_field_end_to_end(
         != 0
     )
     assert "takes no other tile size" in capsys.readouterr().err
+    # A misspelt encoder is a clear error too, not a traceback.
+    assert (
+        main(["features", str(slide), "--encoder", "small-cnn", "--out", str(tmp_path / "x")]) != 0
+    )
+    assert "unknown patch encoder 'small-cnn'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="at least"):
         create_encoder("small_cnn", input_size=8)
