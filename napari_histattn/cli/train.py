@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from napari_histattn.cli._parsers import seed_arg
 from napari_histattn.errors import HistattnError
+
+if TYPE_CHECKING:
+    from napari_histattn.training.instance_mil import InstanceMILConfig
 
 #: The built-in models (the parser names them without importing torch).
 MODELS = ("dafl_cnn", "mldam", "amil", "attention_sampling")
@@ -198,6 +201,23 @@ def register(subparsers: Any) -> None:
         "stage 1 (or --encoder-weights) left it",
     )
     parser.add_argument(
+        "--instance-mil",
+        type=int,
+        default=None,
+        metavar="ROUNDS",
+        help="amil on --features, two classes, slide labels only: first fit the patch head by "
+        "instance MIL (every tile of a benign slide benign, the --instance-top-k most "
+        "suspicious tiles of a positive slide positive, refit for up to ROUNDS rounds; "
+        "validation picks the round), then train the attention with that head frozen",
+    )
+    parser.add_argument(
+        "--instance-top-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --instance-mil: tiles per positive slide labelled positive (default 1)",
+    )
+    parser.add_argument(
         "--decision",
         choices=("auto", "attention", "top_k", "max"),
         default="auto",
@@ -264,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
         stage1_per_class=_stage1_tiles(args),
         instance_classes=tuple(args.instance_class or ()),
         freeze_encoder=args.freeze_encoder,
+        instance_mil=_instance_mil(args),
     )
     summary = data.summary()
     print(
@@ -347,3 +368,16 @@ def _stage1_tiles(args: argparse.Namespace) -> int | None:
 
 def _fmt(value: float) -> str:
     return "n/a" if value != value else f"{value:.3f}"
+
+
+def _instance_mil(args: argparse.Namespace) -> InstanceMILConfig | None:
+    """``--instance-mil`` checked against the options it needs."""
+    from napari_histattn.training.instance_mil import InstanceMILConfig
+
+    if args.instance_mil is None:
+        if args.instance_top_k != 1:
+            raise HistattnError("--instance-top-k needs --instance-mil ROUNDS")
+        return None
+    if args.features is None or args.model != "amil":
+        raise HistattnError("--instance-mil trains amil on cached --features DIR")
+    return InstanceMILConfig(rounds=args.instance_mil, top_k=args.instance_top_k)

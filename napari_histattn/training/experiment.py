@@ -52,6 +52,7 @@ from napari_histattn.training.inputs import (
     stage1,
     warm_start,
 )
+from napari_histattn.training.instance_mil import InstanceMILConfig, instance_mil_stage
 from napari_histattn.training.loop import (
     EvalResult,
     Predictions,
@@ -132,6 +133,10 @@ class ExperimentSpec:
         (look-alikes, normal tissue), beside the slide classes.
     freeze_encoder
         Stage 2 trains attention and head only (pixel training).
+    instance_mil
+        Two-class A-MIL on cached features: fit the head by instance MIL from slide
+        labels first (:mod:`~napari_histattn.training.instance_mil`), then train the
+        attention with the head frozen.
     """
 
     model_name: str
@@ -150,6 +155,7 @@ class ExperimentSpec:
     stage1_per_class: int | None = None
     instance_classes: tuple[str, ...] = ()
     freeze_encoder: bool = False
+    instance_mil: InstanceMILConfig | None = None
 
 
 @dataclass
@@ -309,6 +315,14 @@ def cross_validate(
             _close(annotated)
         if spec.freeze_encoder:
             stage1_record["frozen_encoder_parameters"] = freeze_encoder(model)
+        if spec.instance_mil is not None:
+            if not isinstance(train_set, FeatureBagDataset) or spec.model_name != "amil":
+                raise HistattnError("instance MIL trains amil on cached --features")
+            record = yield from _staged(
+                instance_mil_stage(model, train_set, cast(Any, val_set), spec.instance_mil),
+                f"{stage} stage 1",
+            )
+            stage1_record["instance_mil"] = {**record, "positive_class": class_names[1]}
         result = yield from _staged(
             train(
                 model,

@@ -369,3 +369,44 @@ def test_a_small_cnn_reads_a_larger_field_end_to_end(
     assert "unknown patch encoder 'small-cnn'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="at least"):
         create_encoder("small_cnn", input_size=8)
+
+
+def test_instance_mil_trains_from_slide_labels_and_records_its_rounds(
+    cohort: tuple[Path, Path], features: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``histattn train --instance-mil``: the head fitted on single tiles, then frozen while
+    the attention learns; the checkpoint records the rounds and classifies a slide."""
+    from napari_histattn.cli import main
+    from napari_histattn.inference.engine import classify
+    from napari_histattn.models.checkpoint import load
+
+    run = tmp_path / "run"
+    train = ["train", "--labels", str(cohort[1]), "--features", str(features), "--model", "amil"]
+    train += ["--out", str(run), "--folds", "1", "--val-fraction", "0.25", "--epochs", "2"]
+    train += ["--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main([*train, "--instance-mil", "3", "--instance-top-k", "4"]) == 0
+    ckpt = run / "fold-1" / "model.safetensors"
+    loaded = load(ckpt, device="cpu")
+    record = loaded.metadata["training"]["stage1"]["instance_mil"]
+    assert record["top_k"] == 4 and record["positive_class"] == "lesion"
+    # Round 0 labels every tile of a positive training slide, later rounds 4 per slide.
+    history = record["history"]
+    assert 2 <= record["rounds_run"] == len(history) <= 4
+    n_positive_slides = history[1]["positive_tiles"] // 4
+    assert history[1]["positive_tiles"] == 4 * n_positive_slides
+    assert history[0]["positive_tiles"] > 4 * n_positive_slides
+    # The checkpointed head is the fitted margin: class 0's weights are zero.
+    head = loaded.model.head[-1]
+    assert torch.all(head.weight[0] == 0) and head.weight[1].abs().sum() > 0
+    slide = cohort[0] / "s00.tiff"
+    result = run_to_completion(classify(slide, ckpt, device="cpu", features_dir=features))
+    assert 0.0 <= result.probabilities_by_class["lesion"] <= 1.0
+    # Options it needs are named before anything trains.
+    capsys.readouterr()
+    assert (
+        main([*train[:3], "--model", "amil", "--out", str(tmp_path / "x"), "--instance-mil", "2"])
+        != 0
+    )
+    assert "--instance-mil trains amil on cached --features" in capsys.readouterr().err
+    assert main([*train, "--instance-top-k", "3"]) != 0
+    assert "--instance-top-k needs --instance-mil" in capsys.readouterr().err

@@ -143,6 +143,17 @@ class FeatureBagDataset(Dataset[tuple[Tensor, int]]):
             return (*head, label)
         return (*head, torch.from_numpy(tiles[chosen]), label)
 
+    def label(self, index: int) -> int:
+        """Item ``index``'s slide label (class index)."""
+        return int(self.data.samples[index].label)
+
+    def all_features(self, index: int) -> np.ndarray:
+        """Every feature row ``(n, D)`` of item ``index``, whatever ``max_patches`` says."""
+        try:
+            return read_features(self._paths[index]).features
+        except FeatureFileError as exc:
+            raise DatasetError(self._paths[index], str(exc)) from exc
+
     def tile_labels(self, index: int, cached: Any = None) -> np.ndarray:
         """``(n,)`` annotation label of each of item ``index``'s tiles (-1: unlabelled)."""
         if cached is None:
