@@ -16,6 +16,9 @@ size, a negative three look-alikes. Recipes (the supervision each row uses):
   (``negative_loss_weight``: every tile of a benign slide is benign), still slide labels only;
 - ``none112`` / ``none112+neg``: as ``none`` / ``none+neg`` on 112-px tiles (56 um: a
   group of nuclei, where a 28-px tile holds about one), ``--tile-size 112``;
+- ``none+im`` / ``ssl+im`` / ``none112+im``: instance MIL (``--instance-mil 5
+  --instance-top-k 3``): the patch head fitted on single tiles from slide labels
+  (:mod:`napari_histattn.training.instance_mil`), then the attention trained with it frozen;
 - ``ssl+ann10``: as ``ssl``, plus the generator's ground-truth GeoJSON as annotations
   on 10 % of the training slides (``--annotations``, two-stage);
 - ``ssl+ann100``: annotations on every training slide (the generator's patch labels:
@@ -62,6 +65,10 @@ RECIPES = {
     "none112": "cached random features of 112-px tiles (56 um), slide labels only",
     "none112+neg": "cached random features of 112-px tiles, slide labels only, every tile of "
     "a benign slide benign",
+    "none+im": "cached random features, slide labels only, instance MIL head then attention",
+    "ssl+im": "cached SSL features, slide labels only, instance MIL head then attention",
+    "none112+im": "cached random features of 112-px tiles, slide labels only, instance MIL "
+    "head then attention",
     "ssl+ann10": "cached SSL features, slide labels + annotations on 10 % of slides",
     "ssl+ann100": "cached SSL features, annotations on every slide (upper bound)",
     "px+ssl": "encoder trained from SSL weights, slide labels only",
@@ -79,6 +86,8 @@ RECIPES = {
 
 #: Weight of the negative-bag instance loss in the ``+neg`` recipes.
 NEGATIVE_LOSS_WEIGHT = 1.0
+#: ``--instance-mil ROUNDS`` and ``--instance-top-k K`` of the ``+im`` recipes.
+INSTANCE_MIL_ROUNDS, INSTANCE_TOP_K = 5, 3
 #: Tile side of the ``none112`` recipes (``histattn features --tile-size``), 56 um.
 WIDE_TILE_PX = 112
 
@@ -179,6 +188,9 @@ def run_recipe(
     argv += ["--config", "topk_loss_weight=0.5", "--out", str(out), "--quiet"]
     if name.endswith("+neg"):  # the negative-bag instance loss (slide labels only)
         argv += ["--config", f"negative_loss_weight={NEGATIVE_LOSS_WEIGHT}"]
+    if name.endswith("+im"):  # instance MIL, then attention (slide labels only)
+        argv += ["--instance-mil", str(INSTANCE_MIL_ROUNDS)]
+        argv += ["--instance-top-k", str(INSTANCE_TOP_K)]
     if annotated:
         notes = WORK / f"annotations-{name}"
         shutil.rmtree(notes, ignore_errors=True)
