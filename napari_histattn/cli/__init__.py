@@ -24,6 +24,7 @@ _SUBCOMMANDS = (
     "features",
     "pretrain",
     "train",
+    "pseudo_label",
     "finetune",
     "evaluate",
     "classify",

@@ -371,8 +371,28 @@ def test_a_small_cnn_reads_a_larger_field_end_to_end(
         create_encoder("small_cnn", input_size=8)
 
 
+@pytest.fixture(scope="module")
+def instance_run(
+    cohort: tuple[Path, Path], features: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[str], Path]:
+    """``histattn train --instance-mil 3 --instance-top-k 4`` on the cached features: the
+    train arguments (without the instance options) and the checkpoint."""
+    from napari_histattn.cli import main
+
+    run = tmp_path_factory.mktemp("instance") / "run"
+    train = ["train", "--labels", str(cohort[1]), "--features", str(features), "--model", "amil"]
+    train += ["--out", str(run), "--folds", "1", "--val-fraction", "0.25", "--epochs", "2"]
+    train += ["--batch-size", "4", "--device", "cpu", "--quiet"]
+    assert main([*train, "--instance-mil", "3", "--instance-top-k", "4"]) == 0
+    return train, run / "fold-1" / "model.safetensors"
+
+
 def test_instance_mil_trains_from_slide_labels_and_records_its_rounds(
-    cohort: tuple[Path, Path], features: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    cohort: tuple[Path, Path],
+    features: Path,
+    instance_run: tuple[list[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     """``histattn train --instance-mil``: the head fitted on single tiles, then frozen while
     the attention learns; the checkpoint records the rounds and classifies a slide."""
@@ -380,12 +400,7 @@ def test_instance_mil_trains_from_slide_labels_and_records_its_rounds(
     from napari_histattn.inference.engine import classify
     from napari_histattn.models.checkpoint import load
 
-    run = tmp_path / "run"
-    train = ["train", "--labels", str(cohort[1]), "--features", str(features), "--model", "amil"]
-    train += ["--out", str(run), "--folds", "1", "--val-fraction", "0.25", "--epochs", "2"]
-    train += ["--batch-size", "4", "--device", "cpu", "--quiet"]
-    assert main([*train, "--instance-mil", "3", "--instance-top-k", "4"]) == 0
-    ckpt = run / "fold-1" / "model.safetensors"
+    train, ckpt = instance_run
     loaded = load(ckpt, device="cpu")
     record = loaded.metadata["training"]["stage1"]["instance_mil"]
     assert record["top_k"] == 4 and record["positive_class"] == "lesion"
@@ -410,3 +425,48 @@ def test_instance_mil_trains_from_slide_labels_and_records_its_rounds(
     assert "--instance-mil trains amil on cached --features" in capsys.readouterr().err
     assert main([*train, "--instance-top-k", "3"]) != 0
     assert "--instance-top-k needs --instance-mil" in capsys.readouterr().err
+
+
+def test_pseudo_labels_are_the_models_surest_tiles_and_train_as_annotations(
+    cohort: tuple[Path, Path], features: Path, instance_run: tuple[list[str], Path], tmp_path: Path
+) -> None:
+    """``histattn pseudo-label``: a positive slide's top tiles as its class, a benign slide's
+    most suspicious and some random tiles as benign, in files the annotation reader maps
+    back onto exactly those tiles."""
+    from napari_histattn.cli import main
+    from napari_histattn.models.checkpoint import load
+    from napari_histattn.training.datasets import load_layout
+    from napari_histattn.training.datasets.annotated import Annotations, InstanceLabeller
+    from napari_histattn.training.pseudo_labels import tile_margins
+
+    _, ckpt = instance_run
+    out = tmp_path / "pseudo"
+    argv = ["pseudo-label", "--labels", str(cohort[1]), "--features", str(features)]
+    argv += ["--checkpoint", str(ckpt), "--out", str(out), "--top-k", "2", "--quiet"]
+    assert main([*argv, "--hard-negatives", "3", "--random-negatives", "2"]) == 0
+    data = load_layout(cohort[1], "slides")
+    assert sorted(p.stem for p in out.glob("*.geojson")) == sorted(
+        s.path.stem for s in data.samples
+    )
+    model = load(ckpt, device="cpu").model
+    labeller = InstanceLabeller(Annotations(out), data.class_names)
+    for sample in data.samples:
+        cached = read_features(feature_path(features, sample.path))
+        margins = tile_margins(model, cached.features)
+        labels = labeller.labels(sample.path, cached.coords_l0_xy, cached.tile_l0)
+        labelled = np.flatnonzero(labels >= 0)
+        if sample.label == 1:  # its 2 highest-margin tiles, as lesion
+            assert set(labelled) == set(np.argsort(-margins)[:2].tolist())
+            assert np.all(labels[labelled] == 1)
+        else:  # the 3 highest-margin tiles and 2 others, as benign
+            assert labelled.size == 5 and np.all(labels[labelled] == 0)
+            assert set(np.argsort(-margins)[:3].tolist()) <= set(labelled)
+    # A checkpoint that reads pixels ranks no cached tiles; nothing is written.
+    pixels = tmp_path / "px.safetensors"
+    from napari_histattn.models.checkpoint import save
+    from napari_histattn.models.registry import create_model
+
+    model = create_model("amil", encoder="tiny", patch_size=12)
+    save(pixels, model, class_names=["benign", "lesion"], preprocessing={})
+    bad = [*argv[:5], "--checkpoint", str(pixels), "--out", str(tmp_path / "none")]
+    assert main(bad) != 0 and not (tmp_path / "none").exists()

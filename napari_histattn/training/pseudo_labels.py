@@ -1,0 +1,183 @@
+"""Pseudo-annotations from a slide-label model: the tiles it is surest of, written as the
+GeoJSON that ``histattn train --annotations`` reads, so that a patch encoder can learn from
+them (the second half of Campanella et al. 2019, where the CNN itself trains on the top
+tiles).
+
+A model trained from slide labels by instance MIL (:mod:`.instance_mil`) puts its most
+suspicious tiles on the lesion, but its frozen features may not tell a lesion from a
+look-alike. The tiles it scores give labels a pixel encoder can learn that difference from:
+
+- a positive slide: its ``top_k`` most suspicious tiles, labelled the positive class
+  (the second class);
+- a benign slide: its ``hard_negatives`` most suspicious tiles (the look-alikes the model
+  mistakes for lesion: every tile of a benign slide is benign) and ``random_negatives``
+  other tissue tiles, labelled the benign class (the first).
+
+Every other tile stays unlabelled. Each polygon is one tile's square in level-0 pixels, with
+its tile margin in its properties; the file's provenance names the checkpoint, so that a
+reviewer opening the GeoJSON on the slide sees which tiles trained the encoder and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_histattn.errors import HistattnError
+from napari_histattn.inference.features import (
+    FeatureFileError,
+    feature_info,
+    feature_path,
+    read_features,
+)
+from napari_histattn.io.export.geojson import write_geojson
+from napari_histattn.progress import Progress
+from napari_histattn.training.datasets.layouts import LabelledData
+
+__all__ = ["PseudoLabelConfig", "pseudo_annotations", "tile_margins"]
+
+#: What must agree between a feature file's encoder and the checkpoint's.
+_ENCODER_KEYS = ("name", "weights_sha256", "random_seed", "dim")
+#: Tiles scored at once.
+_CHUNK = 8192
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """Which tiles become pseudo-annotations (see the module docstring)."""
+
+    top_k: int = 3
+    hard_negatives: int = 8
+    random_negatives: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1 or self.hard_negatives < 0 or self.random_negatives < 0:
+            raise HistattnError(
+                "pseudo-labels need top_k >= 1, hard_negatives >= 0 and random_negatives >= 0"
+            )
+        if self.hard_negatives + self.random_negatives == 0:
+            raise HistattnError("pseudo-labels need some benign tiles (hard or random negatives)")
+
+
+def tile_margins(model: Any, features: np.ndarray) -> np.ndarray:
+    """``(n,)`` each tile's instance margin ``l1 - l0`` under a two-class bag model on
+    cached features (its head on the tile alone, after its feature scaling)."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(features), _CHUNK):
+            x = torch.from_numpy(np.ascontiguousarray(features[start : start + _CHUNK]))[None]
+            logits = model.forward_features(x.float()).instance_logits
+            if logits is None:
+                raise HistattnError("this model has no per-tile (instance) logits to rank tiles")
+            out.append((logits[0, :, 1] - logits[0, :, 0]).double().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _tile_feature(xy: np.ndarray, side: float, name: str, margin: float) -> dict[str, Any]:
+    x, y = float(xy[0]), float(xy[1])
+    ring = [[x, y], [x + side, y], [x + side, y + side], [x, y + side], [x, y]]
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [ring]},
+        "properties": {
+            "objectType": "annotation",
+            "classification": {"name": name},
+            "tile_margin": round(float(margin), 4),
+        },
+    }
+
+
+def pseudo_annotations(
+    checkpoint: str | Path,
+    data: LabelledData,
+    features_dir: str | Path,
+    out_dir: str | Path,
+    config: PseudoLabelConfig | None = None,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """Write ``<slide stem>.geojson`` of pseudo-annotations for every slide of ``data`` into
+    ``out_dir`` (see the module docstring), from ``checkpoint`` (two classes, trained on
+    the cached features in ``features_dir``). Yields stage ``pseudo-labels`` once per slide;
+    returns a summary (slides, tiles per class, the checkpoint).
+
+    Raises
+    ------
+    HistattnError
+        The checkpoint is not a two-class bag model on features, its classes are not the
+        data's, or a slide's feature file is missing, torn or made by another encoder:
+        all are checked before anything is written.
+    """
+    from napari_histattn.models.checkpoint import load
+
+    config = config or PseudoLabelConfig()
+    loaded = load(checkpoint, device="cpu")
+    model = loaded.model
+    if getattr(model, "encoder", 0) is not None or len(loaded.class_names) != 2:
+        raise HistattnError(
+            "pseudo-labels need a two-class amil checkpoint trained on cached features "
+            "(histattn train --features ... --instance-mil)"
+        )
+    if list(loaded.class_names) != list(data.class_names):
+        raise HistattnError(
+            f"the checkpoint's classes {loaded.class_names} are not the labels' "
+            f"{list(data.class_names)}"
+        )
+    files = [feature_path(features_dir, s.path) for s in data.samples]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:  # checked before any file is written
+        raise HistattnError(f"no features for {len(missing)} slide(s) ({missing[0]} first)")
+    described = loaded.preprocessing.get("feature_encoder") or {}
+    trained_on = {k: described.get(k) for k in _ENCODER_KEYS}
+    for path in files:  # every file checked (attributes only) before any is written
+        try:
+            encoder = feature_info(path)["encoder"]
+        except FeatureFileError as exc:
+            raise HistattnError(f"{path.name}: {exc}") from exc
+        made_by = {k: encoder.get(k) for k in _ENCODER_KEYS}
+        if made_by != trained_on:
+            raise HistattnError(
+                f"{path.name} was made by encoder {made_by}, the checkpoint was trained on "
+                f"features of {trained_on}: give the features it was trained on"
+            )
+    benign, positive = loaded.class_names
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(config.seed)
+    counts = {benign: 0, positive: 0}
+    for index, (sample, path) in enumerate(zip(data.samples, files, strict=True)):
+        try:
+            cached = read_features(path)
+        except FeatureFileError as exc:
+            raise HistattnError(f"{path.name}: {exc}") from exc
+        margins = tile_margins(model, cached.features)
+        order = np.argsort(-margins, kind="stable")
+        if int(sample.label) == 1:
+            rows, name = order[: config.top_k], positive
+        else:
+            hard = order[: config.hard_negatives]
+            rest = order[config.hard_negatives :]
+            extra = rng.choice(rest, min(config.random_negatives, rest.size), replace=False)
+            rows, name = np.concatenate([hard, extra]), benign
+        counts[name] += int(rows.size)
+        collection = {
+            "type": "FeatureCollection",
+            "features": [
+                _tile_feature(cached.coords_l0_xy[r], cached.tile_l0, name, margins[r])
+                for r in rows
+            ],
+        }
+        provenance = {
+            "source": "pseudo-labels",
+            "checkpoint": Path(checkpoint).name,
+            "checkpoint_sha256": loaded.sha256,
+            "rule": f"top {config.top_k} of a {positive} slide; {config.hard_negatives} most "
+            f"suspicious and {config.random_negatives} random tiles of a {benign} slide",
+        }
+        write_geojson(out / f"{sample.path.stem}.geojson", collection, provenance=provenance)
+        yield Progress("pseudo-labels", index + 1, len(files), sample.path.name)
+    return {"slides": len(files), "tiles": counts, "checkpoint_sha256": loaded.sha256}
