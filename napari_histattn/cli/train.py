@@ -380,4 +380,9 @@ def _instance_mil(args: argparse.Namespace) -> InstanceMILConfig | None:
         return None
     if args.features is None or args.model != "amil":
         raise HistattnError("--instance-mil trains amil on cached --features DIR")
+    if args.annotations is not None:
+        raise HistattnError(
+            "--instance-mil learns the patch head from slide labels alone, and --annotations "
+            "would train the same head: use one (annotations: --stage1-epochs)"
+        )
     return InstanceMILConfig(rounds=args.instance_mil, top_k=args.instance_top_k)

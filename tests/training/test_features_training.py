@@ -425,6 +425,10 @@ def test_instance_mil_trains_from_slide_labels_and_records_its_rounds(
     assert "--instance-mil trains amil on cached --features" in capsys.readouterr().err
     assert main([*train, "--instance-top-k", "3"]) != 0
     assert "--instance-top-k needs --instance-mil" in capsys.readouterr().err
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    assert main([*train, "--instance-mil", "2", "--annotations", str(notes)]) != 0
+    assert "use one" in capsys.readouterr().err
 
 
 def test_pseudo_labels_are_the_models_surest_tiles_and_train_as_annotations(
