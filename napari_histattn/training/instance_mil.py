@@ -162,16 +162,15 @@ def instance_mil_stage(
         y = torch.cat([torch.zeros(len(negatives)), torch.ones(len(pos))])
         weight = torch.where(y == 1, len(negatives) / len(pos), 1.0)
         w, b = fit_logistic(x, y, weight, config.l2)
-        score = float("nan")
+        score: float | None = None  # no validation slides of both classes: the last round
         if val is not None and val_labels is not None and 0 < val_labels.sum() < val_labels.size:
-            score = roc_auc_binary(val_labels, val.slide_scores(w, b, config.top_k))
+            score = float(roc_auc_binary(val_labels, val.slide_scores(w, b, config.top_k)))
         history.append({"round": round_, "positive_tiles": int(len(pos)), "val_roc_auc": score})
-        key = -1.0 if score != score else score
+        key = -1.0 if score is None or score != score else score
         if best is None or key >= best[0]:
             best = (key, round_, w, b)
-        yield Progress(
-            "instance MIL", round_ + 1, total, f"round {round_}: val ROC AUC {score:.2f}"
-        )
+        shown = "-" if score is None else f"{score:.2f}"
+        yield Progress("instance MIL", round_ + 1, total, f"round {round_}: val ROC AUC {shown}")
         picks = [torch.topk(p @ w + b, min(config.top_k, len(p))).indices for p in positives]
         if previous is not None and all(
             torch.equal(a.sort().values, c.sort().values)

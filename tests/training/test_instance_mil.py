@@ -112,3 +112,12 @@ def test_instance_mil_refuses_what_it_cannot_train() -> None:
         run_to_completion(instance_mil_stage(_model(train), only_benign, None, InstanceMILConfig()))
     with pytest.raises(HistattnError, match="top_k >= 1"):
         InstanceMILConfig(top_k=0)
+
+
+def test_without_validation_the_last_round_is_kept_and_recorded_as_such() -> None:
+    train = Bags(8, 3)
+    record = run_to_completion(
+        instance_mil_stage(_model(train), train, None, InstanceMILConfig(rounds=2, top_k=2))
+    )
+    assert record["chosen_round"] == record["history"][-1]["round"]
+    assert all(h["val_roc_auc"] is None for h in record["history"])  # JSON null, not NaN
