@@ -24,6 +24,10 @@ size, a negative three look-alikes. Recipes (the supervision each row uses):
 - ``ssl+ann100``: annotations on every training slide (the generator's patch labels:
   the upper bound);
 - ``px+...``: the same on pixels, the encoder learning from the SSL weights;
+- ``pseudo1+ssl``: still slide labels only. ``histattn pseudo-label`` turns the
+  ``none112+im`` model's surest tiles into annotations (a positive slide's 3 top tiles,
+  a benign slide's 8 most suspicious and 8 random tiles), and the patch1 recipe below
+  trains on them;
 - ``patch+ssl+ann10`` / ``patch+ssl+ann100``: the demo recipe through ``histattn train``:
   stage 1 a patch classifier over lesion, look-alike and tissue outlines on balanced
   tiles (``--stage1-tiles 128 --instance-class lookalike --instance-class tissue``),
@@ -80,6 +84,8 @@ RECIPES = {
     "patch+ssl+ann100": "as above with outlines on every slide (upper bound)",
     "patch1+ssl+ann10": "as patch+ssl+ann10 with 32-px tiles at 1.0 um/px (the demo's tile scale)",
     "patch1+ssl+ann100": "as patch+ssl+ann100 with 32-px tiles at 1.0 um/px",
+    "pseudo1+ssl": "slide labels only: `histattn pseudo-label` from the `none112+im` model, "
+    "then as patch1+ssl+ann10 on those tiles (nobody outlined anything)",
     "demo": "`sample_data/demo_<model>`: encoder trained on generator patch labels in 3 classes",
 }
 
@@ -88,6 +94,8 @@ RECIPES = {
 NEGATIVE_LOSS_WEIGHT = 1.0
 #: ``--instance-mil ROUNDS`` and ``--instance-top-k K`` of the ``+im`` recipes.
 INSTANCE_MIL_ROUNDS, INSTANCE_TOP_K = 5, 3
+#: ``histattn pseudo-label --top-k`` and ``--hard-negatives`` / ``--random-negatives``.
+PSEUDO_TOP_K, PSEUDO_NEGATIVES = 3, 8
 #: Tile side of the ``none112`` recipes (``histattn features --tile-size``), 56 um.
 WIDE_TILE_PX = 112
 
@@ -158,13 +166,15 @@ def run_recipe(
     annotated: list,
     ssl: Path | None,
     model: str = "amil",
+    notes: Path | None = None,
 ) -> dict:
     """Train one recipe with ``model`` (``amil`` or ``hatnet``) and score it on the test slides.
 
     ``feats`` None trains on pixels: the small_cnn encoder is trained with the
     attention head (warm-started from ``ssl`` when given) on at most 512 tiles per bag.
     HATNet on cached features takes every tile of a bag (its regions need their
-    neighbours); A-MIL at most 512.
+    neighbours); A-MIL at most 512. ``notes``: a folder of pseudo-annotations for the
+    patch recipe's stage 1 (their classes are the slide classes).
     """
     from napari_histattn.cli import main as cli
 
@@ -176,7 +186,7 @@ def run_recipe(
         if model == "hatnet":
             argv += ["--max-patches", "0"]
     else:
-        coarse = name.startswith(("patch1", "px1"))  # 32 px at 1 um/px: 5.2x the area
+        coarse = name.startswith(("patch1", "px1", "pseudo1"))  # 32 px at 1 um/px: 5.2x the area
         mpp = "1.0" if coarse else "0.5"
         argv += ["--target-mpp", mpp, "--max-patches", "512", "--epochs", "30", "--lr", "1e-3"]
         if coarse:
@@ -202,11 +212,35 @@ def run_recipe(
         if name.startswith("patch"):  # the demo recipe's stage 1 and frozen stage 2
             argv += ["--stage1-tiles", "128", "--freeze-encoder"]
             argv += ["--instance-class", "lookalike", "--instance-class", "tissue"]
+    if notes is not None:  # pseudo-annotations: stage 1 a patch classifier on their tiles
+        argv += ["--annotations", str(notes), "--stage1-epochs", "10", "--stage1-tiles", "128"]
+        argv += ["--freeze-encoder"]
     started = time.perf_counter()
     assert cli(argv) == 0
     train_s = time.perf_counter() - started
     row = {"recipe": name, "model": model, "annotated_slides": len(annotated), "train_s": train_s}
     return row | score(out / "fold-1" / "model.safetensors", test, feats)
+
+
+def _pseudo_notes(
+    rows: list, train: list, test: list, feats: dict, model: str
+) -> tuple[Path, float, list]:
+    """Pseudo-annotations from the ``none112+im`` model (trained again now, so they come from
+    this code; its row is replaced): the folder, the seconds that training and labelling
+    took (not its scoring) and the rows."""
+    from napari_histattn.cli import main as cli
+
+    ckpt = WORK / "run-none112+im" / "fold-1" / "model.safetensors"
+    fresh = run_recipe("none112+im", train, test, feats["none112"], [], None, model)
+    rows = [r for r in rows if r["recipe"] != "none112+im"] + [fresh]
+    started = time.perf_counter()
+    notes = WORK / "annotations-pseudo"
+    shutil.rmtree(notes, ignore_errors=True)
+    argv = ["pseudo-label", "--labels", str(_labels(train, WORK / "train.csv")), "--features"]
+    argv += [str(feats["none112"]), "--checkpoint", str(ckpt), "--out", str(notes), "--quiet"]
+    argv += ["--top-k", str(PSEUDO_TOP_K), "--hard-negatives", str(PSEUDO_NEGATIVES)]
+    assert cli([*argv, "--random-negatives", str(PSEUDO_NEGATIVES)]) == 0
+    return notes, fresh["train_s"] + time.perf_counter() - started, rows
 
 
 def score(ckpt: Path, test: list, feats: Path | None) -> dict:
@@ -332,7 +366,7 @@ def main() -> int:
     }
     _features(train + test, "small_cnn", None, feats["none"])
     _features(train + test, "small_cnn", args.ssl_weights, feats["ssl"])
-    if any(r.startswith("none112") for r in args.recipes):
+    if any(r.startswith(("none112", "pseudo")) for r in args.recipes):
         feats["none112"] = WORK / "features-random-112"
         _features(train + test, "small_cnn", None, feats["none112"], tile_size=WIDE_TILE_PX)
     # 10 %: the first annotated slides of the training list (two positives, two negatives).
@@ -357,13 +391,17 @@ def main() -> int:
             )
             rows[-1] |= score(ckpt, test, None)
             continue
-        pixels = recipe.startswith(("px", "patch"))
+        notes, before_s = None, 0.0
+        if recipe.startswith("pseudo"):
+            notes, before_s, rows = _pseudo_notes(rows, train, test, feats, args.model)
+        pixels = recipe.startswith(("px", "patch", "pseudo"))
         ssl = args.ssl_weights if "ssl" in recipe else None
         wide = recipe.startswith("none112")
         source = None if pixels else feats["none112" if wide else "ssl" if ssl else "none"]
         every = [s for s, _ in train]
         annotated = every if recipe.endswith("ann100") else ten if recipe.endswith("ann10") else []
-        rows.append(run_recipe(recipe, train, test, source, annotated, ssl, args.model))
+        rows.append(run_recipe(recipe, train, test, source, annotated, ssl, args.model, notes))
+        rows[-1]["train_s"] += before_s
         print(json.dumps(rows[-1]), file=sys.stderr)
     rows.sort(key=lambda r: (r.get("model", "amil") != "amil", list(RECIPES).index(r["recipe"])))
     extra = {

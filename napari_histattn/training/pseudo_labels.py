@@ -14,8 +14,9 @@ look-alike. The tiles it scores give labels a pixel encoder can learn that diffe
   other tissue tiles, labelled the benign class (the first).
 
 Every other tile stays unlabelled. Each polygon is one tile's square in level-0 pixels, with
-its tile margin in its properties; the file's provenance names the checkpoint, so that a
-reviewer opening the GeoJSON on the slide sees which tiles trained the encoder and why.
+its tile margin in its properties; the file records the slide's mpp (so File > Open lays it
+on the slide in micrometres) and its provenance names the checkpoint, so that a reviewer
+opening it on the slide sees which tiles will train the encoder and why.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from napari_histattn.inference.features import (
     read_features,
 )
 from napari_histattn.io.export.geojson import write_geojson
+from napari_histattn.io.slide import open_slide
 from napari_histattn.progress import Progress
 from napari_histattn.training.datasets.layouts import LabelledData
 
@@ -164,8 +166,11 @@ def pseudo_annotations(
             extra = rng.choice(rest, min(config.random_negatives, rest.size), replace=False)
             rows, name = np.concatenate([hard, extra]), benign
         counts[name] += int(rows.size)
+        with open_slide(sample.path) as slide:  # its mpp: the file opens in micrometres
+            mpp_xy = slide.mpp_xy
         collection = {
             "type": "FeatureCollection",
+            "properties": {"mpp_xy": None if mpp_xy is None else [float(v) for v in mpp_xy]},
             "features": [
                 _tile_feature(cached.coords_l0_xy[r], cached.tile_l0, name, margins[r])
                 for r in rows

@@ -452,6 +452,11 @@ def test_pseudo_labels_are_the_models_surest_tiles_and_train_as_annotations(
     assert sorted(p.stem for p in out.glob("*.geojson")) == sorted(
         s.path.stem for s in data.samples
     )
+    import json
+
+    first = json.loads((out / "s00.geojson").read_text())["properties"]
+    assert first["mpp_xy"] == [1.0, 1.0]  # opens on the slide in micrometres
+    assert first["provenance"]["source"] == "pseudo-labels"
     model = load(ckpt, device="cpu").model
     labeller = InstanceLabeller(Annotations(out), data.class_names)
     for sample in data.samples:
