@@ -65,7 +65,7 @@ class InstanceMILConfig:
     """
 
     rounds: int = 5
-    top_k: int = 1
+    top_k: int = 3
     l2: float = 1e-2
     negative_tiles: int = 2048
 
