@@ -167,6 +167,8 @@ def run_recipe(
     ssl: Path | None,
     model: str = "amil",
     notes: Path | None = None,
+    tag: str = "",
+    seed: int = 0,
 ) -> dict:
     """Train one recipe with ``model`` (``amil`` or ``hatnet``) and score it on the test slides.
 
@@ -174,13 +176,16 @@ def run_recipe(
     attention head (warm-started from ``ssl`` when given) on at most 512 tiles per bag.
     HATNet on cached features takes every tile of a bag (its regions need their
     neighbours); A-MIL at most 512. ``notes``: a folder of pseudo-annotations for the
-    patch recipe's stage 1 (their classes are the slide classes).
+    patch recipe's stage 1 (their classes are the slide classes). ``tag`` names the run's
+    folder and label CSV apart from the recipe's own (another cohort, as in
+    ``learning_curve.py``); ``seed`` is ``histattn train --seed`` (the validation split
+    and the initialisation).
     """
     from napari_histattn.cli import main as cli
 
-    out = WORK / (f"run-{name}" if model == "amil" else f"run-{model}-{name}")
+    out = WORK / (f"run-{name}{tag}" if model == "amil" else f"run-{model}-{name}{tag}")
     shutil.rmtree(out, ignore_errors=True)
-    argv = ["train", "--labels", str(_labels(train, WORK / "train.csv"))]
+    argv = ["train", "--labels", str(_labels(train, WORK / f"train{tag}.csv"))]
     if feats is not None:
         argv += ["--features", str(feats), "--epochs", "40", "--lr", "2e-3"]
         if model == "hatnet":
@@ -194,7 +199,7 @@ def run_recipe(
         if ssl is not None:
             argv += ["--encoder-weights", str(ssl)]
     argv += ["--model", model, "--folds", "1", "--val-fraction", "0.25"]
-    argv += ["--patience", "10", "--batch-size", "4", "--seed", "0"]
+    argv += ["--patience", "10", "--batch-size", "4", "--seed", str(seed)]
     argv += ["--config", "topk_loss_weight=0.5", "--out", str(out), "--quiet"]
     if name.endswith("+neg"):  # the negative-bag instance loss (slide labels only)
         argv += ["--config", f"negative_loss_weight={NEGATIVE_LOSS_WEIGHT}"]
