@@ -7,6 +7,7 @@ tifffile, safetensors, OSError) are chained as ``__cause__``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -25,7 +26,7 @@ class SlideError(HistattnError):
         Human-readable reason, for example ``"unsupported TIFF compression 52479"``.
     """
 
-    def __init__(self, path: str | Path, cause: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = Path(path)
         self.cause = cause
         super().__init__(f"Cannot open slide {str(self.path)!r}: {cause}")
@@ -34,7 +35,7 @@ class SlideError(HistattnError):
 class CheckpointError(HistattnError):
     """A model checkpoint is unsafe, corrupt, or does not match its model."""
 
-    def __init__(self, path: str | Path, cause: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = Path(path)
         self.cause = cause
         super().__init__(f"Cannot load checkpoint {str(self.path)!r}: {cause}")
@@ -43,7 +44,7 @@ class CheckpointError(HistattnError):
 class ExportError(HistattnError):
     """An export (GeoJSON, CSV, PNG) could not be written; nothing partial was left."""
 
-    def __init__(self, path: str | Path, cause: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = Path(path)
         self.cause = cause
         super().__init__(f"Cannot write {str(self.path)!r}: {cause}")
@@ -52,7 +53,7 @@ class ExportError(HistattnError):
 class AnnotationError(HistattnError):
     """An annotation file (GeoJSON regions, CSV of patches) is malformed or unreadable."""
 
-    def __init__(self, path: str | Path, cause: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], cause: str) -> None:
         self.path = Path(path)
         self.cause = cause
         super().__init__(f"Cannot read annotations {str(self.path)!r}: {cause}")

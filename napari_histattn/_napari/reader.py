@@ -95,6 +95,13 @@ def _open_and_probe(path: str | os.PathLike) -> Slide | None:
         return None
 
 
+def _as_paths(path: PathOrPaths) -> list[str | os.PathLike[Any]]:
+    """napari's one path or list of paths, as a list."""
+    if isinstance(path, list | tuple):
+        return list(path)
+    return [path]  # type: ignore[list-item]  # a str or PathLike, not a Sequence of them
+
+
 def napari_get_reader(path: PathOrPaths) -> ReaderFunction | None:
     """Return a function that reads ``path`` into layers, or ``None`` if we cannot.
 
@@ -111,7 +118,7 @@ def napari_get_reader(path: PathOrPaths) -> ReaderFunction | None:
         directory, a non-slide file, or a slide that cannot be opened or whose
         first tile cannot be decoded. Never raises.
     """
-    paths = list(path) if isinstance(path, list | tuple) else [path]
+    paths = _as_paths(path)
     if not paths or not all(_cheap_ok(p) for p in paths):
         return None
     slides: list[Slide] = []
@@ -125,8 +132,7 @@ def napari_get_reader(path: PathOrPaths) -> ReaderFunction | None:
     opened_for = [str(Path(p)) for p in paths]
 
     def read(path: PathOrPaths) -> list[LayerDataTuple]:
-        requested = path if isinstance(path, list | tuple) else [path]
-        if [str(Path(p)) for p in requested] == opened_for:
+        if [str(Path(p)) for p in _as_paths(path)] == opened_for:
             return [slide_layer_data(s) for s in slides]
         return read_slides(path)
 

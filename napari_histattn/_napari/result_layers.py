@@ -319,7 +319,8 @@ def regions_layer_data(
                 else (*(c / 255.0 for c in region.colour), 1.0)
             )
             if region.class_name is not None:
-                class_colours[region.class_name] = tuple(region.colour)
+                red, green, blue = region.colour[:3]
+                class_colours[region.class_name] = (int(red), int(green), int(blue))
     columns = ["label", "name", "rank", "class", "attention"]
     columns += ["source", "review", "author", "model_class", *measurement_names]
     features = {c: np.asarray([r[c] for r in rows]) for c in columns}

@@ -155,7 +155,7 @@ def shapes_to_regions(
         class_name = str(classes[first]) if classes is not None else None
         known = class_colours.get(class_name) if class_name is not None else None
         colour = (
-            tuple(int(v) for v in known)
+            (int(known[0]), int(known[1]), int(known[2]))
             if known is not None
             else (_colour_rgb(colours[first]) if first < len(colours) else None)
         )

@@ -334,8 +334,9 @@ def ground_truth_line(viewer: Any, shown: Shown) -> str | None:
         )
         if key not in shown.truth_lines:
             shown.truth_lines[key] = _truth_line(layer, shown, positive)
-        if shown.truth_lines[key]:
-            lines.append(shown.truth_lines[key])
+        line = shown.truth_lines[key]
+        if line:
+            lines.append(line)
     return "\n".join(lines) or None
 
 

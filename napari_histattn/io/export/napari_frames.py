@@ -10,14 +10,14 @@ from napari_histattn.io.frames import napari_scale_yx
 # --------------------------------------------------------------------------- napari frames
 
 
-def _pair(value: Sequence[float], name: str) -> NDArray[np.float64]:
+def _pair(value: ArrayLike, name: str) -> NDArray[np.float64]:
     pair = np.asarray(value, dtype=np.float64).reshape(-1)
     if pair.shape != (2,) or not np.isfinite(pair).all():
         raise ValueError(f"{name} must be two finite numbers (y, x), got {value!r}")
     return pair
 
 
-def _scale(value: Sequence[float]) -> NDArray[np.float64]:
+def _scale(value: ArrayLike) -> NDArray[np.float64]:
     pair = _pair(value, "scale_yx")
     if (pair == 0).any():
         raise ValueError(f"scale_yx must be non-zero, got {value!r}")
@@ -33,8 +33,8 @@ def _vertices(vertices: ArrayLike, name: str) -> NDArray[np.float64]:
 
 def napari_yx_to_l0_polygon(
     vertices_napari_yx: ArrayLike,
-    scale_yx: Sequence[float] = (1.0, 1.0),
-    translate_yx: Sequence[float] = (0.0, 0.0),
+    scale_yx: ArrayLike = (1.0, 1.0),
+    translate_yx: ArrayLike = (0.0, 0.0),
     *,
     mpp_xy: Sequence[float] | None = None,
 ) -> NDArray[np.float64]:
