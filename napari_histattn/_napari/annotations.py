@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from napari_histattn._napari.layers import LayerDataTuple
-from napari_histattn._napari.result_export import file_properties
 from napari_histattn._napari.result_layers import regions_layer_data, shapes_to_regions
-from napari_histattn.io.export import read_geojson_regions, write_geojson
+from napari_histattn.io.export import read_geojson_document, write_geojson
 
 GEOJSON_SUFFIXES = (".geojson",)
 
@@ -103,8 +102,7 @@ def read_geojson_shapes(path: str | os.PathLike[str]) -> list[LayerDataTuple]:
         The file is not GeoJSON with valid polygons.
     """
     source_path = Path(path)
-    regions = read_geojson_regions(source_path)
-    properties = file_properties(source_path)
+    regions, properties = read_geojson_document(source_path)
     mpp_xy = _mpp_of(properties)
     provenance = properties.get("provenance") if isinstance(properties, dict) else None
     provenance = provenance if isinstance(provenance, dict) else {}

@@ -7,7 +7,6 @@ GUI-free (no Qt, no napari), so that the classify widget and tests share it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from napari_histattn.errors import HistattnError
 from napari_histattn.inference.review import RegionReview, split_review
 from napari_histattn.io.export import (
-    read_geojson_regions,
+    read_geojson_document,
     write_geojson,
     write_patches_csv,
     write_region_crops,
@@ -34,7 +33,6 @@ __all__ = [
     "default_export_path",
     "export_paths",
     "export_result",
-    "file_properties",
     "model_label",
     "read_review",
 ]
@@ -158,18 +156,6 @@ def export_result(
     return written
 
 
-def file_properties(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The top-level ``properties`` of a GeoJSON FeatureCollection (our exports keep the
-    provenance and the slide's mpp there), or ``{}`` when it has none or cannot be read."""
-    try:
-        document = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError, RecursionError):
-        return {}
-    if isinstance(document, dict) and isinstance(document.get("properties"), dict):
-        return dict(document["properties"])
-    return {}
-
-
 @dataclass(frozen=True)
 class SavedReview:
     """A review read back from its GeoJSON (:func:`export_result`'s, or QuPath's).
@@ -247,11 +233,11 @@ def read_review(path: str | os.PathLike[str]) -> SavedReview:
         It holds no region at all.
     """
     source = Path(path)
-    regions = read_geojson_regions(source)
+    regions, properties = read_geojson_document(source)
     if not regions:
         raise HistattnError(f"{source} holds no region to restore")
     model_regions, expert = split_review(regions)
-    provenance = file_properties(source).get("provenance")
+    provenance = properties.get("provenance")
     return SavedReview(
         source, model_regions, expert, dict(provenance) if isinstance(provenance, dict) else {}
     )

@@ -21,6 +21,7 @@ from napari_histattn.io.export import (
     json_safe,
     l0_polygon_to_napari_yx,
     napari_yx_to_l0_polygon,
+    read_geojson_document,
     read_geojson_regions,
     read_patches_csv,
     regions_to_geojson,
@@ -226,6 +227,24 @@ def test_geojson_round_trip_restores_polygons(tmp_path: Path) -> None:
         for key, value in original.measurements.items():
             assert restored.measurements[key] == pytest.approx(value)
     assert any(len(r.polygon.interiors) == 1 for r in back if isinstance(r.polygon, Polygon))
+
+
+def test_geojson_document_gives_regions_and_file_properties_from_one_read(
+    tmp_path: Path,
+) -> None:
+    regions = [Region(box(0, 0, 40, 20), class_name="Tumor", rank=1)]
+    ours = write_geojson(
+        tmp_path / "ours.geojson", regions, provenance={"seed": 7}, mpp_xy=(0.5, 0.25)
+    )
+    back, properties = read_geojson_document(ours)
+    assert [r.class_name for r in back] == [r.class_name for r in read_geojson_regions(ours)]
+    assert properties["provenance"]["seed"] == 7
+    assert properties["mpp_xy"] == [0.5, 0.25]
+    # QuPath's bare list of features has no top-level properties: {} (not an error).
+    bare = tmp_path / "qupath.geojson"
+    bare.write_text(json.dumps(json.loads(ours.read_text())["features"]))
+    back, properties = read_geojson_document(bare)
+    assert len(back) == 1 and properties == {}
 
 
 def test_reads_qupath_variants(tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ from __future__ import annotations
 from napari_histattn.io.export.crops import write_region_crops
 from napari_histattn.io.export.geojson import (
     json_safe,
+    read_geojson_document,
     read_geojson_regions,
     regions_to_geojson,
     write_geojson,
@@ -52,6 +53,7 @@ __all__ = [
     "json_safe",
     "l0_polygon_to_napari_yx",
     "napari_yx_to_l0_polygon",
+    "read_geojson_document",
     "read_geojson_regions",
     "read_patches_csv",
     "regions_to_geojson",

@@ -398,7 +398,8 @@ def _features_of(document: Any) -> list[Any]:
 
 
 def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
-    """Read polygonal annotations from a GeoJSON file as regions in level-0 pixels.
+    """Read polygonal annotations from a GeoJSON file as regions in level-0 pixels
+    (:func:`read_geojson_document` without the file's top-level properties).
 
     Reads our exports, QuPath's exports (FeatureCollection, single Feature or a bare
     list of features; measurements as a mapping or QuPath 0.2/0.3's list; colours as
@@ -423,6 +424,21 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
     AnnotationError
         The file cannot be read, is not JSON, or is not GeoJSON with valid polygon
         coordinates; the message names the file and the feature.
+    """
+    return read_geojson_document(path)[0]
+
+
+def read_geojson_document(
+    path: str | os.PathLike[str],
+) -> tuple[list[Region], dict[str, Any]]:
+    """The regions of a GeoJSON file (as :func:`read_geojson_regions` reads them) and the
+    top-level ``properties`` of its FeatureCollection (our exports keep the provenance
+    and the slide's mpp there; ``{}`` when it has none), from one parse of the file.
+
+    Raises
+    ------
+    AnnotationError
+        As :func:`read_geojson_regions`.
     """
     source = Path(path)
     try:
@@ -451,6 +467,8 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
         features = _features_of(document)
     except ValueError as exc:
         raise AnnotationError(source, str(exc)) from exc
+    top = document.get("properties") if isinstance(document, Mapping) else None
+    file_properties = dict(top) if isinstance(top, Mapping) else {}
     if len(features) > MAX_FEATURES:
         raise AnnotationError(
             source, f"{len(features):,} features is beyond the limit of {MAX_FEATURES:,}"
@@ -495,4 +513,4 @@ def read_geojson_regions(path: str | os.PathLike[str]) -> list[Region]:
                 metadata=_metadata_from(properties),
             )
         )
-    return regions
+    return regions, file_properties
