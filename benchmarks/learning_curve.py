@@ -41,6 +41,8 @@ START, END = "<!-- learning-curve:start -->", "<!-- learning-curve:end -->"
 RECIPE = "none112+im"
 #: The rows of every run so far (a run replaces its own rows and keeps the others).
 LAST = sl.WORK / "learning-curve.json"
+#: The features column of rows whose pseudo-labels came from two runs voting.
+VOTED = "random + SSL (voted)"
 
 
 def _lesion_share(slide: Path, coords_l0_xy: np.ndarray, side_l0: float) -> np.ndarray:
@@ -190,23 +192,47 @@ def tile_heads(train: list, test: list, feats: Path, top: int, seed: int) -> lis
     return [*rows, _ranking_row("naive MLP", naive, tests, 0) | {"seed": seed}]
 
 
-def pseudo_run(size: int, seed: int, train: list, test: list, feats: Path, tag: str) -> dict:
-    """``pseudo1`` on this cohort: ``histattn pseudo-label`` from its ``none112+im`` run
-    (same seed), then the small-lesion benchmark's patch1 stage on those tiles from random
-    weights (32-px tiles at 1.0 um/px; still slide labels only)."""
+def label_precision(notes: Path, train: list) -> tuple[int, int]:
+    """(tiles at least a quarter lesion, tiles) among the pseudo-positive tiles that
+    ``histattn pseudo-label`` wrote into ``notes`` for the positive training slides."""
+    from napari_histattn.io.export import read_geojson_regions
+
+    good = total = 0
+    for slide, label in train:
+        if label != "lesion":
+            continue
+        bounds = np.asarray(
+            [r.polygon.bounds for r in read_geojson_regions(notes / f"{slide.stem}.geojson")]
+        )
+        share = _lesion_share(slide, bounds[:, :2], float(bounds[0, 2] - bounds[0, 0]))
+        good += int((share >= 0.25).sum())
+        total += len(share)
+    return good, total
+
+
+def pseudo_run(
+    size: int, seed: int, train: list, test: list, voters: list[tuple[Path, str]], tag: str
+) -> dict:
+    """``pseudo1`` on this cohort: ``histattn pseudo-label`` from the ``none112+im`` runs
+    ``voters`` ((features, run tag) pairs: several vote), then the small-lesion
+    benchmark's patch1 stage on those tiles from random weights (32-px tiles at 1.0 um/px;
+    still slide labels only). The row's precision is the pseudo-positives'."""
     from napari_histattn.cli import main as cli
 
-    ckpt = sl.WORK / f"run-{RECIPE}{tag}" / "fold-1" / "model.safetensors"
     notes = sl.WORK / f"annotations-pseudo{tag}"
     shutil.rmtree(notes, ignore_errors=True)
     started = time.perf_counter()
     argv = ["pseudo-label", "--labels", str(sl._labels(train, sl.WORK / f"train{tag}.csv"))]
-    argv += ["--features", str(feats), "--checkpoint", str(ckpt), "--out", str(notes)]
-    argv += ["--top-k", str(sl.PSEUDO_TOP_K), "--hard-negatives", str(sl.PSEUDO_NEGATIVES)]
+    for feats, run in voters:
+        ckpt = sl.WORK / f"run-{RECIPE}{run}" / "fold-1" / "model.safetensors"
+        argv += ["--features", str(feats), "--checkpoint", str(ckpt)]
+    argv += ["--out", str(notes), "--top-k", str(sl.PSEUDO_TOP_K)]
+    argv += ["--hard-negatives", str(sl.PSEUDO_NEGATIVES)]
     assert cli([*argv, "--random-negatives", str(sl.PSEUDO_NEGATIVES), "--quiet"]) == 0
     labelled_s = time.perf_counter() - started
     row = sl.run_recipe("pseudo1", train, test, None, [], None, notes=notes, tag=tag, seed=seed)
     row["train_s"] += labelled_s
+    row["precision"] = label_precision(notes, train)
     return row
 
 
@@ -236,9 +262,11 @@ def report(rows: list[dict], machine: str, n_extra: int) -> str:
         "(no threshold, so no accuracy). "
         "Scored on the small-lesion "
         "benchmark's 16 test slides. The seed (`histattn train --seed`) picks the "
-        "validation split and the initial weights. Top-tile precision: the top-K tiles of "
-        "each positive training slide that are at least a quarter lesion (the positives "
-        "`pseudo1` trains on).",
+        "validation split and the initial weights. `random + SSL (voted)`: `pseudo1` on "
+        "the pseudo-labels of the random and the SSL runs voting (`histattn pseudo-label` "
+        "with both checkpoints: tiles ranked by the sum of their two ranks). Top-tile "
+        "precision: the top-K tiles of each positive training slide that are at least a "
+        "quarter lesion; for `pseudo1`, the pseudo-positive tiles it trained on.",
         "",
         "| recipe | features | training slides | K | seed | slide acc. | sens. @ 95 % spec. "
         "| ROC AUC | loc. AUC (tissue) | loc. AUC (lesion vs look-alike) | top-tile precision "
@@ -263,6 +291,8 @@ def _rerun(row: dict, args: argparse.Namespace) -> bool:
     features = "SSL" if args.encoder_weights else "random"
     if row["top_k"] != args.top_k or row["n_train"] not in args.sizes:
         return False
+    if row.get("features", "random") == VOTED:
+        return args.vote and row["n_train"] in args.pseudo_sizes and row["seed"] == args.seeds[0]
     if row.get("features", "random") != features:
         return False
     if row["recipe"].startswith("tile labels"):
@@ -283,6 +313,12 @@ def main() -> int:
     )
     parser.add_argument("--top-k", type=int, default=sl.INSTANCE_TOP_K, help="instance top-k")
     parser.add_argument(
+        "--vote",
+        action="store_true",
+        help="with --encoder-weights: also a pseudo1 row from the random and SSL runs voting "
+        "(the random run of the same size and seed must exist)",
+    )
+    parser.add_argument(
         "--encoder-weights",
         type=Path,
         help="small_cnn weights for the 112-px features (histattn pretrain --tile-size 112; "
@@ -293,6 +329,8 @@ def main() -> int:
     sl.INSTANCE_TOP_K = sl.PSEUDO_TOP_K = args.top_k
     if min(args.sizes) < 36 or not set(args.pseudo_sizes) <= set(args.sizes):
         raise SystemExit("sizes start at the benchmark's 36 slides; pseudo sizes are sizes")
+    if args.vote and not args.encoder_weights:
+        raise SystemExit("--vote needs --encoder-weights (the SSL runs vote with the random)")
     sl.WORK.mkdir(parents=True, exist_ok=True)
     machine = _machine()
     base = sl._base_train() + sl._make(
@@ -322,14 +360,20 @@ def main() -> int:
                 fitted = {"seed": "-"} | fitted | {"n_train": size, "top_k": args.top_k}
                 rows.append(fitted | {"features": features})
             if seed == args.seeds[0] and size in args.pseudo_sizes:
-                rows.append(pseudo_run(size, seed, train, test, feats, tag))
+                rows.append(pseudo_run(size, seed, train, test, [(feats, tag)], tag))
                 rows[-1] |= {"n_train": size, "seed": seed, "top_k": args.top_k}
                 rows[-1]["features"] = features
+            if seed == args.seeds[0] and size in args.pseudo_sizes and args.vote:
+                random_run = (sl.WORK / "features-random-112", f"-n{size}-s{seed}")
+                voters = [random_run, (feats, tag)]
+                rows.append(pseudo_run(size, seed, train, test, voters, f"{tag}-vote"))
+                rows[-1] |= {"n_train": size, "seed": seed, "top_k": args.top_k}
+                rows[-1]["features"] = VOTED
                 print(f"pseudo1 {size} seed {seed}: {rows[-1]['roc_auc']:.2f}", file=sys.stderr)
     order = {RECIPE: 0, "pseudo1": 1, "naive MLP": 2, "tile labels": 3, "tile labels, MLP": 4}
     rows.sort(
         key=lambda r: (
-            r.get("features", "random") != "random",
+            ["random", "SSL", VOTED].index(r.get("features", "random")),
             r["top_k"],
             r["n_train"],
             order[r["recipe"]],
@@ -337,7 +381,7 @@ def main() -> int:
         )
     )
     LAST.write_text(json.dumps(rows, indent=1))
-    text = report(rows, machine, n_extra)
+    text = report(rows, machine, max(r["n_train"] for r in rows) - len(base))
     _write_section(text, START, END)
     print(text)
     return 0

@@ -16,6 +16,11 @@ on balanced tiles), then the slide model learns from slide labels::
     histattn train --labels labels.csv --model amil --annotations pseudo/ --stage1-epochs 10 \\
         --stage1-tiles 128 --freeze-encoder --config topk_loss_weight=0.5 --out run/
 
+Two models that err differently vote: ``--features feats-random/ --checkpoint
+run-random/fold-1/model.safetensors --features feats-ssl/ --checkpoint
+run-ssl/fold-1/model.safetensors`` ranks each tile by the sum of its two ranks (the
+folders must hold the same tiles: one tile size and tissue setting).
+
 Still slide labels only: no person outlined anything. Open a GeoJSON on its slide to see
 which tiles will teach the encoder; each carries its tile margin.
 """
@@ -40,13 +45,20 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--labels", required=True, type=Path, help="CSV of slide,label[,patient]")
     parser.add_argument(
-        "--features", required=True, type=Path, metavar="DIR", help="the cached features"
+        "--features",
+        required=True,
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="the cached features (once per --checkpoint, in the same order)",
     )
     parser.add_argument(
         "--checkpoint",
         required=True,
         type=Path,
-        help="a two-class amil checkpoint trained on those features",
+        action="append",
+        help="a two-class amil checkpoint trained on those features; give several (each "
+        "with its --features) and they vote: tiles rank by the sum of the models' ranks",
     )
     parser.add_argument("--out", required=True, type=Path, metavar="DIR")
     parser.add_argument("--top-k", type=int, default=3, help="tiles per positive slide")

@@ -470,6 +470,19 @@ def test_pseudo_labels_are_the_models_surest_tiles_and_train_as_annotations(
         else:  # the 3 highest-margin tiles and 2 others, as benign
             assert labelled.size == 5 and np.all(labels[labelled] == 0)
             assert set(np.argsort(-margins)[:3].tolist()) <= set(labelled)
+    # Two models vote (here the same one twice: the same tiles, in the same order), and
+    # the files name both; a checkpoint without its features folder is refused.
+    voted = tmp_path / "voted"
+    two = [*argv[:5], "--features", str(features), "--checkpoint", str(ckpt)]
+    two += ["--checkpoint", str(ckpt), "--out", str(voted), "--top-k", "2", "--quiet"]
+    assert main([*two, "--hard-negatives", "3", "--random-negatives", "2"]) == 0
+    both = json.loads((voted / "s00.geojson").read_text())
+    assert len(both["properties"]["provenance"]["checkpoints"]) == 2
+    once = json.loads((out / "s00.geojson").read_text())
+    assert [f["geometry"] for f in both["features"]] == [f["geometry"] for f in once["features"]]
+    half = [*argv[:5], "--checkpoint", str(ckpt), "--checkpoint", str(ckpt)]
+    assert main([*half, "--out", str(tmp_path / "half"), "--quiet"]) != 0
+    assert not (tmp_path / "half").exists()
     # A checkpoint that reads pixels ranks no cached tiles; nothing is written.
     pixels = tmp_path / "px.safetensors"
     from napari_histattn.models.checkpoint import save

@@ -121,3 +121,16 @@ def test_without_validation_the_last_round_is_kept_and_recorded_as_such() -> Non
     )
     assert record["chosen_round"] == record["history"][-1]["round"]
     assert all(h["val_roc_auc"] is None for h in record["history"])  # JSON null, not NaN
+
+
+def test_voting_models_rank_a_tile_by_the_sum_of_their_ranks() -> None:
+    """``consensus_order``: one model orders by its margin; two order by the sum of their
+    ranks, ties broken by the first model's margin, so a tile one model alone puts first
+    does not lead."""
+    from napari_histattn.training.pseudo_labels import consensus_order
+
+    a = np.array([3.0, 2.0, 1.0, 0.0])
+    b = np.array([0.0, 3.0, 2.0, 1.0])  # ranks 3, 0, 1, 2 against a's 0, 1, 2, 3
+    assert consensus_order([a]).tolist() == [0, 1, 2, 3]
+    assert consensus_order([a, b]).tolist() == [1, 0, 2, 3]  # sums 3, 1, 3, 5
+    assert consensus_order([a, a]).tolist() == consensus_order([a]).tolist()
