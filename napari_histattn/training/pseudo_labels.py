@@ -153,10 +153,11 @@ def consensus_order(margins: Sequence[np.ndarray]) -> np.ndarray:
     return np.lexsort((-first, np.sum(ranks, axis=0)))
 
 
-def _read_tiles(dirs: Sequence[Path], slide: Path) -> list[FeatureFile]:
-    """A slide's feature files, one per model, which must hold the same tiles."""
+def _read_tiles(dirs: Sequence[Path], slide: Path, features: bool = True) -> list[FeatureFile]:
+    """A slide's feature files, one per model, which must hold the same tiles (with
+    ``features=False`` their tiles only, for the check)."""
     try:
-        cached = [read_features(feature_path(d, slide)) for d in dirs]
+        cached = [read_features(feature_path(d, slide), features=features) for d in dirs]
     except FeatureFileError as exc:
         raise HistattnError(str(exc)) from exc
     for other, d in zip(cached[1:], dirs[1:], strict=True):
@@ -189,8 +190,8 @@ def pseudo_annotations(
     HistattnError
         A checkpoint is not a two-class bag model on features, its classes are not the
         data's, a slide's feature file is missing, torn or made by another encoder, or
-        the models' feature files hold different tiles: the checkpoints and feature
-        attributes are checked before anything is written.
+        the models' feature files hold different tiles: all are checked before anything
+        is written.
     """
     config = config or PseudoLabelConfig()
     checkpoints = (
@@ -207,6 +208,9 @@ def pseudo_annotations(
             f"{len(dirs)} folder(s))"
         )
     loaded = [_checked_model(c, data, d) for c, d in zip(checkpoints, dirs, strict=True)]
+    if len(dirs) > 1:  # the voters' tiles agree on every slide before a file is written
+        for sample in data.samples:
+            _read_tiles(dirs, sample.path, features=False)
     benign, positive = loaded[0].class_names
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -432,7 +432,11 @@ def test_instance_mil_trains_from_slide_labels_and_records_its_rounds(
 
 
 def test_pseudo_labels_are_the_models_surest_tiles_and_train_as_annotations(
-    cohort: tuple[Path, Path], features: Path, instance_run: tuple[list[str], Path], tmp_path: Path
+    cohort: tuple[Path, Path],
+    features: Path,
+    instance_run: tuple[list[str], Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     """``histattn pseudo-label``: a positive slide's top tiles as its class, a benign slide's
     most suspicious and some random tiles as benign, in files the annotation reader maps
@@ -481,8 +485,22 @@ def test_pseudo_labels_are_the_models_surest_tiles_and_train_as_annotations(
     once = json.loads((out / "s00.geojson").read_text())
     assert [f["geometry"] for f in both["features"]] == [f["geometry"] for f in once["features"]]
     half = [*argv[:5], "--checkpoint", str(ckpt), "--checkpoint", str(ckpt)]
+    capsys.readouterr()
     assert main([*half, "--out", str(tmp_path / "half"), "--quiet"]) != 0
+    assert "one features folder per checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "half").exists()
+    # Voters whose feature files hold other tiles of a slide: refused before any file.
+    import shutil
+
+    import h5py
+
+    moved = shutil.copytree(features, tmp_path / "moved")
+    with h5py.File(feature_path(moved, data.samples[-1].path), "r+") as h5:
+        h5["coords"][0] = h5["coords"][0] + 1
+    other = [*argv[:5], "--checkpoint", str(ckpt), "--features", str(moved)]
+    capsys.readouterr()
+    assert main([*other, "--checkpoint", str(ckpt), "--out", str(tmp_path / "x"), "--quiet"]) != 0
+    assert "hold other tiles" in capsys.readouterr().err and not (tmp_path / "x").exists()
     # A checkpoint that reads pixels ranks no cached tiles; nothing is written.
     pixels = tmp_path / "px.safetensors"
     from napari_histattn.models.checkpoint import save
