@@ -31,7 +31,7 @@ import numpy as np
 import shapely
 from numpy.typing import NDArray
 
-from napari_histattn.io.export.geojson import read_geojson_regions
+from napari_histattn.io.export.geojson_read import read_geojson_regions
 from napari_histattn.io.regions import Region
 
 __all__ = [

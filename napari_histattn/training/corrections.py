@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from napari_histattn.errors import HistattnError
-from napari_histattn.io.export.geojson import read_geojson_regions
+from napari_histattn.io.export.geojson_read import read_geojson_regions
 from napari_histattn.io.grid import Region
 from napari_histattn.io.tile_labels import reviewed_for_training, tile_labels
 from napari_histattn.progress import Progress

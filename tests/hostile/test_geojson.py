@@ -11,7 +11,7 @@ import pytest
 from isolated import run_isolated
 
 from napari_histattn.errors import AnnotationError
-from napari_histattn.io.export import geojson as geojson_mod
+from napari_histattn.io.export import geojson_read as geojson_mod
 from napari_histattn.io.export import read_geojson_regions
 
 SQUARE = [[[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]]

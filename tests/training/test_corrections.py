@@ -72,7 +72,7 @@ def test_decisions_and_outlines_become_marks() -> None:
 def test_fine_tuning_moves_the_attention_onto_the_reviewers_lesions(corrected) -> None:
     from napari_histattn.inference.engine import classify
     from napari_histattn.inference.localisation import tissue_localisation_auc
-    from napari_histattn.io.export.geojson import read_geojson_regions
+    from napari_histattn.io.export.geojson_read import read_geojson_regions
     from napari_histattn.models.checkpoint import load, read_metadata
 
     out = corrected["folder"] / "tuned.safetensors"

@@ -24,9 +24,9 @@ quickhash, mpp, time: whatever mapping the caller passes) is stored in the
 collection's top-level ``properties`` member, which GeoJSON readers, QuPath included,
 ignore.
 
-One module per format: :mod:`.geojson`, :mod:`.patches_csv`, :mod:`.crops`; and
-:mod:`.napari_frames` converts Shapes-layer vertices to level-0 polygons and back
-without importing napari. Everything public is re-exported here.
+One module per format: :mod:`.geojson` (:mod:`.geojson_read` reads it back),
+:mod:`.patches_csv`, :mod:`.crops`; and :mod:`.napari_frames` converts Shapes-layer
+vertices to level-0 polygons and back without importing napari. Everything public is re-exported here.
 
 GUI-free: numpy, shapely, Pillow, json and csv only.
 """
@@ -34,13 +34,8 @@ GUI-free: numpy, shapely, Pillow, json and csv only.
 from __future__ import annotations
 
 from napari_histattn.io.export.crops import write_region_crops
-from napari_histattn.io.export.geojson import (
-    json_safe,
-    read_geojson_document,
-    read_geojson_regions,
-    regions_to_geojson,
-    write_geojson,
-)
+from napari_histattn.io.export.geojson import json_safe, regions_to_geojson, write_geojson
+from napari_histattn.io.export.geojson_read import read_geojson_document, read_geojson_regions
 from napari_histattn.io.export.napari_frames import l0_polygon_to_napari_yx, napari_yx_to_l0_polygon
 from napari_histattn.io.export.patches_csv import (
     CSV_BASE_COLUMNS,
