@@ -26,7 +26,8 @@ ignore.
 
 One module per format: :mod:`.geojson` (:mod:`.geojson_read` reads it back),
 :mod:`.patches_csv`, :mod:`.crops`; and :mod:`.napari_frames` converts Shapes-layer
-vertices to level-0 polygons and back without importing napari. Everything public is re-exported here.
+vertices to level-0 polygons and back without importing napari. Everything public is
+re-exported here.
 
 GUI-free: numpy, shapely, Pillow, json and csv only.
 """
